@@ -1,0 +1,37 @@
+//! `ml-pipeline`: an SQS worker that answers bundles of banknote-inspection requests with SVM
+//! predictions, after standardizing, enriching (PostgreSQL, MongoDB) and normalizing them.
+//!
+//! # Layout
+//!
+//! The modules follow the data, which flows one way:
+//! queue -> [`bundle`] decoding -> [`standardize`] -> [`enrich`] -> [`normalize`] -> [`batch`]
+//! -> [`model`] -> [`bundle`] encoding -> queue.
+//!
+//! - [`bundle`]: message formats (v1 and seed), compression, decoding with limits, encoding.
+//! - [`spec`]: the declarative pipeline spec: features, their roads, units, rules.
+//! - [`standardize`]: business rules on request values (text folding, finite numbers).
+//! - [`enrich`]: one PostgreSQL and one MongoDB round trip per batch, behind narrow seams.
+//! - [`normalize`]: every feature in canonical units, written into its matrix row.
+//! - [`batch`]: many bundles -> one matrix -> one answer per bundle.
+//! - [`record`]: per-record errors, with their stage.
+//! - [`model`]: the fitted scaler and SVM and their versioned artifact.
+//! - [`db`]: the PostgreSQL pool and migrations; [`mongo`]: the MongoDB client and indexes.
+//! - [`fixtures`]: the deterministic banknote domain generator and loader.
+//! - [`settings`]: typed configuration from environment variables.
+//! - [`cli`]: the command line.
+
+pub mod batch;
+pub mod bundle;
+pub mod cli;
+pub mod db;
+pub mod enrich;
+pub mod fixtures;
+pub mod model;
+pub mod mongo;
+pub mod normalize;
+pub mod record;
+pub mod settings;
+pub mod spec;
+pub mod standardize;
+pub mod telemetry;
+pub mod train;

@@ -1,0 +1,169 @@
+//! The model artifact: one immutable, self-contained JSON document per version.
+//!
+//! Its `format` field is read first, so a worker can still read old formats and refuses, with a
+//! clear error, a format newer than it knows. Floats round-trip bit for bit (serde_json's
+//! `float_roundtrip`), so a loaded model predicts exactly as the model it was saved from.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use linfa_preprocessing::linear_scaling::LinearScaler;
+use linfa_svm::Svm;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use super::Classifier;
+use crate::spec::{PipelineSpec, SpecError};
+
+/// The artifact format this build writes.
+pub const ARTIFACT_FORMAT: u32 = 1;
+
+/// Training hyperparameters, kept in the artifact for comparison and retraining.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    /// `linear` or `gaussian`.
+    pub kernel: String,
+    /// The Gaussian kernel width `eps` in exp(-|x-x'|^2/eps) (= 1/gamma); absent for linear.
+    pub kernel_width: Option<f64>,
+    /// The penalty C.
+    pub c: f64,
+    /// Class weights multiplying C: (fake, real).
+    pub class_weights: (f64, f64),
+    /// The SMO solver's stopping tolerance.
+    pub tolerance: f64,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// The seed of the fold and hold-out split.
+    pub seed: u64,
+}
+
+/// Evaluation figures of a trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Metrics {
+    /// Mean accuracy over the cross-validation folds.
+    pub cv_accuracy: f64,
+    /// Per-fold accuracies.
+    pub cv_fold_accuracy: Vec<f64>,
+    /// Accuracy on the held-out split.
+    pub holdout_accuracy: f64,
+    /// Precision of class "real" on the held-out split.
+    pub precision: f64,
+    /// Recall of class "real" on the held-out split.
+    pub recall: f64,
+    /// F1 of class "real" on the held-out split.
+    pub f1: f64,
+    /// Held-out confusion matrix `[[tn, fp], [fn, tp]]` (rows: truth fake, real).
+    pub confusion: [[u64; 2]; 2],
+    /// Support vectors of the final model.
+    pub support_vectors: usize,
+    /// Rows the final model was fitted on.
+    pub train_rows: usize,
+    /// Rows held out for evaluation.
+    pub holdout_rows: usize,
+}
+
+/// One model version, complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelArtifact {
+    /// The serialization format ([`ARTIFACT_FORMAT`]).
+    pub format: u32,
+    /// The model name (`banknote`).
+    pub name: String,
+    /// The registry version, assigned at publish (None before).
+    pub version: Option<u64>,
+    /// The preprocessing the model was trained with.
+    pub spec: PipelineSpec,
+    /// The fitted scaler.
+    pub scaler: LinearScaler<f64>,
+    /// The fitted SVM.
+    pub svm: Svm<f64, bool>,
+    /// Class index -> name: 0 = "fake", 1 = "real".
+    pub class_names: BTreeMap<u8, String>,
+    /// Hyperparameters.
+    pub params: TrainParams,
+    /// Evaluation figures.
+    pub metrics: Metrics,
+    /// SHA-256 of the training data (features and labels, in order).
+    pub data_fingerprint: String,
+    /// Where the training data came from.
+    pub data_source: String,
+    /// The crate version that trained it.
+    pub crate_version: String,
+    /// When it was trained.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why an artifact cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Not JSON, or not an artifact.
+    #[error("model artifact is unreadable: {0}")]
+    Unreadable(#[from] serde_json::Error),
+    /// Written by a newer build.
+    #[error("model artifact format {found} is newer than this build reads (up to {ARTIFACT_FORMAT}); upgrade the worker")]
+    FutureFormat {
+        /// The format found.
+        found: u32,
+    },
+    /// Its spec is inconsistent.
+    #[error("model artifact's pipeline spec is invalid: {0}")]
+    Spec(#[from] SpecError),
+    /// Scaler, SVM and spec disagree, or the smoke prediction fails.
+    #[error("model artifact is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+#[derive(Deserialize)]
+struct FormatProbe {
+    format: u32,
+}
+
+impl ModelArtifact {
+    /// Serializes to the stored JSON form.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("artifacts serialize")
+    }
+
+    /// Reads any known format and validates the result.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ArtifactError> {
+        let probe: FormatProbe = serde_json::from_slice(bytes)?;
+        let artifact: ModelArtifact = match probe.format {
+            1 => serde_json::from_slice(bytes)?,
+            found => return Err(ArtifactError::FutureFormat { found }),
+        };
+        artifact.validate()?;
+        Ok(artifact)
+    }
+
+    /// The scaler and SVM as a classifier.
+    pub fn classifier(&self) -> Classifier {
+        Classifier {
+            scaler: self.scaler.clone(),
+            svm: self.svm.clone(),
+        }
+    }
+
+    /// Checks the spec, the shapes, and a smoke prediction on the spec's example row.
+    pub fn validate(&self) -> Result<(), ArtifactError> {
+        self.spec.validate()?;
+        let n = self.spec.features.len();
+        if self.scaler.offsets().len() != n || self.scaler.scales().len() != n {
+            return Err(ArtifactError::Inconsistent(format!(
+                "the scaler has {} features, the spec {n}",
+                self.scaler.offsets().len()
+            )));
+        }
+        let example = Array2::from_shape_vec((1, n), self.spec.example_features.clone())
+            .map_err(|e| ArtifactError::Inconsistent(e.to_string()))?;
+        let classifier = self.classifier();
+        let score = std::panic::catch_unwind(|| classifier.decision_values(example))
+            .map_err(|_| ArtifactError::Inconsistent("the SVM's shape does not match the spec's features".into()))?;
+        if !score[0].is_finite() {
+            return Err(ArtifactError::Inconsistent(format!(
+                "smoke prediction on the example row gave {}",
+                score[0]
+            )));
+        }
+        Ok(())
+    }
+}

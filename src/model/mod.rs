@@ -1,0 +1,51 @@
+//! The model: the scaler fitted at training time and the SVM, with the spec they were fitted
+//! for. [`artifact`] is its versioned serialization, [`registry`] keeps versions in S3, and
+//! [`holder`] serves the promoted version with hot reload.
+
+pub mod artifact;
+pub mod holder;
+pub mod registry;
+
+use linfa::traits::Transformer;
+use linfa_preprocessing::linear_scaling::LinearScaler;
+use linfa_svm::Svm;
+use ndarray::{Array2, ArrayView1};
+
+pub use artifact::{ArtifactError, ModelArtifact, ARTIFACT_FORMAT};
+
+/// The class name of a decision value: positive (and zero) is class 1, "real".
+pub fn class_name(score: f64) -> &'static str {
+    if score >= 0.0 {
+        "real"
+    } else {
+        "fake"
+    }
+}
+
+/// The fitted scaler and SVM, ready to score canonical feature matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classifier {
+    /// Standardizes canonical features as at training time.
+    pub scaler: LinearScaler<f64>,
+    /// The SVM; its decision value is `weighted_sum - rho`.
+    pub svm: Svm<f64, bool>,
+}
+
+impl Classifier {
+    /// Decision values (signed distances, positive = real) for a canonical feature matrix.
+    /// Scales in place, so the caller hands over the matrix.
+    pub fn decision_values(&self, canonical: Array2<f64>) -> Vec<f64> {
+        let scaled = self.scaler.transform(canonical);
+        scaled.outer_iter().map(|row| self.decision_value(row)).collect()
+    }
+
+    /// The decision value of one already-scaled row.
+    pub fn decision_value(&self, scaled: ArrayView1<f64>) -> f64 {
+        self.svm.weighted_sum(&scaled) - self.svm.rho
+    }
+
+    /// How many features it expects.
+    pub fn n_features(&self) -> usize {
+        self.scaler.offsets().len()
+    }
+}

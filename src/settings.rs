@@ -1,0 +1,119 @@
+//! Typed configuration: defaults, then an optional JSON file, then environment variables.
+//!
+//! Every field can be set by environment variable, so an ECS task definition can set
+//! everything: `ML_PIPELINE_<FIELD>` (e.g. `ML_PIPELINE_MODEL_ALIAS=candidate`), plus the
+//! conventional `DATABASE_URL`, `MONGODB_URI` and `MONGODB_DATABASE`. AWS clients take their
+//! endpoint, region and credentials from the SDK's own chain (`AWS_ENDPOINT_URL`, `AWS_REGION`...).
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Json};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// All settings of every command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// PostgreSQL URL (`DATABASE_URL`). Default: the local services' database.
+    pub database_url: SecretString,
+    /// MongoDB URI (`MONGODB_URI`). Default `mongodb://127.0.0.1:27017`.
+    pub mongodb_uri: SecretString,
+    /// MongoDB database holding the provider documents (`MONGODB_DATABASE`). Default `ml_pipeline`.
+    pub mongodb_database: String,
+    /// The S3 bucket of the model registry. No default: required by model commands.
+    pub model_bucket: Option<String>,
+    /// The model name served and trained. Default `banknote`.
+    pub model_name: String,
+    /// The alias the worker serves. Default `production`.
+    pub model_alias: String,
+    /// Serve exactly this version and never reload (disables alias polling). Default: unset.
+    pub model_version: Option<u64>,
+    /// How often the alias is polled for a new version, in seconds. Default 10.
+    pub model_poll_secs: u64,
+    /// Input queue URL or name. No default: required by the worker and `send`.
+    pub input_queue: Option<String>,
+    /// Output queue URL or name. No default: required by the worker.
+    pub output_queue: Option<String>,
+    /// Input dead-letter queue URL or name; read from the input queue's RedrivePolicy when unset.
+    pub input_dlq: Option<String>,
+    /// Apply the PostgreSQL migrations when the worker starts. Default false.
+    pub migrate_on_start: bool,
+    /// Largest PostgreSQL pool, in connections. Default 8.
+    pub database_max_connections: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline".into(),
+            mongodb_uri: "mongodb://127.0.0.1:27017".into(),
+            mongodb_database: "ml_pipeline".into(),
+            model_bucket: None,
+            model_name: "banknote".into(),
+            model_alias: "production".into(),
+            model_version: None,
+            model_poll_secs: 10,
+            input_queue: None,
+            output_queue: None,
+            input_dlq: None,
+            migrate_on_start: false,
+            database_max_connections: 8,
+        }
+    }
+}
+
+/// `ML_PIPELINE_*` variables read by the scripts and the CLI, not settings fields.
+const SCRIPT_VARIABLES: &[&str] = &["config", "state_dir", "cache_dir", "stack", "mongo_server", "output_dlq"];
+
+impl Settings {
+    /// Defaults, then `file` (JSON) if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        // Missing fields take `Settings::default()` through `#[serde(default)]`.
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Json::file_exact(file));
+        }
+        figment
+            .merge(Env::raw().only(&["database_url", "mongodb_uri", "mongodb_database"]))
+            .merge(Env::prefixed("ML_PIPELINE_").ignore(SCRIPT_VARIABLES))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The model bucket, or an error saying how to set it.
+    pub fn require_bucket(&self) -> anyhow::Result<&str> {
+        self.model_bucket
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("no model bucket: set ML_PIPELINE_MODEL_BUCKET (the stack output ModelBucketName)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::default();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("ml_pipeline:ml_pipeline"), "{shown}");
+        assert!(s.database_url.expose_secret().starts_with("postgres://"));
+    }
+
+    #[test]
+    fn a_file_fills_fields_and_unknown_fields_are_refused() {
+        let dir = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, r#"{"model_alias": "candidate", "model_poll_secs": 3}"#).unwrap();
+        let s = Settings::load(Some(&good)).unwrap();
+        assert_eq!((s.model_alias.as_str(), s.model_poll_secs), ("candidate", 3));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"model_alais": "candidate"}"#).unwrap();
+        let err = Settings::load(Some(&bad)).unwrap_err().to_string();
+        assert!(err.contains("model_alais"), "{err}");
+    }
+}

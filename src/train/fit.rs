@@ -1,0 +1,248 @@
+//! Fitting and evaluating: the scaler and SVM, stratified k-fold cross-validation and a
+//! held-out split, all seeded.
+
+use linfa::dataset::Dataset;
+use linfa::traits::{Fit, Transformer};
+use linfa_preprocessing::linear_scaling::LinearScaler;
+use linfa_svm::Svm;
+use ndarray::{Array1, Array2, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::artifact::{Metrics, TrainParams};
+use crate::model::Classifier;
+
+/// The kernel matrix budget: fits whose n x n matrix would exceed it are refused up front.
+pub const DEFAULT_KERNEL_BUDGET_BYTES: u64 = 4 << 30;
+
+/// Why a fit cannot run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// Too few rows, or one class only.
+    #[error("cannot train: {0}")]
+    Data(String),
+    /// The kernel matrix would not fit the memory budget.
+    #[error("cannot train on {rows} rows: the SVM's kernel matrix would take {need_gib:.1} GiB, over the budget of {budget_gib:.1} GiB; sample the data down (linfa-svm precomputes an n x n matrix)")]
+    TooLarge {
+        /// Rows requested.
+        rows: usize,
+        /// Memory the matrix needs.
+        need_gib: f64,
+        /// The budget.
+        budget_gib: f64,
+    },
+    /// The scaler failed.
+    #[error("fitting the scaler failed: {0}")]
+    Scaler(#[from] linfa_preprocessing::PreprocessingError),
+    /// The solver failed.
+    #[error("fitting the SVM failed: {0}")]
+    Svm(#[from] linfa_svm::SvmError),
+}
+
+/// Checks that the kernel matrix of `rows` rows fits in `budget` bytes.
+pub fn check_budget(rows: usize, budget: u64) -> Result<(), FitError> {
+    let need = (rows as u64).saturating_mul(rows as u64).saturating_mul(8);
+    if need > budget {
+        return Err(FitError::TooLarge {
+            rows,
+            need_gib: need as f64 / f64::from(1u32 << 30),
+            budget_gib: budget as f64 / f64::from(1u32 << 30),
+        });
+    }
+    Ok(())
+}
+
+/// Fits a scaler and an SVM on canonical features.
+pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifier, FitError> {
+    let classes = (y.iter().filter(|v| **v).count(), y.iter().filter(|v| !**v).count());
+    if classes.0 == 0 || classes.1 == 0 {
+        return Err(FitError::Data(format!("{} real and {} fake rows: both classes are needed", classes.0, classes.1)));
+    }
+    let targets = Array1::from_vec(y.to_vec());
+    let dataset = Dataset::new(x.clone(), targets.clone());
+    let scaler = LinearScaler::standard().fit(&dataset)?;
+    let scaled = Dataset::new(scaler.transform(x.clone()), targets);
+    let (w_fake, w_real) = params.class_weights;
+    let base = Svm::<f64, bool>::params()
+        .pos_neg_weights(params.c * w_real, params.c * w_fake)
+        .eps(params.tolerance);
+    let base = match params.kernel_width {
+        Some(width) if params.kernel == "gaussian" => base.gaussian_kernel(width),
+        _ => base.linear_kernel(),
+    };
+    let svm = base.fit(&scaled)?;
+    tracing::debug!(solver = %svm, "SVM fitted");
+    Ok(Classifier { scaler, svm })
+}
+
+/// Seeded stratified folds: `k` disjoint test index sets, each with the classes' shares.
+pub fn stratified_folds(y: &[bool], k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut folds = vec![Vec::new(); k];
+    for class in [false, true] {
+        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
+        idx.shuffle(&mut rng);
+        for (n, i) in idx.into_iter().enumerate() {
+            folds[n % k].push(i);
+        }
+    }
+    for f in &mut folds {
+        f.sort_unstable();
+    }
+    folds
+}
+
+/// A seeded stratified split: (train, test) with about `test_share` of each class in test.
+pub fn holdout_split(y: &[bool], test_share: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for class in [false, true] {
+        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
+        idx.shuffle(&mut rng);
+        let n_test = ((idx.len() as f64) * test_share).round() as usize;
+        test.extend_from_slice(&idx[..n_test]);
+        train.extend_from_slice(&idx[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// Rows of `x` and `y` at `idx`.
+pub fn take(x: &Array2<f64>, y: &[bool], idx: &[usize]) -> (Array2<f64>, Vec<bool>) {
+    (x.select(Axis(0), idx), idx.iter().map(|&i| y[i]).collect())
+}
+
+/// Confusion matrix `[[tn, fp], [fn, tp]]` of predictions against truth.
+pub fn confusion(truth: &[bool], predicted: &[bool]) -> [[u64; 2]; 2] {
+    let mut m = [[0u64; 2]; 2];
+    for (t, p) in truth.iter().zip(predicted) {
+        m[usize::from(*t)][usize::from(*p)] += 1;
+    }
+    m
+}
+
+/// Accuracy, precision, recall and F1 of class "real" from a confusion matrix.
+pub fn scores(m: &[[u64; 2]; 2]) -> (f64, f64, f64, f64) {
+    let [[tn, fp], [fn_, tp]] = m.map(|r| r.map(|v| v as f64));
+    let ratio = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
+    let precision = ratio(tp, tp + fp);
+    let recall = ratio(tp, tp + fn_);
+    (ratio(tp + tn, tp + tn + fp + fn_), precision, recall, ratio(2.0 * precision * recall, precision + recall))
+}
+
+/// Predicted classes of a classifier on canonical features.
+pub fn predict(model: &Classifier, x: &Array2<f64>) -> Vec<bool> {
+    model.decision_values(x.clone()).into_iter().map(|s| s >= 0.0).collect()
+}
+
+/// Cross-validates, evaluates on a hold-out split, and fits the final model on all rows.
+/// `progress` is called after each fit with (done, total, what).
+pub fn train_and_evaluate(
+    x: &Array2<f64>,
+    y: &[bool],
+    params: &TrainParams,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(Classifier, Metrics, EvalTimes), FitError> {
+    let k = params.folds.max(2);
+    if y.len() < k * 2 {
+        return Err(FitError::Data(format!("{} rows are too few for {k}-fold cross-validation", y.len())));
+    }
+    let total = k + 2;
+    let started = std::time::Instant::now();
+    let folds = stratified_folds(y, k, params.seed);
+    let mut fold_accuracy = Vec::with_capacity(k);
+    for (i, test) in folds.iter().enumerate() {
+        let train: Vec<usize> = (0..y.len()).filter(|j| test.binary_search(j).is_err()).collect();
+        let (xt, yt) = take(x, y, &train);
+        let (xv, yv) = take(x, y, test);
+        let model = fit(&xt, &yt, params)?;
+        fold_accuracy.push(scores(&confusion(&yv, &predict(&model, &xv))).0);
+        progress(i + 1, total, &format!("cross-validation fold {}/{k}", i + 1));
+    }
+    let (train, test) = holdout_split(y, 0.2, params.seed);
+    let (xt, yt) = take(x, y, &train);
+    let (xv, yv) = take(x, y, &test);
+    let holdout_model = fit(&xt, &yt, params)?;
+    let m = confusion(&yv, &predict(&holdout_model, &xv));
+    let (accuracy, precision, recall, f1) = scores(&m);
+    progress(k + 1, total, "hold-out evaluation");
+    let eval_seconds = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    let model = fit(x, y, params)?;
+    progress(total, total, "final fit on all rows");
+    let train_seconds = started.elapsed().as_secs_f64();
+    let metrics = Metrics {
+        cv_accuracy: fold_accuracy.iter().sum::<f64>() / k as f64,
+        cv_fold_accuracy: fold_accuracy,
+        holdout_accuracy: accuracy,
+        precision,
+        recall,
+        f1,
+        confusion: m,
+        support_vectors: model.svm.nsupport(),
+        train_rows: y.len(),
+        holdout_rows: test.len(),
+    };
+    Ok((model, metrics, EvalTimes { eval_seconds, train_seconds }))
+}
+
+/// Seconds spent evaluating (CV and hold-out) and fitting the final model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalTimes {
+    /// Cross-validation and hold-out.
+    pub eval_seconds: f64,
+    /// The final fit.
+    pub train_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_are_disjoint_cover_everything_and_keep_class_shares() {
+        let y: Vec<bool> = (0..103).map(|i| i % 3 == 0).collect();
+        let folds = stratified_folds(&y, 5, 7);
+        let mut all: Vec<usize> = folds.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..103).collect::<Vec<_>>());
+        for f in &folds {
+            let real = f.iter().filter(|&&i| y[i]).count();
+            assert!((6..=7).contains(&real), "{real} real in a fold");
+        }
+        assert_eq!(folds, stratified_folds(&y, 5, 7), "seeded");
+    }
+
+    #[test]
+    fn scores_from_a_confusion_matrix() {
+        let m = confusion(&[true, true, false, false], &[true, false, false, true]);
+        assert_eq!(m, [[1, 1], [1, 1]]);
+        let (acc, p, r, f1) = scores(&m);
+        assert_eq!((acc, p, r, f1), (0.5, 0.5, 0.5, 0.5));
+    }
+
+    #[test]
+    fn the_memory_budget_refuses_huge_fits() {
+        assert!(check_budget(10_000, DEFAULT_KERNEL_BUDGET_BYTES).is_ok());
+        let err = check_budget(204_000, DEFAULT_KERNEL_BUDGET_BYTES).unwrap_err();
+        assert!(err.to_string().contains("310.1 GiB"), "{err}");
+    }
+
+    #[test]
+    fn one_class_is_refused() {
+        let x = Array2::zeros((4, 2));
+        let params = TrainParams {
+            kernel: "linear".into(),
+            kernel_width: None,
+            c: 1.0,
+            class_weights: (1.0, 1.0),
+            tolerance: 1e-3,
+            folds: 2,
+            seed: 1,
+        };
+        assert!(matches!(fit(&x, &[true; 4], &params), Err(FitError::Data(_))));
+    }
+}
