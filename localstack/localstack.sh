@@ -123,7 +123,10 @@ start() {
     ) &
     pid=$!
     printf '%s\n' "$pid" >"$PIDFILE"
-    wait_until "$START_TIMEOUT" "$pid" "$LOGFILE" "LocalStack" healthy
+    if ! (wait_until "$START_TIMEOUT" "$pid" "$LOGFILE" "LocalStack" healthy); then
+        stop_pidfile "$PIDFILE" "$PID_MARK" 30 # do not leave a half-started server behind
+        exit 1
+    fi
     if ! pid_from_file "$PIDFILE" "$PID_MARK" >/dev/null; then
         log_tail "$LOGFILE"
         die "PID $pid is not the LocalStack launcher (cmdline: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))"

@@ -143,7 +143,10 @@ start() {
     pid=$!
     printf '%s\n' "$pid" >"$PIDFILE"
     printf '%s\n' "$KIND" >"$KINDFILE"
-    wait_until "$START_TIMEOUT" "$pid" "$LOGFILE" "$KIND" ready
+    if ! (wait_until "$START_TIMEOUT" "$pid" "$LOGFILE" "$KIND" ready); then
+        stop_pidfile "$PIDFILE" "$PID_MARK" 30 # do not leave a half-started server behind
+        exit 1
+    fi
     if ! pid_from_file "$PIDFILE" "$PID_MARK" >/dev/null; then
         die "PID $pid is not $KIND (cmdline: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))"
     fi
