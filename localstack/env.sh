@@ -10,3 +10,5 @@ export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export DATABASE_URL=postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline
 export MONGODB_URI=mongodb://127.0.0.1:27017
+# S3 emulators address buckets by path, not by virtual host.
+export ML_PIPELINE_S3_FORCE_PATH_STYLE=true

@@ -72,7 +72,7 @@ T0=$SECONDS
     --env-out "$STACK_ENV" \
     --copy-env AWS_ENDPOINT_URL --copy-env AWS_REGION --copy-env AWS_DEFAULT_REGION \
     --copy-env AWS_ACCESS_KEY_ID --copy-env AWS_SECRET_ACCESS_KEY \
-    --copy-env DATABASE_URL --copy-env MONGODB_URI ||
+    --copy-env DATABASE_URL --copy-env MONGODB_URI --copy-env ML_PIPELINE_S3_FORCE_PATH_STYLE ||
     die "stack deploy failed (LocalStack log: $LOG_DIR/localstack.log)"
 T_STACK=$((SECONDS - T0))
 

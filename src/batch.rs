@@ -74,8 +74,10 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     enricher: &Enricher<R, D>,
 ) -> Result<PreparedBatch, SourceError> {
     let started = Instant::now();
-    let standardized: Vec<Result<Standardized, DecodeError>> =
-        bundles.iter().map(|b| standardize_bundle(spec, b)).collect();
+    let standardized: Vec<Result<Standardized, DecodeError>> = bundles
+        .iter()
+        .map(|b| standardize_bundle(spec, b))
+        .collect();
     let t_standardize = ms_since(started);
 
     let started = Instant::now();
@@ -101,7 +103,10 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
                             Input::Seed(features) => {
                                 cells.extend_from_slice(&features);
                                 rows += 1;
-                                return Slot::Row { matrix_row: rows - 1, reported: Vec::new() };
+                                return Slot::Row {
+                                    matrix_row: rows - 1,
+                                    reported: Vec::new(),
+                                };
                             }
                             Input::Request(Err(e)) => return Slot::Failed(e),
                             Input::Request(Ok(rec)) => rec,
@@ -109,10 +114,18 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
                         count_coverage(spec, &rec, &enrichment, &mut postgres, &mut mongo);
                         let start = cells.len();
                         cells.resize(start + n_features, 0.0);
-                        match crate::normalize::normalize_record(spec, &rec, &enrichment, &mut cells[start..]) {
+                        match crate::normalize::normalize_record(
+                            spec,
+                            &rec,
+                            &enrichment,
+                            &mut cells[start..],
+                        ) {
                             Ok(reported) => {
                                 rows += 1;
-                                Slot::Row { matrix_row: rows - 1, reported }
+                                Slot::Row {
+                                    matrix_row: rows - 1,
+                                    reported,
+                                }
                             }
                             Err(e) => {
                                 cells.truncate(start);
@@ -131,7 +144,13 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
         ("enrich".to_owned(), t_enrich),
         ("normalize".to_owned(), ms_since(started)),
     ]);
-    Ok(PreparedBatch { matrix, plans, postgres, mongo, timing_ms })
+    Ok(PreparedBatch {
+        matrix,
+        plans,
+        postgres,
+        mongo,
+        timing_ms,
+    })
 }
 
 /// The answers of a predicted batch, one per input bundle, in input order.
@@ -143,7 +162,11 @@ pub fn answers(
     model_version: &str,
     timing_ms: &BTreeMap<String, f64>,
 ) -> Vec<Result<Answer, DecodeError>> {
-    let reported_columns: Vec<String> = spec.lookups.iter().filter_map(|l| l.output_column.clone()).collect();
+    let reported_columns: Vec<String> = spec
+        .lookups
+        .iter()
+        .filter_map(|l| l.output_column.clone())
+        .collect();
     bundles
         .iter()
         .zip(plans)
@@ -158,7 +181,9 @@ pub fn answers(
                         .slots
                         .iter()
                         .map(|s| match s {
-                            Slot::Row { matrix_row, .. } => class_name(scores[*matrix_row]).to_owned(),
+                            Slot::Row { matrix_row, .. } => {
+                                class_name(scores[*matrix_row]).to_owned()
+                            }
                             Slot::Failed(_) => unreachable!("seed records cannot fail"),
                         })
                         .collect(),
@@ -168,16 +193,24 @@ pub fn answers(
                     let mut errors = Vec::new();
                     for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
                         match slot {
-                            Slot::Row { matrix_row, reported } => {
+                            Slot::Row {
+                                matrix_row,
+                                reported,
+                            } => {
                                 let score = scores[matrix_row];
-                                let mut row = vec![Value::from(id), Value::from(class_name(score)), Value::from(score)];
+                                let mut row = vec![
+                                    Value::from(id),
+                                    Value::from(class_name(score)),
+                                    Value::from(score),
+                                ];
                                 row.extend(reported.into_iter().map(Value::from));
                                 rows.push(row);
                             }
                             Slot::Failed(e) => errors.push((id, e.to_string())),
                         }
                     }
-                    let mut columns: Vec<String> = ["id", "label", "score"].map(String::from).to_vec();
+                    let mut columns: Vec<String> =
+                        ["id", "label", "score"].map(String::from).to_vec();
                     columns.extend(reported_columns.iter().cloned());
                     Answer::Request(OutputBundle {
                         bundle_id: req.bundle_id.clone(),
@@ -205,8 +238,14 @@ struct Standardized {
     records: Vec<Input>,
 }
 
-fn standardize_bundle(spec: &PipelineSpec, bundle: &InputBundle) -> Result<Standardized, DecodeError> {
-    let refuse = |reason: String| DecodeError { bundle_id: Some(bundle.id().to_owned()), reason };
+fn standardize_bundle(
+    spec: &PipelineSpec,
+    bundle: &InputBundle,
+) -> Result<Standardized, DecodeError> {
+    let refuse = |reason: String| DecodeError {
+        bundle_id: Some(bundle.id().to_owned()),
+        reason,
+    };
     match bundle {
         InputBundle::Seed(seed) => {
             let n = spec.features.len();
@@ -219,25 +258,49 @@ fn standardize_bundle(spec: &PipelineSpec, bundle: &InputBundle) -> Result<Stand
                 )));
             }
             Ok(Standardized {
-                ids: seed.subjects.iter().map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned)).collect(),
-                records: seed.features.iter().map(|f| Input::Seed(f.clone())).collect(),
+                ids: seed
+                    .subjects
+                    .iter()
+                    .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
+                    .collect(),
+                records: seed
+                    .features
+                    .iter()
+                    .map(|f| Input::Seed(f.clone()))
+                    .collect(),
             })
         }
         InputBundle::Request(req) => {
             if let Some(model) = req.model.as_deref().filter(|m| *m != spec.name) {
-                return Err(refuse(format!("model '{model}' is not served by this worker (it serves {})", spec.name)));
+                return Err(refuse(format!(
+                    "model '{model}' is not served by this worker (it serves {})",
+                    spec.name
+                )));
             }
             let index = ColumnIndex::new(spec, &req.columns).map_err(refuse)?;
-            let id_col = req.columns.iter().position(|c| *c == spec.id_column).expect("ColumnIndex checked the id");
+            let id_col = req
+                .columns
+                .iter()
+                .position(|c| *c == spec.id_column)
+                .expect("ColumnIndex checked the id");
             let ids = req
                 .rows
                 .iter()
                 .enumerate()
-                .map(|(i, row)| record_id(&row[id_col]).ok_or_else(|| {
-                    refuse(format!("row {i} has no usable id ({}); every row needs a text or integer id", describe(&row[id_col])))
-                }))
+                .map(|(i, row)| {
+                    record_id(&row[id_col]).ok_or_else(|| {
+                        refuse(format!(
+                            "row {i} has no usable id ({}); every row needs a text or integer id",
+                            describe(&row[id_col])
+                        ))
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            let records = req.rows.iter().map(|row| Input::Request(standardize_row(spec, &index, row))).collect();
+            let records = req
+                .rows
+                .iter()
+                .map(|row| Input::Request(standardize_row(spec, &index, row)))
+                .collect();
             Ok(Standardized { ids, records })
         }
     }
@@ -281,7 +344,9 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
     };
     let documents = async {
         match &spec.documents {
-            Some(docs) if !doc_keys.is_empty() => enricher.documents.fetch(docs, &paths, &doc_keys).await,
+            Some(docs) if !doc_keys.is_empty() => {
+                enricher.documents.fetch(docs, &paths, &doc_keys).await
+            }
             _ => Ok(Default::default()),
         }
     };
@@ -291,7 +356,9 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
 
 fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut seen = HashSet::new();
-    keys.filter(|k| seen.insert(*k)).map(str::to_owned).collect()
+    keys.filter(|k| seen.insert(*k))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Every document field path the spec's features read.
@@ -310,13 +377,31 @@ pub fn document_paths(spec: &PipelineSpec) -> Vec<String> {
     paths
 }
 
-fn count_coverage(spec: &PipelineSpec, rec: &StandardRecord, e: &Enrichment, pg: &mut Coverage, mongo: &mut Coverage) {
+fn count_coverage(
+    spec: &PipelineSpec,
+    rec: &StandardRecord,
+    e: &Enrichment,
+    pg: &mut Coverage,
+    mongo: &mut Coverage,
+) {
     if !spec.lookups.is_empty() {
-        let found = rec.lookup_keys.iter().enumerate().all(|(i, k)| e.lookups.get(i).is_some_and(|m| m.contains_key(k)));
-        if found { pg.hits += 1 } else { pg.misses += 1 }
+        let found = rec
+            .lookup_keys
+            .iter()
+            .enumerate()
+            .all(|(i, k)| e.lookups.get(i).is_some_and(|m| m.contains_key(k)));
+        if found {
+            pg.hits += 1
+        } else {
+            pg.misses += 1
+        }
     }
     if let Some(key) = &rec.doc_key {
-        if e.documents.contains_key(key) { mongo.hits += 1 } else { mongo.misses += 1 }
+        if e.documents.contains_key(key) {
+            mongo.hits += 1
+        } else {
+            mongo.misses += 1
+        }
     }
 }
 

@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::enrich::mongo::MongoDocuments;
+use crate::enrich::postgres::PgReference;
 use crate::fixtures::{self, GenerateOptions};
+use crate::model::artifact::TrainParams;
+use crate::model::registry::Registry;
 use crate::settings::Settings;
 use crate::spec::PipelineSpec;
+use crate::train::{DataSource, TrainOptions};
 
 /// SQS ML pipeline worker: bundles of banknote-inspection requests in, SVM predictions out.
 ///
@@ -33,6 +38,11 @@ pub enum Command {
     /// Generate the deterministic banknote fixture domain, or load it into PostgreSQL and MongoDB.
     #[command(subcommand)]
     Fixtures(FixturesCommand),
+    /// Train scaler + SVM with the worker's own preprocessing, evaluate, and publish a new version.
+    Train(TrainArgs),
+    /// List, inspect, promote, roll back and compare model versions in the S3 registry.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Set up the local job end to end and print what is where (run `make demo` to start services first).
     Demo(DemoArgs),
 }
@@ -81,6 +91,109 @@ pub struct LoadArgs {
     pub migrate: bool,
 }
 
+/// Options of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training rows: `postgres` (the training_examples table) or a .csv/.json/.jsonl file.
+    #[arg(long, default_value = "postgres")]
+    pub data: String,
+    /// Dataset name in training_examples (with --data postgres).
+    #[arg(long, default_value = "default")]
+    pub dataset: String,
+    /// Form of file rows: canonical features by name, or raw request-shaped rows.
+    #[arg(long, value_enum, default_value = "canonical")]
+    pub form: crate::train::data::Form,
+    /// A pipeline spec JSON file; default: the built-in banknote spec.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Keep only these features, in this order (comma-separated), e.g. variance,skewness.
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// SVM kernel.
+    #[arg(long, value_parser = ["gaussian", "linear"], default_value = "gaussian")]
+    pub kernel: String,
+    /// Gaussian kernel width eps in exp(-|x-x'|^2/eps); eps = 1/gamma.
+    #[arg(long, default_value_t = 4.0)]
+    pub kernel_width: f64,
+    /// Penalty C.
+    #[arg(long, default_value_t = 1.0)]
+    pub c: f64,
+    /// Class weights multiplying C, as FAKE,REAL.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1.0, 1.0])]
+    pub class_weights: Vec<f64>,
+    /// SMO stopping tolerance (libsvm's default 1e-3; linfa's own 1e-7 is far slower).
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Seed of the folds and the hold-out split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Refuse data whose n x n kernel matrix exceeds this many GiB.
+    #[arg(long, default_value_t = 4.0)]
+    pub kernel_budget_gib: f64,
+    /// Write the JSON report here.
+    #[arg(long, default_value = "train-report.json")]
+    pub report: PathBuf,
+    /// Fit and evaluate, record the job, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Registry subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Versions with their metrics and the aliases pointing at them.
+    List {
+        /// The model name; default from settings (banknote).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// One version in full: spec, params, metrics, provenance.
+    Show {
+        /// The version number.
+        version: u64,
+        /// The model name; default from settings.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Point an alias at a version after loading and validating it.
+    Promote {
+        /// The model name.
+        name: String,
+        /// The version number.
+        version: u64,
+        /// The alias to move.
+        #[arg(long, default_value = "production")]
+        alias: String,
+        /// Refuse a version whose CV accuracy is below the alias's current version.
+        #[arg(long)]
+        require_better: bool,
+        /// Promote even when --require-better would refuse.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move an alias back to the version it pointed at before (from the alias object's history).
+    Rollback {
+        /// The model name.
+        name: String,
+        /// The alias to move back.
+        #[arg(long, default_value = "production")]
+        alias: String,
+    },
+    /// Metrics and spec differences between two versions.
+    Diff {
+        /// The first version.
+        a: u64,
+        /// The second version.
+        b: u64,
+        /// The model name; default from settings.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 /// Options of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -94,13 +207,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("reading settings")?;
     match cli.command {
         Command::Migrate => {
-            let pool = crate::db::connect(&settings.database_url, 2).await.context("connecting to PostgreSQL")?;
-            crate::db::migrate(&pool).await.context("applying migrations")?;
+            let pool = crate::db::connect(&settings.database_url, 2)
+                .await
+                .context("connecting to PostgreSQL")?;
+            crate::db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
             println!("migrations applied");
             Ok(())
         }
         Command::Fixtures(FixturesCommand::Generate(args)) => generate(&args),
         Command::Fixtures(FixturesCommand::Load(args)) => load(&settings, &args).await,
+        Command::Train(args) => train(&settings, &args).await,
+        Command::Models(cmd) => crate::model::commands::run(&settings, cmd).await,
         Command::Demo(args) => demo(&settings, &args).await,
     }
 }
@@ -114,7 +233,11 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     let set = fixtures::generate(&PipelineSpec::banknote(), &opts);
     fixtures::write_set(&set, &args.out)?;
-    let planted = set.expectations.values().filter(|e| e.error.is_some()).count();
+    let planted = set
+        .expectations
+        .values()
+        .filter(|e| e.error.is_some())
+        .count();
     println!(
         "wrote {} notes, {} provider documents, {} bundles ({} planted bad records), {} seed bundles, {} poison cases to {}",
         set.notes.len(),
@@ -131,9 +254,13 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
 async fn load(settings: &Settings, args: &LoadArgs) -> anyhow::Result<()> {
     let set = fixtures::read_set(&args.dir)?;
     let spec = PipelineSpec::banknote();
-    let pool = crate::db::connect(&settings.database_url, 2).await.context("connecting to PostgreSQL")?;
+    let pool = crate::db::connect(&settings.database_url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
     if args.migrate {
-        crate::db::migrate(&pool).await.context("applying migrations")?;
+        crate::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
     }
     let mongo = crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
     let report = fixtures::load::load(&set, &spec, &pool, &mongo, &args.dataset).await?;
@@ -145,15 +272,113 @@ async fn load(settings: &Settings, args: &LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
-    load(settings, &LoadArgs { dir: args.fixtures.clone(), dataset: "default".into(), migrate: true }).await?;
-    let show = |name: &str, v: &Option<String>| println!("  {name:<14} {}", v.as_deref().unwrap_or("(not set)"));
+    load(
+        settings,
+        &LoadArgs {
+            dir: args.fixtures.clone(),
+            dataset: "default".into(),
+            migrate: true,
+        },
+    )
+    .await?;
+    let show = |name: &str, v: &Option<String>| {
+        println!("  {name:<14} {}", v.as_deref().unwrap_or("(not set)"))
+    };
     println!("what is where:");
     show("input queue", &settings.input_queue);
     show("output queue", &settings.output_queue);
     show("input DLQ", &settings.input_dlq);
     show("model bucket", &settings.model_bucket);
     println!("  {:<14} {}", "fixtures", args.fixtures.display());
-    println!("  {:<14} tables units, scanners, issuers, issuer_aliases, training_examples", "PostgreSQL");
-    println!("  {:<14} database {}, collection provider_scans", "MongoDB", settings.mongodb_database);
+    println!(
+        "  {:<14} tables units, scanners, issuers, issuer_aliases, training_examples",
+        "PostgreSQL"
+    );
+    println!(
+        "  {:<14} database {}, collection provider_scans",
+        "MongoDB", settings.mongodb_database
+    );
+    Ok(())
+}
+
+/// Connects the enrichment sources named by the settings.
+pub async fn enricher(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<crate::enrich::Enricher<PgReference, MongoDocuments>> {
+    let mongo = crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database)
+        .await
+        .context("connecting to MongoDB")?;
+    Ok(crate::enrich::Enricher {
+        reference: PgReference::new(pool.clone()),
+        documents: MongoDocuments::new(mongo),
+    })
+}
+
+/// The model registry named by the settings.
+pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
+    let config = crate::aws::sdk_config(std::time::Duration::from_secs(30)).await;
+    Ok(Registry::new(
+        crate::aws::s3(&config, settings.s3_force_path_style),
+        settings.require_bucket()?,
+    ))
+}
+
+async fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
+    let mut spec = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a pipeline spec", path.display()))?
+        }
+        None => PipelineSpec::banknote(),
+    };
+    if !args.features.is_empty() {
+        let names: Vec<&str> = args.features.iter().map(String::as_str).collect();
+        spec = spec.with_features(&names)?;
+    }
+    let source = match args.data.as_str() {
+        "postgres" => DataSource::Postgres {
+            dataset: args.dataset.clone(),
+        },
+        path => DataSource::File {
+            path: PathBuf::from(path),
+            form: args.form,
+        },
+    };
+    let params = TrainParams {
+        kernel: args.kernel.clone(),
+        kernel_width: (args.kernel == "gaussian").then_some(args.kernel_width),
+        c: args.c,
+        class_weights: (args.class_weights[0], args.class_weights[1]),
+        tolerance: args.tolerance,
+        folds: args.folds,
+        seed: args.seed,
+    };
+    let opts = TrainOptions {
+        spec,
+        source,
+        params,
+        kernel_budget_bytes: (args.kernel_budget_gib * f64::from(1u32 << 30)) as u64,
+        dry_run: args.dry_run,
+    };
+    let pool = crate::db::connect(&settings.database_url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    crate::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let enricher = enricher(settings, &pool).await?;
+    let registry = if args.dry_run {
+        None
+    } else {
+        Some(registry(settings).await?)
+    };
+    let report = crate::train::train(&opts, &pool, &enricher, registry.as_ref()).await?;
+    println!("{report}");
+    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.report.display()))?;
+    println!("  report     {}", args.report.display());
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! - [`settings`]: typed configuration from environment variables.
 //! - [`cli`]: the command line.
 
+pub mod aws;
 pub mod batch;
 pub mod bundle;
 pub mod cli;

@@ -20,7 +20,10 @@ pub fn normalize_record(
 ) -> Result<Vec<String>, RecordError> {
     let values = lookup_values(spec, rec, enrichment)?;
     let doc = match (&spec.documents, &rec.doc_key) {
-        (Some(docs), Some(key)) => Some((key, preferred_doc(docs.providers.as_slice(), key, enrichment)?)),
+        (Some(docs), Some(key)) => Some((
+            key,
+            preferred_doc(docs.providers.as_slice(), key, enrichment)?,
+        )),
         _ => None,
     };
     for (i, feature) in spec.features.iter().enumerate() {
@@ -29,51 +32,78 @@ pub fn normalize_record(
                 let unit = match unit {
                     UnitSource::Fixed(u) => u.as_str(),
                     UnitSource::FromLookup(l) => {
-                        let idx = spec.lookups.iter().position(|x| &x.name == l).expect("validated spec");
+                        let idx = spec
+                            .lookups
+                            .iter()
+                            .position(|x| &x.name == l)
+                            .expect("validated spec");
                         values[idx]
                     }
                 };
-                let reporter = || match unit_lookup_key(spec, unit_source_lookup(&feature.road), rec) {
-                    Some((name, key)) => format!("{name} '{key}' reports {column} in"),
-                    None => format!("{column} is in"),
-                };
+                let reporter =
+                    || match unit_lookup_key(spec, unit_source_lookup(&feature.road), rec) {
+                        Some((name, key)) => format!("{name} '{key}' reports {column} in"),
+                        None => format!("{column} is in"),
+                    };
                 rec.request_values[i] * factor(spec, unit, reporter)?
             }
             Road::Lookup { lookup, unit } => {
-                let idx = spec.lookups.iter().position(|x| &x.name == lookup).expect("validated spec");
+                let idx = spec
+                    .lookups
+                    .iter()
+                    .position(|x| &x.name == lookup)
+                    .expect("validated spec");
                 let text = values[idx];
-                let v: f64 = text.parse().ok().filter(|v: &f64| v.is_finite()).ok_or_else(|| {
-                    RecordError::new(
-                        Stage::EnrichPostgres,
-                        format!("{lookup} value '{text}' for '{}' is not a finite number", rec.lookup_keys[idx]),
-                    )
-                })?;
+                let v: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite())
+                    .ok_or_else(|| {
+                        RecordError::new(
+                            Stage::EnrichPostgres,
+                            format!(
+                                "{lookup} value '{text}' for '{}' is not a finite number",
+                                rec.lookup_keys[idx]
+                            ),
+                        )
+                    })?;
                 v * factor(spec, unit, || format!("lookup {lookup} is in"))?
             }
             Road::Document { providers } => {
-                let (key, doc) = doc.as_ref().expect("a validated spec with document roads has documents");
+                let (key, doc) = doc
+                    .as_ref()
+                    .expect("a validated spec with document roads has documents");
                 let Some(field) = providers.get(&doc.provider) else {
                     return Err(RecordError::new(
                         Stage::EnrichMongo,
-                        format!("note '{key}': provider {} has no field for {}", doc.provider, feature.name),
+                        format!(
+                            "note '{key}': provider {} has no field for {}",
+                            doc.provider, feature.name
+                        ),
                     ));
                 };
                 let v = match doc.field(&field.path) {
                     Some(FieldValue::Number(v)) => *v,
-                    Some(FieldValue::NotANumber(what)) => {
-                        return Err(RecordError::new(
-                            Stage::EnrichMongo,
-                            format!("note '{key}': provider {} field {} holds {what}, not a finite number", doc.provider, field.path),
-                        ))
-                    }
+                    Some(FieldValue::NotANumber(what)) => return Err(RecordError::new(
+                        Stage::EnrichMongo,
+                        format!(
+                            "note '{key}': provider {} field {} holds {what}, not a finite number",
+                            doc.provider, field.path
+                        ),
+                    )),
                     None => {
                         return Err(RecordError::new(
                             Stage::EnrichMongo,
-                            format!("note '{key}': provider {} document has no field {}", doc.provider, field.path),
+                            format!(
+                                "note '{key}': provider {} document has no field {}",
+                                doc.provider, field.path
+                            ),
                         ))
                     }
                 };
-                v * factor(spec, &field.unit, || format!("provider {} field {} is in", doc.provider, field.path))?
+                v * factor(spec, &field.unit, || {
+                    format!("provider {} field {} is in", doc.provider, field.path)
+                })?
             }
         };
     }
@@ -88,19 +118,30 @@ pub fn normalize_record(
 
 fn unit_source_lookup(road: &Road) -> Option<&str> {
     match road {
-        Road::Request { unit: UnitSource::FromLookup(l), .. } => Some(l),
+        Road::Request {
+            unit: UnitSource::FromLookup(l),
+            ..
+        } => Some(l),
         _ => None,
     }
 }
 
-fn unit_lookup_key<'a>(spec: &'a PipelineSpec, lookup: Option<&'a str>, rec: &'a StandardRecord) -> Option<(&'a str, &'a str)> {
+fn unit_lookup_key<'a>(
+    spec: &'a PipelineSpec,
+    lookup: Option<&'a str>,
+    rec: &'a StandardRecord,
+) -> Option<(&'a str, &'a str)> {
     let lookup = lookup?;
     let idx = spec.lookups.iter().position(|l| l.name == lookup)?;
     Some((lookup, rec.lookup_keys[idx].as_str()))
 }
 
 /// The value of every lookup for this record, or the first one missing.
-fn lookup_values<'e>(spec: &PipelineSpec, rec: &StandardRecord, enrichment: &'e Enrichment) -> Result<Vec<&'e str>, RecordError> {
+fn lookup_values<'e>(
+    spec: &PipelineSpec,
+    rec: &StandardRecord,
+    enrichment: &'e Enrichment,
+) -> Result<Vec<&'e str>, RecordError> {
     spec.lookups
         .iter()
         .enumerate()
@@ -114,7 +155,10 @@ fn lookup_values<'e>(spec: &PipelineSpec, rec: &StandardRecord, enrichment: &'e 
                 .ok_or_else(|| {
                     RecordError::new(
                         Stage::EnrichPostgres,
-                        format!("unknown {} '{key}': no row in {} has {} = '{key}'", l.name, l.table, l.key_column),
+                        format!(
+                            "unknown {} '{key}': no row in {} has {} = '{key}'",
+                            l.name, l.table, l.key_column
+                        ),
                     )
                 })
         })
@@ -122,8 +166,16 @@ fn lookup_values<'e>(spec: &PipelineSpec, rec: &StandardRecord, enrichment: &'e 
 }
 
 /// The document of the first provider, in the spec's preference order, that has one.
-fn preferred_doc<'e>(providers: &[String], key: &str, enrichment: &'e Enrichment) -> Result<&'e ProviderDoc, RecordError> {
-    let docs = enrichment.documents.get(key).map(Vec::as_slice).unwrap_or_default();
+fn preferred_doc<'e>(
+    providers: &[String],
+    key: &str,
+    enrichment: &'e Enrichment,
+) -> Result<&'e ProviderDoc, RecordError> {
+    let docs = enrichment
+        .documents
+        .get(key)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     providers
         .iter()
         .find_map(|p| docs.iter().find(|d| &d.provider == p))
@@ -135,7 +187,11 @@ fn preferred_doc<'e>(providers: &[String], key: &str, enrichment: &'e Enrichment
         })
 }
 
-fn factor(spec: &PipelineSpec, unit: &str, who: impl FnOnce() -> String) -> Result<f64, RecordError> {
+fn factor(
+    spec: &PipelineSpec,
+    unit: &str,
+    who: impl FnOnce() -> String,
+) -> Result<f64, RecordError> {
     spec.units.get(unit).copied().ok_or_else(|| {
         let known: Vec<&str> = spec.units.keys().map(String::as_str).collect();
         RecordError::new(
@@ -164,16 +220,43 @@ mod tests {
     }
 
     fn enrichment() -> Enrichment {
-        let scanners = HashMap::from([("sc-01".to_owned(), "milli".to_owned()), ("sc-13".to_owned(), "micro".to_owned())]);
+        let scanners = HashMap::from([
+            ("sc-01".to_owned(), "milli".to_owned()),
+            ("sc-13".to_owned(), "micro".to_owned()),
+        ]);
         let issuers = HashMap::from([("frb".to_owned(), "US-FED".to_owned())]);
         let docs = HashMap::from([
-            ("SN-1".to_owned(), vec![
-                ProviderDoc { provider: "lumen".into(), fields: vec![("wavelet.curt_centi".into(), FieldValue::Number(-280.73)), ("wavelet.ent_milli".into(), FieldValue::Number(-446.99))] },
-                ProviderDoc { provider: "aurum".into(), fields: vec![("scan.kurtosis".into(), FieldValue::Number(-2.8073)), ("scan.entropy".into(), FieldValue::Number(-0.44699))] },
-            ]),
-            ("SN-2".to_owned(), vec![ProviderDoc { provider: "lumen".into(), fields: vec![("wavelet.ent_milli".into(), FieldValue::Number(-446.99))] }]),
+            (
+                "SN-1".to_owned(),
+                vec![
+                    ProviderDoc {
+                        provider: "lumen".into(),
+                        fields: vec![
+                            ("wavelet.curt_centi".into(), FieldValue::Number(-280.73)),
+                            ("wavelet.ent_milli".into(), FieldValue::Number(-446.99)),
+                        ],
+                    },
+                    ProviderDoc {
+                        provider: "aurum".into(),
+                        fields: vec![
+                            ("scan.kurtosis".into(), FieldValue::Number(-2.8073)),
+                            ("scan.entropy".into(), FieldValue::Number(-0.44699)),
+                        ],
+                    },
+                ],
+            ),
+            (
+                "SN-2".to_owned(),
+                vec![ProviderDoc {
+                    provider: "lumen".into(),
+                    fields: vec![("wavelet.ent_milli".into(), FieldValue::Number(-446.99))],
+                }],
+            ),
         ]);
-        Enrichment { lookups: vec![scanners, issuers], documents: docs }
+        Enrichment {
+            lookups: vec![scanners, issuers],
+            documents: docs,
+        }
     }
 
     fn run(rec: &StandardRecord) -> Result<(Vec<f64>, Vec<String>), RecordError> {
@@ -196,13 +279,26 @@ mod tests {
     #[test]
     fn each_missing_reference_names_its_key() {
         let err = run(&record("sc-99", "frb", "SN-1")).unwrap_err();
-        assert_eq!(err.to_string(), "enrich.postgres: unknown scanner 'sc-99': no row in scanners has scanner_id = 'sc-99'");
+        assert_eq!(
+            err.to_string(),
+            "enrich.postgres: unknown scanner 'sc-99': no row in scanners has scanner_id = 'sc-99'"
+        );
         let err = run(&record("sc-01", "bank of atlantis", "SN-1")).unwrap_err();
-        assert!(err.to_string().starts_with("enrich.postgres: unknown issuer 'bank of atlantis'"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("enrich.postgres: unknown issuer 'bank of atlantis'"),
+            "{err}"
+        );
         let err = run(&record("sc-01", "frb", "SN-404")).unwrap_err();
-        assert_eq!(err.to_string(), "enrich.mongo: unknown note 'SN-404': no provider has a scan document for it");
+        assert_eq!(
+            err.to_string(),
+            "enrich.mongo: unknown note 'SN-404': no provider has a scan document for it"
+        );
         let err = run(&record("sc-01", "frb", "SN-2")).unwrap_err();
-        assert_eq!(err.to_string(), "enrich.mongo: note 'SN-2': provider lumen document has no field wavelet.curt_centi");
+        assert_eq!(
+            err.to_string(),
+            "enrich.mongo: note 'SN-2': provider lumen document has no field wavelet.curt_centi"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Largest PostgreSQL pool, in connections. Default 8.
     pub database_max_connections: u32,
+    /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
+    pub s3_force_path_style: bool,
 }
 
 impl Default for Settings {
@@ -60,12 +62,24 @@ impl Default for Settings {
             input_dlq: None,
             migrate_on_start: false,
             database_max_connections: 8,
+            s3_force_path_style: false,
         }
     }
 }
 
-/// `ML_PIPELINE_*` variables read by the scripts and the CLI, not settings fields.
-const SCRIPT_VARIABLES: &[&str] = &["config", "state_dir", "cache_dir", "stack", "mongo_server", "output_dlq"];
+/// `ML_PIPELINE_*` variables read by the `localstack/` scripts and the CLI, not settings fields.
+const SCRIPT_VARIABLES: &[&str] = &[
+    "config",
+    "state_dir",
+    "cache_dir",
+    "stack",
+    "mongo_server",
+    "output_dlq",
+    "external_services",
+    "start_timeout",
+    "python",
+    "pg_version",
+];
 
 impl Settings {
     /// Defaults, then `file` (JSON) if given, then the environment.
@@ -84,9 +98,11 @@ impl Settings {
 
     /// The model bucket, or an error saying how to set it.
     pub fn require_bucket(&self) -> anyhow::Result<&str> {
-        self.model_bucket
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("no model bucket: set ML_PIPELINE_MODEL_BUCKET (the stack output ModelBucketName)"))
+        self.model_bucket.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no model bucket: set ML_PIPELINE_MODEL_BUCKET (the stack output ModelBucketName)"
+            )
+        })
     }
 }
 
@@ -108,9 +124,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.json");
-        std::fs::write(&good, r#"{"model_alias": "candidate", "model_poll_secs": 3}"#).unwrap();
+        std::fs::write(
+            &good,
+            r#"{"model_alias": "candidate", "model_poll_secs": 3}"#,
+        )
+        .unwrap();
         let s = Settings::load(Some(&good)).unwrap();
-        assert_eq!((s.model_alias.as_str(), s.model_poll_secs), ("candidate", 3));
+        assert_eq!(
+            (s.model_alias.as_str(), s.model_poll_secs),
+            ("candidate", 3)
+        );
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"{"model_alais": "candidate"}"#).unwrap();
         let err = Settings::load(Some(&bad)).unwrap_err().to_string();

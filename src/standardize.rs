@@ -148,10 +148,7 @@ pub fn number_cell(column: &str, cell: &Value) -> Result<f64, RecordError> {
         Some(v) if v.is_finite() => Ok(v),
         _ => Err(RecordError::new(
             Stage::Standardize,
-            format!(
-                "{column} must be a finite number, got {}",
-                describe(cell)
-            ),
+            format!("{column} must be a finite number, got {}", describe(cell)),
         )),
     }
 }
@@ -198,7 +195,10 @@ mod tests {
     use serde_json::json;
 
     fn issuer_rules() -> Vec<TextRule> {
-        PipelineSpec::banknote().rules_for("issuer").unwrap().to_vec()
+        PipelineSpec::banknote()
+            .rules_for("issuer")
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
@@ -220,7 +220,10 @@ mod tests {
     fn folding_keeps_letters_it_must_not_merge() {
         let rules = issuer_rules();
         assert_eq!(fold("Banque de France", &rules), "banque de france");
-        assert_ne!(fold("Bank of Japan", &rules), fold("Bank of Jamaica", &rules));
+        assert_ne!(
+            fold("Bank of Japan", &rules),
+            fold("Bank of Jamaica", &rules)
+        );
         // The ligature "ﬁ" becomes "fi" under NFKC, as a person would read it.
         assert_eq!(fold("Suomen Pankki ﬁ", &rules), "suomen pankki fi");
     }
@@ -228,9 +231,11 @@ mod tests {
     #[test]
     fn a_row_is_standardized_by_column_name_not_position() {
         let spec = PipelineSpec::banknote();
-        let columns: Vec<String> = ["skewness", "extra", "note", "id", "variance", "issuer", "scanner"]
-            .map(String::from)
-            .to_vec();
+        let columns: Vec<String> = [
+            "skewness", "extra", "note", "id", "variance", "issuer", "scanner",
+        ]
+        .map(String::from)
+        .to_vec();
         let index = ColumnIndex::new(&spec, &columns).unwrap();
         let row = [
             json!(8.5),
@@ -260,10 +265,19 @@ mod tests {
 
     #[test]
     fn strings_and_nulls_where_numbers_go_are_record_errors() {
-        for cell in [json!("NaN"), json!("3.2"), json!(null), json!({"$gt": 0}), json!([1])] {
+        for cell in [
+            json!("NaN"),
+            json!("3.2"),
+            json!(null),
+            json!({"$gt": 0}),
+            json!([1]),
+        ] {
             let err = number_cell("variance", &cell).unwrap_err();
             assert_eq!(err.stage, Stage::Standardize);
-            assert!(err.reason.starts_with("variance must be a finite number"), "{err}");
+            assert!(
+                err.reason.starts_with("variance must be a finite number"),
+                "{err}"
+            );
         }
         assert_eq!(number_cell("variance", &json!(-2.5)).unwrap(), -2.5);
     }
@@ -272,7 +286,10 @@ mod tests {
     fn operator_objects_never_become_keys() {
         let spec = PipelineSpec::banknote();
         let err = key_cell(&spec, "note", &json!({"$ne": null})).unwrap_err();
-        assert_eq!(err.to_string(), "standardize: note must be a text value, got an object");
+        assert_eq!(
+            err.to_string(),
+            "standardize: note must be a text value, got an object"
+        );
     }
 
     #[test]

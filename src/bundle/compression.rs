@@ -114,7 +114,11 @@ mod tests {
     #[test]
     fn both_codecs_round_trip() {
         let json = br#"{"bundle_id":"b","columns":[],"rows":[]}"#;
-        for enc in [ContentEncoding::Identity, ContentEncoding::Gzip, ContentEncoding::Zstd] {
+        for enc in [
+            ContentEncoding::Identity,
+            ContentEncoding::Gzip,
+            ContentEncoding::Zstd,
+        ] {
             let body = compress(enc, json);
             assert_eq!(&*decompress(enc, &body, 1 << 20).unwrap(), json, "{enc}");
         }

@@ -73,10 +73,14 @@ pub fn decode(
             ),
         ));
     }
-    let json = decompress(encoding, body, limits.max_body_bytes)
-        .map_err(|e| DecodeError::new(None, e))?;
+    let json =
+        decompress(encoding, body, limits.max_body_bytes).map_err(|e| DecodeError::new(None, e))?;
     let map: Map<String, Value> = serde_json::from_slice(&json).map_err(|e| {
-        let what = if e.is_data() { "a JSON object" } else { "valid JSON" };
+        let what = if e.is_data() {
+            "a JSON object"
+        } else {
+            "valid JSON"
+        };
         DecodeError::new(None, format!("body is not {what}: {e}"))
     })?;
     if map.contains_key("bundle_id") {
@@ -93,7 +97,10 @@ pub fn decode(
 
 fn bundle_id(value: Option<Value>, field: &str) -> Result<String, DecodeError> {
     let Some(Value::String(id)) = value else {
-        return Err(DecodeError::new(None, format!("'{field}' must be a string")));
+        return Err(DecodeError::new(
+            None,
+            format!("'{field}' must be a string"),
+        ));
     };
     let chars = id.chars().count();
     if chars == 0 || chars > MAX_BUNDLE_ID_CHARS {
@@ -111,19 +118,30 @@ fn bundle_id(value: Option<Value>, field: &str) -> Result<String, DecodeError> {
     Ok(id)
 }
 
-fn request_bundle(mut map: Map<String, Value>, limits: &Limits) -> Result<RequestBundle, DecodeError> {
+fn request_bundle(
+    mut map: Map<String, Value>,
+    limits: &Limits,
+) -> Result<RequestBundle, DecodeError> {
     let id = bundle_id(map.remove("bundle_id"), "bundle_id")?;
     let err = |reason: String| DecodeError::new(Some(&id), reason);
     let model = match map.remove("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if m.chars().count() <= 128 => Some(m),
-        Some(_) => return Err(err("'model' must be a string of at most 128 characters".into())),
+        Some(_) => {
+            return Err(err(
+                "'model' must be a string of at most 128 characters".into()
+            ))
+        }
     };
     let columns = string_list(map.remove("columns"), "columns", limits).map_err(err)?;
     if columns.is_empty() {
         return Err(err("'columns' is empty".into()));
     }
-    if let Some(dup) = columns.iter().enumerate().find(|(i, c)| columns[..*i].contains(c)) {
+    if let Some(dup) = columns
+        .iter()
+        .enumerate()
+        .find(|(i, c)| columns[..*i].contains(c))
+    {
         return Err(err(format!("column '{}' appears twice", dup.1)));
     }
     let rows = match map.remove("rows") {
@@ -271,9 +289,14 @@ mod tests {
     #[test]
     fn a_v1_bundle_decodes_in_every_encoding() {
         let json = v1().to_string();
-        for enc in [ContentEncoding::Identity, ContentEncoding::Gzip, ContentEncoding::Zstd] {
+        for enc in [
+            ContentEncoding::Identity,
+            ContentEncoding::Gzip,
+            ContentEncoding::Zstd,
+        ] {
             let body = compress(enc, json.as_bytes());
-            let InputBundle::Request(b) = decode(&body, enc.attribute(), &Limits::default()).unwrap()
+            let InputBundle::Request(b) =
+                decode(&body, enc.attribute(), &Limits::default()).unwrap()
             else {
                 panic!("not a request bundle")
             };
@@ -296,15 +319,24 @@ mod tests {
     fn shape_errors_name_the_row() {
         let mut b = v1();
         b["rows"][1] = json!(["r-2", "SN-2"]);
-        assert_eq!(reason(&b.to_string(), None), "row 1 has 2 values for 3 columns");
+        assert_eq!(
+            reason(&b.to_string(), None),
+            "row 1 has 2 values for 3 columns"
+        );
         let mut b = v1();
         b["rows"] = json!("many");
-        assert_eq!(reason(&b.to_string(), None), "'rows' must be an array of rows");
+        assert_eq!(
+            reason(&b.to_string(), None),
+            "'rows' must be an array of rows"
+        );
     }
 
     #[test]
     fn limits_are_enforced() {
-        let limits = Limits { max_rows: 1, ..Limits::default() };
+        let limits = Limits {
+            max_rows: 1,
+            ..Limits::default()
+        };
         let err = decode(&v1().to_string(), None, &limits).unwrap_err();
         assert_eq!(err.reason, "2 rows, more than the limit of 1");
         assert_eq!(err.bundle_id.as_deref(), Some("b-1"));
@@ -313,7 +345,10 @@ mod tests {
         b["bundle_id"] = json!("x".repeat(10_000));
         let err = decode(&b.to_string(), None, &Limits::default()).unwrap_err();
         assert!(err.reason.contains("10000 characters"), "{}", err.reason);
-        assert_eq!(err.bundle_id.unwrap().chars().count(), MAX_BUNDLE_ID_CHARS + 1);
+        assert_eq!(
+            err.bundle_id.unwrap().chars().count(),
+            MAX_BUNDLE_ID_CHARS + 1
+        );
 
         let mut b = v1();
         b["rows"][0][1] = json!("n".repeat(5000));

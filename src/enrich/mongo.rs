@@ -38,7 +38,8 @@ impl DocumentSource for MongoDocuments {
             spec.key_field.as_str(): {"$in": keys},
             spec.provider_field.as_str(): {"$in": &spec.providers},
         };
-        let mut projection = doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
+        let mut projection =
+            doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
         for p in paths {
             projection.insert(p.as_str(), 1);
         }
@@ -50,7 +51,9 @@ impl DocumentSource for MongoDocuments {
             .batch_size(keys.len().clamp(1, 10_000) as u32)
             .await?;
         while let Some(d) = cursor.try_next().await? {
-            let (Ok(key), Ok(provider)) = (d.get_str(&spec.key_field), d.get_str(&spec.provider_field)) else {
+            let (Ok(key), Ok(provider)) =
+                (d.get_str(&spec.key_field), d.get_str(&spec.provider_field))
+            else {
                 continue;
             };
             let fields = paths
@@ -78,7 +81,10 @@ pub fn field_at(doc: &Document, path: &str) -> Option<FieldValue> {
         Bson::Int32(v) => FieldValue::Number(f64::from(*v)),
         Bson::Int64(v) => FieldValue::Number(*v as f64),
         Bson::Null => FieldValue::NotANumber("null".into()),
-        Bson::String(s) => FieldValue::NotANumber(format!("the text {:?}", crate::standardize::truncate_chars(s, 32))),
+        Bson::String(s) => FieldValue::NotANumber(format!(
+            "the text {:?}",
+            crate::standardize::truncate_chars(s, 32)
+        )),
         other => FieldValue::NotANumber(format!("a {:?} value", other.element_type())),
     })
 }
@@ -92,8 +98,14 @@ mod tests {
         let d = doc! {"scan": {"kurtosis": 1.5, "n": 3, "s": "x", "nan": f64::NAN}};
         assert_eq!(field_at(&d, "scan.kurtosis"), Some(FieldValue::Number(1.5)));
         assert_eq!(field_at(&d, "scan.n"), Some(FieldValue::Number(3.0)));
-        assert!(matches!(field_at(&d, "scan.s"), Some(FieldValue::NotANumber(_))));
-        assert!(matches!(field_at(&d, "scan.nan"), Some(FieldValue::NotANumber(_))));
+        assert!(matches!(
+            field_at(&d, "scan.s"),
+            Some(FieldValue::NotANumber(_))
+        ));
+        assert!(matches!(
+            field_at(&d, "scan.nan"),
+            Some(FieldValue::NotANumber(_))
+        ));
         assert_eq!(field_at(&d, "scan.missing"), None);
         assert_eq!(field_at(&d, "scan.kurtosis.deeper"), None);
     }

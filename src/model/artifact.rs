@@ -156,8 +156,12 @@ impl ModelArtifact {
         let example = Array2::from_shape_vec((1, n), self.spec.example_features.clone())
             .map_err(|e| ArtifactError::Inconsistent(e.to_string()))?;
         let classifier = self.classifier();
-        let score = std::panic::catch_unwind(|| classifier.decision_values(example))
-            .map_err(|_| ArtifactError::Inconsistent("the SVM's shape does not match the spec's features".into()))?;
+        let score =
+            std::panic::catch_unwind(|| classifier.decision_values(example)).map_err(|_| {
+                ArtifactError::Inconsistent(
+                    "the SVM's shape does not match the spec's features".into(),
+                )
+            })?;
         if !score[0].is_finite() {
             return Err(ArtifactError::Inconsistent(format!(
                 "smoke prediction on the example row gave {}",

@@ -33,7 +33,11 @@ impl LoadedModel {
     /// Wraps a validated artifact.
     pub fn new(version: u64, artifact: ModelArtifact) -> Self {
         let classifier = artifact.classifier();
-        Self { version, artifact, classifier }
+        Self {
+            version,
+            artifact,
+            classifier,
+        }
     }
 }
 
@@ -74,7 +78,11 @@ pub enum PollOutcome {
 
 impl ModelHolder {
     /// Loads the initial model; fails when it cannot be loaded and validated.
-    pub async fn load(registry: Registry, name: &str, source: ModelSource) -> Result<Self, RegistryError> {
+    pub async fn load(
+        registry: Registry,
+        name: &str,
+        source: ModelSource,
+    ) -> Result<Self, RegistryError> {
         let (version, etag) = match &source {
             ModelSource::Pinned(v) => (*v, None),
             ModelSource::Alias(alias) => {
@@ -125,9 +133,15 @@ impl ModelHolder {
     }
 
     async fn try_poll(&self) -> Result<PollOutcome, RegistryError> {
-        let ModelSource::Alias(alias) = &self.source else { return Ok(PollOutcome::Unchanged) };
+        let ModelSource::Alias(alias) = &self.source else {
+            return Ok(PollOutcome::Unchanged);
+        };
         let mut etag = self.etag.lock().await;
-        let state = match self.registry.alias_if_changed(&self.name, alias, etag.as_deref()).await? {
+        let state = match self
+            .registry
+            .alias_if_changed(&self.name, alias, etag.as_deref())
+            .await?
+        {
             AliasPoll::Unchanged => return Ok(PollOutcome::Unchanged),
             AliasPoll::Changed(state) => state,
         };

@@ -3,6 +3,7 @@
 //! [`holder`] serves the promoted version with hot reload.
 
 pub mod artifact;
+pub mod commands;
 pub mod holder;
 pub mod registry;
 
@@ -36,7 +37,10 @@ impl Classifier {
     /// Scales in place, so the caller hands over the matrix.
     pub fn decision_values(&self, canonical: Array2<f64>) -> Vec<f64> {
         let scaled = self.scaler.transform(canonical);
-        scaled.outer_iter().map(|row| self.decision_value(row)).collect()
+        scaled
+            .outer_iter()
+            .map(|row| self.decision_value(row))
+            .collect()
     }
 
     /// The decision value of one already-scaled row.

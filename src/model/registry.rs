@@ -96,7 +96,10 @@ pub fn alias_key(name: &str, alias: &str) -> String {
 impl Registry {
     /// A registry in `bucket`.
     pub fn new(s3: Client, bucket: impl Into<String>) -> Self {
-        Self { s3, bucket: bucket.into() }
+        Self {
+            s3,
+            bucket: bucket.into(),
+        }
     }
 
     /// The bucket name.
@@ -108,12 +111,21 @@ impl Registry {
     where
         E: std::error::Error + 'static,
     {
-        RegistryError::S3 { op, bucket: self.bucket.clone(), key: key.to_owned(), message: DisplayErrorContext(e).to_string() }
+        RegistryError::S3 {
+            op,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            message: DisplayErrorContext(e).to_string(),
+        }
     }
 
     /// Publishes an artifact as the next version number and returns that number.
     pub async fn publish(&self, artifact: &mut ModelArtifact) -> Result<u64, RegistryError> {
-        let mut next = self.versions(&artifact.name).await?.last().map_or(1, |v| v + 1);
+        let mut next = self
+            .versions(&artifact.name)
+            .await?
+            .last()
+            .map_or(1, |v| v + 1);
         for _ in 0..PUBLISH_ATTEMPTS {
             artifact.version = Some(next);
             let key = version_key(&artifact.name, next);
@@ -130,7 +142,12 @@ impl Registry {
             match put {
                 Ok(_) => return Ok(next),
                 // Someone else took this number first: try the next one.
-                Err(e) if matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some("PreconditionFailed" | "ConditionalRequestConflict")
+                    ) =>
+                {
                     tracing::info!(model = %artifact.name, version = next, "version number taken by another publisher, trying the next");
                     next += 1;
                 }
@@ -147,17 +164,50 @@ impl Registry {
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
         let prefix = format!("models/{name}/versions/");
         let mut versions = Vec::new();
-        let mut pages = self.s3.list_objects_v2().bucket(&self.bucket).prefix(&prefix).delimiter("/").into_paginator().send();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
-            versions.extend(
-                page.common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix()?.strip_prefix(&prefix)?.trim_end_matches('/').parse::<u64>().ok()),
-            );
+            versions.extend(page.common_prefixes().iter().filter_map(|p| {
+                p.prefix()?
+                    .strip_prefix(&prefix)?
+                    .trim_end_matches('/')
+                    .parse::<u64>()
+                    .ok()
+            }));
         }
         versions.sort_unstable();
         Ok(versions)
+    }
+
+    /// Every alias of a model with the version it points at, by alias name.
+    pub async fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
+        let prefix = format!("models/{name}/aliases/");
+        let page = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
+        let mut out = Vec::new();
+        for alias in page
+            .contents()
+            .iter()
+            .filter_map(|o| o.key()?.strip_prefix(&prefix))
+        {
+            if let Some(state) = self.alias(name, alias).await? {
+                out.push((alias.to_owned(), state.record.version));
+            }
+        }
+        Ok(out)
     }
 
     /// The raw bytes of a version's artifact.
@@ -168,8 +218,12 @@ impl Registry {
     /// Loads and validates a version.
     pub async fn load(&self, name: &str, version: u64) -> Result<ModelArtifact, RegistryError> {
         let bytes = self.artifact_bytes(name, version).await?;
-        let artifact = ModelArtifact::from_json(&bytes)
-            .map_err(|source| RegistryError::Artifact { name: name.to_owned(), version, source })?;
+        let artifact =
+            ModelArtifact::from_json(&bytes).map_err(|source| RegistryError::Artifact {
+                name: name.to_owned(),
+                version,
+                source,
+            })?;
         if artifact.name != name {
             return Err(RegistryError::Invalid(format!(
                 "s3://{}/{} holds model '{}', not '{name}'",
@@ -182,18 +236,37 @@ impl Registry {
     }
 
     async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Vec<u8>, RegistryError> {
-        let out = self.s3.get_object().bucket(&self.bucket).key(key).set_version_id(version_id.map(str::to_owned)).send().await;
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await;
         match out {
-            Ok(out) => Ok(out.body.collect().await.map_err(|e| self.s3_error("GetObject", key, e))?.to_vec()),
+            Ok(out) => Ok(out
+                .body
+                .collect()
+                .await
+                .map_err(|e| self.s3_error("GetObject", key, e))?
+                .to_vec()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                Err(RegistryError::NotFound { bucket: self.bucket.clone(), key: key.to_owned() })
+                Err(RegistryError::NotFound {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                })
             }
             Err(e) => Err(self.s3_error("GetObject", key, e)),
         }
     }
 
     /// The alias record, or `None` when the alias was never set.
-    pub async fn alias(&self, name: &str, alias: &str) -> Result<Option<AliasState>, RegistryError> {
+    pub async fn alias(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<AliasState>, RegistryError> {
         match self.alias_if_changed(name, alias, None).await {
             Ok(AliasPoll::Changed(state)) => Ok(Some(state)),
             Ok(AliasPoll::Unchanged) => unreachable!("no ETag was given"),
@@ -203,33 +276,68 @@ impl Registry {
     }
 
     /// Reads the alias unless its ETag is still `etag` (a conditional GET: 304 costs no body).
-    pub async fn alias_if_changed(&self, name: &str, alias: &str, etag: Option<&str>) -> Result<AliasPoll, RegistryError> {
+    pub async fn alias_if_changed(
+        &self,
+        name: &str,
+        alias: &str,
+        etag: Option<&str>,
+    ) -> Result<AliasPoll, RegistryError> {
         let key = alias_key(name, alias);
-        let out = self.s3.get_object().bucket(&self.bucket).key(&key).set_if_none_match(etag.map(str::to_owned)).send().await;
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .set_if_none_match(etag.map(str::to_owned))
+            .send()
+            .await;
         let out = match out {
             Ok(out) => out,
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => return Ok(AliasPoll::Unchanged),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => {
+                return Ok(AliasPoll::Unchanged)
+            }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(RegistryError::NotFound { bucket: self.bucket.clone(), key });
+                return Err(RegistryError::NotFound {
+                    bucket: self.bucket.clone(),
+                    key,
+                });
             }
             Err(e) => return Err(self.s3_error("GetObject", &key, e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
-        let bytes = out.body.collect().await.map_err(|e| self.s3_error("GetObject", &key, e))?.to_vec();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.s3_error("GetObject", &key, e))?
+            .to_vec();
         let record = parse_alias(&self.bucket, &key, &bytes)?;
         Ok(AliasPoll::Changed(AliasState { record, etag }))
     }
 
     /// Points an alias at a version (the caller has validated it).
-    pub async fn set_alias(&self, name: &str, alias: &str, version: u64, action: &str) -> Result<AliasRecord, RegistryError> {
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+        action: &str,
+    ) -> Result<AliasRecord, RegistryError> {
         let key = alias_key(name, alias);
-        let record = AliasRecord { version, action: action.to_owned(), at: Utc::now(), by: who() };
+        let record = AliasRecord {
+            version,
+            action: action.to_owned(),
+            at: Utc::now(),
+            by: who(),
+        };
         self.s3
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
             .content_type("application/json")
-            .body(ByteStream::from(serde_json::to_vec(&record).expect("alias records serialize")))
+            .body(ByteStream::from(
+                serde_json::to_vec(&record).expect("alias records serialize"),
+            ))
             .send()
             .await
             .map_err(|e| self.s3_error("PutObject", &key, e))?;
@@ -237,19 +345,37 @@ impl Registry {
     }
 
     /// Every write of an alias, oldest first, from the bucket's object versions.
-    pub async fn alias_history(&self, name: &str, alias: &str) -> Result<Vec<AliasRecord>, RegistryError> {
+    pub async fn alias_history(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Vec<AliasRecord>, RegistryError> {
         let key = alias_key(name, alias);
         let mut entries = Vec::new();
-        let mut req = self.s3.list_object_versions().bucket(&self.bucket).prefix(&key);
+        let mut req = self
+            .s3
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&key);
         loop {
-            let page = req.clone().send().await.map_err(|e| self.s3_error("ListObjectVersions", &key, e))?;
+            let page = req
+                .clone()
+                .send()
+                .await
+                .map_err(|e| self.s3_error("ListObjectVersions", &key, e))?;
             entries.extend(
                 page.versions()
                     .iter()
                     .filter(|v| v.key() == Some(key.as_str()))
-                    .filter_map(|v| Some((v.last_modified().copied()?, v.version_id()?.to_owned()))),
+                    .filter_map(|v| {
+                        Some((v.last_modified().copied()?, v.version_id()?.to_owned()))
+                    }),
             );
-            match (page.is_truncated(), page.next_key_marker(), page.next_version_id_marker()) {
+            match (
+                page.is_truncated(),
+                page.next_key_marker(),
+                page.next_version_id_marker(),
+            ) {
                 (Some(true), Some(k), Some(v)) => req = req.key_marker(k).version_id_marker(v),
                 _ => break,
             }
@@ -269,7 +395,9 @@ impl Registry {
     pub async fn rollback(&self, name: &str, alias: &str) -> Result<(u64, u64), RegistryError> {
         let history = self.alias_history(name, alias).await?;
         let mut stack = replay(&history);
-        let current = stack.pop().ok_or_else(|| RegistryError::Invalid(format!("alias {alias} of model {name} was never set")))?;
+        let current = stack.pop().ok_or_else(|| {
+            RegistryError::Invalid(format!("alias {alias} of model {name} was never set"))
+        })?;
         let previous = *stack.last().ok_or_else(|| {
             RegistryError::Invalid(format!("alias {alias} of model {name} has no earlier version to roll back to (it is at {current})"))
         })?;
@@ -305,12 +433,16 @@ pub fn replay(history: &[AliasRecord]) -> Vec<u64> {
 }
 
 fn parse_alias(bucket: &str, key: &str, bytes: &[u8]) -> Result<AliasRecord, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|e| RegistryError::Invalid(format!("s3://{bucket}/{key} is not an alias record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        RegistryError::Invalid(format!("s3://{bucket}/{key} is not an alias record: {e}"))
+    })
 }
 
 fn who() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
     format!("{user}@{host}")
 }
 
@@ -319,7 +451,12 @@ mod tests {
     use super::*;
 
     fn rec(version: u64, action: &str) -> AliasRecord {
-        AliasRecord { version, action: action.into(), at: Utc::now(), by: "t".into() }
+        AliasRecord {
+            version,
+            action: action.into(),
+            at: Utc::now(),
+            by: "t".into(),
+        }
     }
 
     #[test]

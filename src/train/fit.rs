@@ -55,9 +55,15 @@ pub fn check_budget(rows: usize, budget: u64) -> Result<(), FitError> {
 
 /// Fits a scaler and an SVM on canonical features.
 pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifier, FitError> {
-    let classes = (y.iter().filter(|v| **v).count(), y.iter().filter(|v| !**v).count());
+    let classes = (
+        y.iter().filter(|v| **v).count(),
+        y.iter().filter(|v| !**v).count(),
+    );
     if classes.0 == 0 || classes.1 == 0 {
-        return Err(FitError::Data(format!("{} real and {} fake rows: both classes are needed", classes.0, classes.1)));
+        return Err(FitError::Data(format!(
+            "{} real and {} fake rows: both classes are needed",
+            classes.0, classes.1
+        )));
     }
     let targets = Array1::from_vec(y.to_vec());
     let dataset = Dataset::new(x.clone(), targets.clone());
@@ -129,12 +135,21 @@ pub fn scores(m: &[[u64; 2]; 2]) -> (f64, f64, f64, f64) {
     let ratio = |a: f64, b: f64| if b == 0.0 { 0.0 } else { a / b };
     let precision = ratio(tp, tp + fp);
     let recall = ratio(tp, tp + fn_);
-    (ratio(tp + tn, tp + tn + fp + fn_), precision, recall, ratio(2.0 * precision * recall, precision + recall))
+    (
+        ratio(tp + tn, tp + tn + fp + fn_),
+        precision,
+        recall,
+        ratio(2.0 * precision * recall, precision + recall),
+    )
 }
 
 /// Predicted classes of a classifier on canonical features.
 pub fn predict(model: &Classifier, x: &Array2<f64>) -> Vec<bool> {
-    model.decision_values(x.clone()).into_iter().map(|s| s >= 0.0).collect()
+    model
+        .decision_values(x.clone())
+        .into_iter()
+        .map(|s| s >= 0.0)
+        .collect()
 }
 
 /// Cross-validates, evaluates on a hold-out split, and fits the final model on all rows.
@@ -147,19 +162,28 @@ pub fn train_and_evaluate(
 ) -> Result<(Classifier, Metrics, EvalTimes), FitError> {
     let k = params.folds.max(2);
     if y.len() < k * 2 {
-        return Err(FitError::Data(format!("{} rows are too few for {k}-fold cross-validation", y.len())));
+        return Err(FitError::Data(format!(
+            "{} rows are too few for {k}-fold cross-validation",
+            y.len()
+        )));
     }
     let total = k + 2;
     let started = std::time::Instant::now();
     let folds = stratified_folds(y, k, params.seed);
     let mut fold_accuracy = Vec::with_capacity(k);
     for (i, test) in folds.iter().enumerate() {
-        let train: Vec<usize> = (0..y.len()).filter(|j| test.binary_search(j).is_err()).collect();
+        let train: Vec<usize> = (0..y.len())
+            .filter(|j| test.binary_search(j).is_err())
+            .collect();
         let (xt, yt) = take(x, y, &train);
         let (xv, yv) = take(x, y, test);
         let model = fit(&xt, &yt, params)?;
         fold_accuracy.push(scores(&confusion(&yv, &predict(&model, &xv))).0);
-        progress(i + 1, total, &format!("cross-validation fold {}/{k}", i + 1));
+        progress(
+            i + 1,
+            total,
+            &format!("cross-validation fold {}/{k}", i + 1),
+        );
     }
     let (train, test) = holdout_split(y, 0.2, params.seed);
     let (xt, yt) = take(x, y, &train);
@@ -186,7 +210,14 @@ pub fn train_and_evaluate(
         train_rows: y.len(),
         holdout_rows: test.len(),
     };
-    Ok((model, metrics, EvalTimes { eval_seconds, train_seconds }))
+    Ok((
+        model,
+        metrics,
+        EvalTimes {
+            eval_seconds,
+            train_seconds,
+        },
+    ))
 }
 
 /// Seconds spent evaluating (CV and hold-out) and fitting the final model.
@@ -243,6 +274,9 @@ mod tests {
             folds: 2,
             seed: 1,
         };
-        assert!(matches!(fit(&x, &[true; 4], &params), Err(FitError::Data(_))));
+        assert!(matches!(
+            fit(&x, &[true; 4], &params),
+            Err(FitError::Data(_))
+        ));
     }
 }

@@ -1,0 +1,130 @@
+//! The test environment: every test gets its own randomly named PostgreSQL database, MongoDB
+//! database, S3 bucket and SQS queues on the real local services (`make up`), so tests never
+//! share state and run in parallel.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use ml_pipeline::enrich::mongo::MongoDocuments;
+use ml_pipeline::enrich::postgres::PgReference;
+use ml_pipeline::enrich::Enricher;
+use ml_pipeline::fixtures::{self, FixtureSet};
+use ml_pipeline::model::registry::Registry;
+use ml_pipeline::spec::PipelineSpec;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+
+/// A short random suffix for resource names.
+pub fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The admin URL of the local PostgreSQL (the project role may create databases).
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", "postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline")
+}
+
+/// The local MongoDB URI.
+pub fn mongodb_uri() -> String {
+    env_or("MONGODB_URI", "mongodb://127.0.0.1:27017")
+}
+
+/// The default fixture set, read once.
+pub fn default_fixtures() -> &'static FixtureSet {
+    static SET: OnceLock<FixtureSet> = OnceLock::new();
+    SET.get_or_init(|| fixtures::read_set(&fixtures::files::default_dir()).expect("fixtures/default is readable"))
+}
+
+/// AWS SDK config for the local endpoint (from AWS_ENDPOINT_URL), with test defaults.
+pub async fn aws() -> aws_config::SdkConfig {
+    for (k, v) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")] {
+        if std::env::var(k).is_err() {
+            // Tests run in one process; setting the same defaults from several threads is benign.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        unsafe { std::env::set_var("AWS_ENDPOINT_URL", "http://127.0.0.1:4566") };
+    }
+    ml_pipeline::aws::sdk_config(Duration::from_secs(30)).await
+}
+
+/// A fresh PostgreSQL database with the migrations applied.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub name: String,
+    pub url: SecretString,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = PgPool::connect(&database_url()).await.expect("PostgreSQL is up (make up)");
+        let name = format!("test_{}", suffix());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+        let base = database_url();
+        let url = format!("{}/{name}", &base[..base.rfind('/').expect("a database URL has a path")]);
+        let pool = ml_pipeline::db::connect(&url.clone().into(), 8).await.expect("connect to the test database");
+        ml_pipeline::db::migrate(&pool).await.expect("migrations apply");
+        Self { pool, name, url: url.into() }
+    }
+}
+
+/// A fresh MongoDB database.
+pub async fn mongo_db() -> mongodb::Database {
+    let name = format!("test_{}", suffix());
+    ml_pipeline::mongo::connect(&mongodb_uri().into(), &name).await.expect("MongoDB is up (make up)")
+}
+
+/// A PostgreSQL database and a MongoDB database loaded with the default fixtures.
+pub struct Loaded {
+    pub db: TestDb,
+    pub mongo: mongodb::Database,
+    pub enricher: Enricher<PgReference, MongoDocuments>,
+}
+
+impl Loaded {
+    pub async fn new() -> Self {
+        let db = TestDb::new().await;
+        let mongo = mongo_db().await;
+        fixtures::load::load(default_fixtures(), &PipelineSpec::banknote(), &db.pool, &mongo, "default")
+            .await
+            .expect("fixtures load");
+        let enricher = Enricher { reference: PgReference::new(db.pool.clone()), documents: MongoDocuments::new(mongo.clone()) };
+        Self { db, mongo, enricher }
+    }
+
+    pub fn mongo_uri(&self) -> SecretString {
+        mongodb_uri().into()
+    }
+}
+
+/// A fresh versioned S3 bucket.
+pub async fn bucket() -> (aws_sdk_s3::Client, String) {
+    let s3 = ml_pipeline::aws::s3(&aws().await, true);
+    let name = format!("test-{}", suffix());
+    s3.create_bucket().bucket(&name).send().await.expect("LocalStack S3 is up (make up)");
+    s3.put_bucket_versioning()
+        .bucket(&name)
+        .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build())
+        .send()
+        .await
+        .expect("enable versioning");
+    (s3, name)
+}
+
+/// A registry in a fresh bucket.
+pub async fn registry() -> Registry {
+    let (s3, name) = bucket().await;
+    Registry::new(s3, name)
+}
+
+/// Reads a secret for a test assertion.
+pub fn expose(s: &SecretString) -> &str {
+    s.expose_secret()
+}
