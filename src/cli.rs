@@ -43,7 +43,13 @@ pub enum Command {
     /// List, inspect, promote, roll back and compare model versions in the S3 registry.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Set up the local job end to end and print what is where (run `make demo` to start services first).
+    /// Run the worker: long-poll the input queue, answer every bundle, until SIGTERM/SIGINT.
+    Worker,
+    /// Publish bundles to the input queue (the fixtures' bundles, or a .json/.jsonl file).
+    Send(SendArgs),
+    /// Run the whole job on the local services: load fixtures, train and promote a model, start
+    /// the worker, send the fixture bundles, read the answers back, print a summary.
+    /// (`make demo` starts the services and deploys the stack first.)
     Demo(DemoArgs),
 }
 
@@ -116,7 +122,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4.0)]
     pub kernel_width: f64,
     /// Penalty C.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub c: f64,
     /// Class weights multiplying C, as FAKE,REAL.
     #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [1.0, 1.0])]
@@ -194,6 +200,44 @@ pub enum ModelsCommand {
     },
 }
 
+/// Options of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// A fixture directory (sends bundles.jsonl and seed_bundles.jsonl) or a .json/.jsonl file.
+    #[arg(long, default_value = "fixtures/default")]
+    pub from: PathBuf,
+    /// Body encoding.
+    #[arg(long, value_enum, default_value = "identity")]
+    pub encoding: EncodingArg,
+    /// Bundles per second; unlimited when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Send everything this many times (with fresh bundle ids after the first).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+/// A body encoding on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EncodingArg {
+    /// Plain JSON.
+    Identity,
+    /// gzip + base64.
+    Gzip,
+    /// zstd + base64.
+    Zstd,
+}
+
+impl From<EncodingArg> for crate::bundle::ContentEncoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::Identity => Self::Identity,
+            EncodingArg::Gzip => Self::Gzip,
+            EncodingArg::Zstd => Self::Zstd,
+        }
+    }
+}
+
 /// Options of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -220,6 +264,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fixtures(FixturesCommand::Load(args)) => load(&settings, &args).await,
         Command::Train(args) => train(&settings, &args).await,
         Command::Models(cmd) => crate::model::commands::run(&settings, cmd).await,
+        Command::Worker => {
+            let summary = crate::worker::start(&settings).await?;
+            anyhow::ensure!(
+                summary.drained,
+                "drain timeout reached; unfinished bundles were left for redelivery"
+            );
+            Ok(())
+        }
+        Command::Send(args) => send(&settings, &args).await,
         Command::Demo(args) => demo(&settings, &args).await,
     }
 }
@@ -272,33 +325,7 @@ async fn load(settings: &Settings, args: &LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
-    load(
-        settings,
-        &LoadArgs {
-            dir: args.fixtures.clone(),
-            dataset: "default".into(),
-            migrate: true,
-        },
-    )
-    .await?;
-    let show = |name: &str, v: &Option<String>| {
-        println!("  {name:<14} {}", v.as_deref().unwrap_or("(not set)"))
-    };
-    println!("what is where:");
-    show("input queue", &settings.input_queue);
-    show("output queue", &settings.output_queue);
-    show("input DLQ", &settings.input_dlq);
-    show("model bucket", &settings.model_bucket);
-    println!("  {:<14} {}", "fixtures", args.fixtures.display());
-    println!(
-        "  {:<14} tables units, scanners, issuers, issuer_aliases, training_examples",
-        "PostgreSQL"
-    );
-    println!(
-        "  {:<14} database {}, collection provider_scans",
-        "MongoDB", settings.mongodb_database
-    );
-    Ok(())
+    crate::demo::run(settings, &args.fixtures).await
 }
 
 /// Connects the enrichment sources named by the settings.
@@ -375,10 +402,34 @@ async fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         Some(registry(settings).await?)
     };
-    let report = crate::train::train(&opts, &pool, &enricher, registry.as_ref()).await?;
+    let (report, _) = crate::train::train(&opts, &pool, &enricher, registry.as_ref()).await?;
     println!("{report}");
     std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", args.report.display()))?;
     println!("  report     {}", args.report.display());
+    Ok(())
+}
+
+async fn send(settings: &Settings, args: &SendArgs) -> anyhow::Result<()> {
+    let bundles = crate::send::read_bundles(&args.from)?;
+    let sdk = crate::aws::sdk_config(std::time::Duration::from_secs(30)).await;
+    let queue_name = settings
+        .input_queue
+        .as_deref()
+        .context("set ML_PIPELINE_INPUT_QUEUE (a queue URL or name)")?;
+    let queue = crate::queue::SqsQueue::resolve(crate::aws::sqs(&sdk), queue_name).await?;
+    let mut total = 0;
+    for round in 0..args.repeat.max(1) {
+        let batch: Vec<serde_json::Value> = if round == 0 {
+            bundles.clone()
+        } else {
+            bundles
+                .iter()
+                .map(|b| crate::send::with_fresh_id(b, round))
+                .collect()
+        };
+        total += crate::send::send(&queue, &batch, args.encoding.into(), args.rate).await?;
+    }
+    println!("sent {total} bundles to {}", queue.url());
     Ok(())
 }

@@ -14,6 +14,10 @@
 //! - [`normalize`]: every feature in canonical units, written into its matrix row.
 //! - [`batch`]: many bundles -> one matrix -> one answer per bundle.
 //! - [`record`]: per-record errors, with their stage.
+//! - [`queue`]: the SQS seam (receive, batch send/delete, visibility).
+//! - [`worker`]: the main job: pollers, batching, the one step, heartbeat, shutdown, aggregates.
+//! - [`train`]: training with the worker's own preprocessing, evaluation, publishing.
+//! - [`aws`]: SDK clients from the default chain.
 //! - [`model`]: the fitted scaler and SVM and their versioned artifact.
 //! - [`db`]: the PostgreSQL pool and migrations; [`mongo`]: the MongoDB client and indexes.
 //! - [`fixtures`]: the deterministic banknote domain generator and loader.
@@ -25,14 +29,18 @@ pub mod batch;
 pub mod bundle;
 pub mod cli;
 pub mod db;
+pub mod demo;
 pub mod enrich;
 pub mod fixtures;
 pub mod model;
 pub mod mongo;
 pub mod normalize;
+pub mod queue;
 pub mod record;
+pub mod send;
 pub mod settings;
 pub mod spec;
 pub mod standardize;
 pub mod telemetry;
 pub mod train;
+pub mod worker;

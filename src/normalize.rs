@@ -84,13 +84,15 @@ pub fn normalize_record(
                 };
                 let v = match doc.field(&field.path) {
                     Some(FieldValue::Number(v)) => *v,
-                    Some(FieldValue::NotANumber(what)) => return Err(RecordError::new(
-                        Stage::EnrichMongo,
-                        format!(
+                    Some(FieldValue::NotANumber(what)) => {
+                        return Err(RecordError::new(
+                            Stage::EnrichMongo,
+                            format!(
                             "note '{key}': provider {} field {} holds {what}, not a finite number",
                             doc.provider, field.path
                         ),
-                    )),
+                        ))
+                    }
                     None => {
                         return Err(RecordError::new(
                             Stage::EnrichMongo,

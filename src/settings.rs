@@ -42,6 +42,34 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Largest PostgreSQL pool, in connections. Default 8.
     pub database_max_connections: u32,
+    /// Messages per receive call, 1..=10. Default 10.
+    pub receive_max: i32,
+    /// Long-poll wait per receive call, in seconds, 0..=20. Default 20.
+    pub wait_secs: i32,
+    /// Concurrent long-pollers. Default 2.
+    pub pollers: usize,
+    /// Most records in one batch. Default 5000.
+    pub max_batch_records: usize,
+    /// How long to gather more bundles into a batch after the first, in milliseconds. Default 10.
+    pub max_batch_wait_ms: u64,
+    /// Batches processed at once. Default 2.
+    pub max_concurrent_batches: usize,
+    /// Visibility the heartbeat keeps extending to, in seconds; default: the queue's own.
+    pub visibility_timeout_secs: Option<i32>,
+    /// Heartbeat period as a fraction of the visibility timeout. Default 0.5.
+    pub heartbeat_fraction: f64,
+    /// How long SIGTERM waits for batches in hand, in seconds. Default 25 (ECS stops at 30).
+    pub drain_timeout_secs: u64,
+    /// Encoding of answers: identity, gzip or zstd. Default identity.
+    pub output_encoding: crate::bundle::ContentEncoding,
+    /// Largest decoded body, in bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Most rows per bundle. Default 10000.
+    pub max_rows: usize,
+    /// Longest string value in a row, in characters. Default 1024.
+    pub max_string_chars: usize,
+    /// Upsert prediction aggregates into PostgreSQL after each batch. Default true.
+    pub aggregates: bool,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
 }
@@ -63,6 +91,20 @@ impl Default for Settings {
             migrate_on_start: false,
             database_max_connections: 8,
             s3_force_path_style: false,
+            receive_max: 10,
+            wait_secs: 20,
+            pollers: 2,
+            max_batch_records: 5_000,
+            max_batch_wait_ms: 10,
+            max_concurrent_batches: 2,
+            visibility_timeout_secs: None,
+            heartbeat_fraction: 0.5,
+            drain_timeout_secs: 25,
+            output_encoding: crate::bundle::ContentEncoding::Identity,
+            max_body_bytes: 16 << 20,
+            max_rows: 10_000,
+            max_string_chars: 1024,
+            aggregates: true,
         }
     }
 }
@@ -94,6 +136,28 @@ impl Settings {
             .merge(Env::prefixed("ML_PIPELINE_").ignore(SCRIPT_VARIABLES))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The worker's behaviour; `queue_visibility` is the input queue's own visibility timeout.
+    pub fn worker_config(&self, queue_visibility: i32) -> crate::worker::WorkerConfig {
+        crate::worker::WorkerConfig {
+            receive_max: self.receive_max.clamp(1, 10),
+            wait_secs: self.wait_secs.clamp(0, 20),
+            pollers: self.pollers.max(1),
+            max_batch_records: self.max_batch_records.max(1),
+            max_batch_wait: std::time::Duration::from_millis(self.max_batch_wait_ms),
+            max_concurrent_batches: self.max_concurrent_batches.max(1),
+            visibility_timeout_secs: self.visibility_timeout_secs.unwrap_or(queue_visibility),
+            heartbeat_fraction: self.heartbeat_fraction,
+            drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
+            output_encoding: self.output_encoding,
+            limits: crate::bundle::Limits {
+                max_body_bytes: self.max_body_bytes,
+                max_rows: self.max_rows,
+                max_string_chars: self.max_string_chars,
+            },
+            ..crate::worker::WorkerConfig::default()
+        }
     }
 
     /// The model bucket, or an error saying how to set it.

@@ -127,10 +127,14 @@ impl Registry {
             .last()
             .map_or(1, |v| v + 1);
         for _ in 0..PUBLISH_ATTEMPTS {
+            if !self.claim(&artifact.name, next).await? {
+                tracing::info!(model = %artifact.name, version = next, "version number taken by another publisher, trying the next");
+                next += 1;
+                continue;
+            }
             artifact.version = Some(next);
             let key = version_key(&artifact.name, next);
-            let put = self
-                .s3
+            self.s3
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
@@ -138,26 +142,71 @@ impl Registry {
                 .if_none_match("*")
                 .body(ByteStream::from(artifact.to_json()))
                 .send()
-                .await;
-            match put {
-                Ok(_) => return Ok(next),
-                // Someone else took this number first: try the next one.
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some("PreconditionFailed" | "ConditionalRequestConflict")
-                    ) =>
-                {
-                    tracing::info!(model = %artifact.name, version = next, "version number taken by another publisher, trying the next");
-                    next += 1;
-                }
-                Err(e) => return Err(self.s3_error("PutObject", &key, e)),
-            }
+                .await
+                .map_err(|e| self.s3_error("PutObject", &key, e))?;
+            return Ok(next);
         }
         Err(RegistryError::Invalid(format!(
             "could not take a version number for model {} after {PUBLISH_ATTEMPTS} attempts",
             artifact.name
         )))
+    }
+
+    /// Takes version number `n`: a conditional write of a claim object, then a check of the
+    /// claim's object versions, where the oldest claim wins. S3 refuses the second conditional
+    /// write outright; emulators that let a racing write through are caught by the check, and
+    /// the loser removes its own claim.
+    async fn claim(&self, name: &str, n: u64) -> Result<bool, RegistryError> {
+        let key = format!("models/{name}/versions/{n}/.claim");
+        let put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .if_none_match("*")
+            .body(ByteStream::from(who().into_bytes()))
+            .send()
+            .await;
+        let ours = match put {
+            Ok(out) => out.version_id().map(str::to_owned),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("PreconditionFailed" | "ConditionalRequestConflict")
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(self.s3_error("PutObject", &key, e)),
+        };
+        let Some(ours) = ours else { return Ok(true) };
+        let listed = self
+            .s3
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&key)
+            .send()
+            .await
+            .map_err(|e| self.s3_error("ListObjectVersions", &key, e))?;
+        // Listed newest first: the last version of the key is the first claim.
+        let first = listed
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(key.as_str()))
+            .filter_map(|v| v.version_id())
+            .last();
+        if first == Some(ours.as_str()) {
+            return Ok(true);
+        }
+        self.s3
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .version_id(&ours)
+            .send()
+            .await
+            .map_err(|e| self.s3_error("DeleteObject", &key, e))?;
+        Ok(false)
     }
 
     /// Every published version number of a model, ascending.

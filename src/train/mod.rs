@@ -78,13 +78,14 @@ pub async fn load_data<R: ReferenceSource, D: DocumentSource>(
     }
 }
 
-/// Runs a whole training job: data, fit, evaluation, job row, publish.
+/// Runs a whole training job: data, fit, evaluation, job row, publish. Returns the report and
+/// the artifact as published (with its version set).
 pub async fn train<R: ReferenceSource, D: DocumentSource>(
     opts: &TrainOptions,
     pool: &PgPool,
     enricher: &Enricher<R, D>,
     registry: Option<&Registry>,
-) -> anyhow::Result<TrainReport> {
+) -> anyhow::Result<(TrainReport, ModelArtifact)> {
     opts.spec.validate()?;
     let started = Instant::now();
     let data = load_data(&opts.spec, &opts.source, pool, enricher).await?;
@@ -136,7 +137,7 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
     };
     let report = TrainReport::new(&artifact, version, &data, data_seconds, times, job_id);
     record_finish(pool, job_id, &report).await?;
-    Ok(report)
+    Ok((report, artifact))
 }
 
 /// A progress bar on a terminal, plain progress lines otherwise.

@@ -27,7 +27,10 @@ fn env_or(name: &str, default: &str) -> String {
 
 /// The admin URL of the local PostgreSQL (the project role may create databases).
 pub fn database_url() -> String {
-    env_or("DATABASE_URL", "postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline")
+    env_or(
+        "DATABASE_URL",
+        "postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline",
+    )
 }
 
 /// The local MongoDB URI.
@@ -38,12 +41,18 @@ pub fn mongodb_uri() -> String {
 /// The default fixture set, read once.
 pub fn default_fixtures() -> &'static FixtureSet {
     static SET: OnceLock<FixtureSet> = OnceLock::new();
-    SET.get_or_init(|| fixtures::read_set(&fixtures::files::default_dir()).expect("fixtures/default is readable"))
+    SET.get_or_init(|| {
+        fixtures::read_set(&fixtures::files::default_dir()).expect("fixtures/default is readable")
+    })
 }
 
 /// AWS SDK config for the local endpoint (from AWS_ENDPOINT_URL), with test defaults.
 pub async fn aws() -> aws_config::SdkConfig {
-    for (k, v) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")] {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
         if std::env::var(k).is_err() {
             // Tests run in one process; setting the same defaults from several threads is benign.
             unsafe { std::env::set_var(k, v) };
@@ -64,21 +73,39 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = PgPool::connect(&database_url()).await.expect("PostgreSQL is up (make up)");
+        let admin = PgPool::connect(&database_url())
+            .await
+            .expect("PostgreSQL is up (make up)");
         let name = format!("test_{}", suffix());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
         let base = database_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').expect("a database URL has a path")]);
-        let pool = ml_pipeline::db::connect(&url.clone().into(), 8).await.expect("connect to the test database");
-        ml_pipeline::db::migrate(&pool).await.expect("migrations apply");
-        Self { pool, name, url: url.into() }
+        let url = format!(
+            "{}/{name}",
+            &base[..base.rfind('/').expect("a database URL has a path")]
+        );
+        let pool = ml_pipeline::db::connect(&url.clone().into(), 8)
+            .await
+            .expect("connect to the test database");
+        ml_pipeline::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        Self {
+            pool,
+            name,
+            url: url.into(),
+        }
     }
 }
 
 /// A fresh MongoDB database.
 pub async fn mongo_db() -> mongodb::Database {
     let name = format!("test_{}", suffix());
-    ml_pipeline::mongo::connect(&mongodb_uri().into(), &name).await.expect("MongoDB is up (make up)")
+    ml_pipeline::mongo::connect(&mongodb_uri().into(), &name)
+        .await
+        .expect("MongoDB is up (make up)")
 }
 
 /// A PostgreSQL database and a MongoDB database loaded with the default fixtures.
@@ -92,11 +119,24 @@ impl Loaded {
     pub async fn new() -> Self {
         let db = TestDb::new().await;
         let mongo = mongo_db().await;
-        fixtures::load::load(default_fixtures(), &PipelineSpec::banknote(), &db.pool, &mongo, "default")
-            .await
-            .expect("fixtures load");
-        let enricher = Enricher { reference: PgReference::new(db.pool.clone()), documents: MongoDocuments::new(mongo.clone()) };
-        Self { db, mongo, enricher }
+        fixtures::load::load(
+            default_fixtures(),
+            &PipelineSpec::banknote(),
+            &db.pool,
+            &mongo,
+            "default",
+        )
+        .await
+        .expect("fixtures load");
+        let enricher = Enricher {
+            reference: PgReference::new(db.pool.clone()),
+            documents: MongoDocuments::new(mongo.clone()),
+        };
+        Self {
+            db,
+            mongo,
+            enricher,
+        }
     }
 
     pub fn mongo_uri(&self) -> SecretString {
@@ -108,10 +148,18 @@ impl Loaded {
 pub async fn bucket() -> (aws_sdk_s3::Client, String) {
     let s3 = ml_pipeline::aws::s3(&aws().await, true);
     let name = format!("test-{}", suffix());
-    s3.create_bucket().bucket(&name).send().await.expect("LocalStack S3 is up (make up)");
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("LocalStack S3 is up (make up)");
     s3.put_bucket_versioning()
         .bucket(&name)
-        .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build())
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
         .send()
         .await
         .expect("enable versioning");
@@ -127,4 +175,76 @@ pub async fn registry() -> Registry {
 /// Reads a secret for a test assertion.
 pub fn expose(s: &SecretString) -> &str {
     s.expose_secret()
+}
+
+/// Training options on the loaded default dataset.
+pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOptions {
+    ml_pipeline::train::TrainOptions {
+        spec: PipelineSpec::banknote(),
+        source: ml_pipeline::train::DataSource::Postgres {
+            dataset: "default".into(),
+        },
+        params: params(kernel),
+        kernel_budget_bytes: 1 << 30,
+        dry_run,
+    }
+}
+
+/// The CLI's default hyperparameters for a kernel.
+pub fn params(kernel: &str) -> ml_pipeline::model::artifact::TrainParams {
+    ml_pipeline::model::artifact::TrainParams {
+        kernel: kernel.into(),
+        kernel_width: (kernel == "gaussian").then_some(4.0),
+        c: 10.0,
+        class_weights: (1.0, 1.0),
+        tolerance: 1e-3,
+        folds: 5,
+        seed: 42,
+    }
+}
+
+/// A Gaussian model fitted once per test binary on the default notes' canonical features.
+pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
+    static ARTIFACT: OnceLock<ml_pipeline::model::ModelArtifact> = OnceLock::new();
+    ARTIFACT
+        .get_or_init(|| {
+            let set = default_fixtures();
+            let x = ndarray::Array2::from_shape_vec(
+                (set.notes.len(), 4),
+                set.notes.iter().flat_map(|n| n.features()).collect(),
+            )
+            .unwrap();
+            let y: Vec<bool> = set.notes.iter().map(|n| n.label == 1).collect();
+            let mut p = params("gaussian");
+            p.folds = 2;
+            let (classifier, metrics, _) =
+                ml_pipeline::train::fit::train_and_evaluate(&x, &y, &p, &mut |_, _, _| {}).unwrap();
+            ml_pipeline::model::ModelArtifact {
+                format: ml_pipeline::model::ARTIFACT_FORMAT,
+                name: "banknote".into(),
+                version: None,
+                spec: PipelineSpec::banknote(),
+                scaler: classifier.scaler,
+                svm: classifier.svm,
+                class_names: [(0, "fake".to_owned()), (1, "real".to_owned())].into(),
+                params: p,
+                metrics,
+                data_fingerprint: "sha256:test".into(),
+                data_source: "fixtures/default/notes.csv".into(),
+                crate_version: env!("CARGO_PKG_VERSION").into(),
+                created_at: chrono::Utc::now(),
+            }
+        })
+        .clone()
+}
+
+/// Publishes the fixture model and points `production` at it.
+pub async fn published(registry: &Registry) -> (u64, ml_pipeline::model::ModelArtifact) {
+    let mut artifact = fixture_artifact();
+    let v = registry.publish(&mut artifact).await.unwrap();
+    registry
+        .set_alias("banknote", "production", v, "promote")
+        .await
+        .unwrap();
+    (v, artifact)
 }

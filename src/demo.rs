@@ -1,0 +1,224 @@
+//! `demo`: the whole job end to end on the local services, with a summary a person can check.
+//!
+//! Fixtures loaded, a model trained and promoted, the worker started, the fixture bundles sent,
+//! the answers read back, and a summary printed: records, errors by reason, time per stage, and
+//! whether the predictions agree with the model's predictions on the canonical features.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ndarray::Array2;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle::compression::{decompress, ContentEncoding};
+use crate::fixtures::FixtureSet;
+use crate::model::holder::LoadedModel;
+use crate::settings::Settings;
+
+/// Runs the demo: `prepare` loads, trains and promotes; then the worker answers the fixtures.
+pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()> {
+    let set = crate::fixtures::read_set(fixtures_dir)?;
+    let registry = crate::cli::registry(settings).await?;
+    let pool = crate::db::connect(&settings.database_url, 4)
+        .await
+        .context("connecting to PostgreSQL")?;
+    crate::db::migrate(&pool).await?;
+    let enricher = crate::cli::enricher(settings, &pool).await?;
+    let mongo = crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
+    let spec = crate::spec::PipelineSpec::banknote();
+    let loaded = crate::fixtures::load::load(&set, &spec, &pool, &mongo, "default").await?;
+    println!(
+        "1. fixtures loaded: {} reference rows, {} training examples, {} provider documents",
+        loaded.reference_rows, loaded.training_rows, loaded.documents
+    );
+
+    let opts = crate::train::TrainOptions {
+        spec,
+        source: crate::train::DataSource::Postgres {
+            dataset: "default".into(),
+        },
+        params: crate::model::artifact::TrainParams {
+            kernel: "gaussian".into(),
+            kernel_width: Some(4.0),
+            c: 10.0,
+            class_weights: (1.0, 1.0),
+            tolerance: 1e-3,
+            folds: 5,
+            seed: 42,
+        },
+        kernel_budget_bytes: 4 << 30,
+        dry_run: false,
+    };
+    let (report, _) = crate::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
+    let version = report.version.expect("published");
+    crate::model::commands::promote(
+        &registry,
+        &settings.model_name,
+        version,
+        &settings.model_alias,
+        false,
+    )
+    .await?;
+    println!(
+        "2. model trained and promoted: version {version}, CV accuracy {:.2}%, {} support vectors",
+        report.metrics.cv_accuracy * 100.0,
+        report.metrics.support_vectors
+    );
+
+    let worker = crate::worker::build(settings).await?;
+    let model = worker.models.current();
+    let output = worker.output.clone();
+    let input = worker.input.clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(crate::worker::serve(
+        worker,
+        Duration::from_secs(settings.model_poll_secs.max(1)),
+        shutdown.clone(),
+    ));
+    println!("3. worker started on {}", input.url());
+
+    let bundles = crate::send::read_bundles(fixtures_dir)?;
+    let started = Instant::now();
+    let sent = crate::send::send(&input, &bundles, ContentEncoding::Gzip, None).await?;
+    println!("4. sent {sent} bundles (gzip) to the input queue");
+    let wanted: HashSet<String> = bundles
+        .iter()
+        .filter_map(|b| {
+            b.get("bundle_id")
+                .or(b.get("batch_id"))?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let answers = read_answers(&output, &wanted, Duration::from_secs(120)).await?;
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    let summary = running.await?;
+    println!(
+        "5. {} of {} bundles answered in {:.2}s; worker stopped (drained: {})",
+        answers.len(),
+        wanted.len(),
+        elapsed.as_secs_f64(),
+        summary.drained
+    );
+    print!("{}", summarize(&set, &answers, &model));
+    anyhow::ensure!(
+        answers.len() == wanted.len(),
+        "{} bundles were not answered within 120 s",
+        wanted.len() - answers.len()
+    );
+    Ok(())
+}
+
+/// Reads (and deletes) answers until every wanted bundle id has one, ignoring others.
+async fn read_answers(
+    output: &crate::queue::SqsQueue,
+    wanted: &HashSet<String>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    let mut answers: HashMap<String, Value> = HashMap::new();
+    while answers.len() < wanted.len() && Instant::now() < deadline {
+        let messages = output.receive(10, 1).await?;
+        let receipts: Vec<&str> = messages.iter().map(|m| m.receipt_handle.as_str()).collect();
+        for m in &messages {
+            let enc: ContentEncoding = m
+                .content_encoding
+                .as_deref()
+                .unwrap_or("")
+                .parse()
+                .unwrap_or_default();
+            let Ok(body) = decompress(enc, &m.body, 64 << 20) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+                continue;
+            };
+            if let Some(id) = value
+                .get("bundle_id")
+                .or(value.get("batch_id"))
+                .and_then(Value::as_str)
+            {
+                if wanted.contains(id) {
+                    answers.insert(id.to_owned(), value);
+                }
+            }
+        }
+        if !receipts.is_empty() {
+            output.delete_batch(&receipts).await?;
+        }
+    }
+    Ok(answers.into_values().collect())
+}
+
+/// The demo's summary table.
+fn summarize(set: &FixtureSet, answers: &[Value], model: &LoadedModel) -> String {
+    let notes: HashMap<&str, &crate::fixtures::Note> =
+        set.notes.iter().map(|n| (n.note_id.as_str(), n)).collect();
+    let (mut records, mut predicted, mut agree, mut planted_ok) = (0usize, 0usize, 0usize, 0usize);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut timing: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for a in answers {
+        if let Some(output) = a.get("output").and_then(Value::as_array) {
+            records += output.len();
+            predicted += output.len();
+            continue;
+        }
+        for (stage, ms) in a["timing_ms"].as_object().into_iter().flatten() {
+            let e = timing.entry(stage.clone()).or_default();
+            e.0 += ms.as_f64().unwrap_or(0.0);
+            e.1 += 1;
+        }
+        for row in a["rows"].as_array().into_iter().flatten() {
+            records += 1;
+            predicted += 1;
+            let Some(exp) = row[0].as_str().and_then(|id| set.expectations.get(id)) else {
+                continue;
+            };
+            let Some(note) = notes.get(exp.note_id.as_str()) else {
+                continue;
+            };
+            let canonical =
+                Array2::from_shape_vec((1, 4), note.features().to_vec()).expect("4 features");
+            let want = model.classifier.decision_values(canonical)[0];
+            if (row[2].as_f64().unwrap_or(f64::NAN) - want).abs() < 1e-9 {
+                agree += 1;
+            }
+        }
+        for err in a["errors"].as_array().into_iter().flatten() {
+            records += 1;
+            let reason = err[1].as_str().unwrap_or_default();
+            let kind = crate::record::RecordError::new(crate::record::Stage::Decode, reason).kind();
+            *reasons
+                .entry(kind.trim_start_matches("decode: ").to_owned())
+                .or_default() += 1;
+            let planted = err[0]
+                .as_str()
+                .and_then(|id| set.expectations.get(id))
+                .and_then(|e| e.error.as_deref());
+            if planted.is_some_and(|p| reason.contains(p)) {
+                planted_ok += 1;
+            }
+        }
+    }
+    let errors: usize = reasons.values().sum();
+    let mut out = format!("\nsummary (model version {})\n  records    {records}: {predicted} predicted, {errors} per-record errors\n", model.version);
+    for (kind, n) in &reasons {
+        out.push_str(&format!("             {n:>4}  {kind}\n"));
+    }
+    out.push_str(&format!("  planted    {planted_ok} of {errors} errors are the planted bad records with the expected reason\n"));
+    out.push_str(&format!(
+        "  agreement  {agree} of {} v1 predictions equal the model's prediction on the canonical features (|diff| < 1e-9)\n",
+        predicted - set.seed_bundles.iter().map(|b| b.features.len()).sum::<usize>()
+    ));
+    out.push_str("  time/batch");
+    for (stage, (sum, n)) in &timing {
+        out.push_str(&format!(" {stage} {:.2} ms,", sum / *n as f64));
+    }
+    out.pop();
+    out.push('\n');
+    out
+}

@@ -1,0 +1,297 @@
+//! The SQS seam: receive, send in batches, delete in batches, extend visibility.
+//!
+//! Batch calls report per entry; the caller retries only the entries that failed. Every call is
+//! bounded by the SDK's operation timeout (set in [`crate::aws::sdk_config`]).
+
+use std::collections::HashMap;
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use aws_sdk_sqs::Client;
+
+use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
+
+/// The message attribute carrying the bundle id on outputs.
+pub const BUNDLE_ID_ATTRIBUTE: &str = "bundle_id";
+
+/// A message as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// SQS's message id.
+    pub message_id: String,
+    /// The handle to delete it or change its visibility.
+    pub receipt_handle: String,
+    /// The body as sent.
+    pub body: String,
+    /// The `content-encoding` attribute, if any.
+    pub content_encoding: Option<String>,
+    /// When it was first sent, in milliseconds since the epoch.
+    pub sent_timestamp_ms: Option<u64>,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+    /// FIFO queues: the deduplication id (the bundle id).
+    pub dedup_id: Option<String>,
+    /// FIFO queues: the message group.
+    pub group_id: Option<String>,
+}
+
+/// A queue call that failed as a whole; the caller backs off and retries later.
+#[derive(Debug, thiserror::Error)]
+#[error("SQS {op} on {queue} failed: {message}")]
+pub struct QueueError {
+    /// The operation.
+    pub op: &'static str,
+    /// The queue URL.
+    pub queue: String,
+    /// The SDK's error with its cause chain.
+    pub message: String,
+}
+
+/// One SQS queue.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: Client,
+    url: String,
+}
+
+impl SqsQueue {
+    /// A queue by URL, or by name (resolved with GetQueueUrl).
+    pub async fn resolve(client: Client, url_or_name: &str) -> Result<Self, QueueError> {
+        let url = if url_or_name.contains("://") {
+            url_or_name.to_owned()
+        } else {
+            client
+                .get_queue_url()
+                .queue_name(url_or_name)
+                .send()
+                .await
+                .map_err(|e| error("GetQueueUrl", url_or_name, e))?
+                .queue_url
+                .unwrap_or_default()
+        };
+        Ok(Self { client, url })
+    }
+
+    /// The queue URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether it is a FIFO queue (needs dedup and group ids).
+    pub fn is_fifo(&self) -> bool {
+        self.url.ends_with(".fifo")
+    }
+
+    /// Long-polls for up to `max` messages, waiting up to `wait_secs`.
+    pub async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(wait_secs)
+            .message_attribute_names(CONTENT_ENCODING_ATTRIBUTE)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| error("ReceiveMessage", &self.url, e))?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let system = m.attributes.unwrap_or_default();
+                let number =
+                    |k: MessageSystemAttributeName| system.get(&k).and_then(|v| v.parse().ok());
+                Message {
+                    message_id: m.message_id.unwrap_or_default(),
+                    receipt_handle: m.receipt_handle.unwrap_or_default(),
+                    body: m.body.unwrap_or_default(),
+                    content_encoding: m
+                        .message_attributes
+                        .and_then(|mut a| a.remove(CONTENT_ENCODING_ATTRIBUTE))
+                        .and_then(|v| v.string_value),
+                    sent_timestamp_ms: number(MessageSystemAttributeName::SentTimestamp),
+                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                        .unwrap_or(1) as u32,
+                }
+            })
+            .collect())
+    }
+
+    /// Sends up to 10 messages; returns the indexes that failed, with SQS's reason.
+    pub async fn send_batch(
+        &self,
+        messages: &[Outgoing],
+    ) -> Result<Vec<(usize, String)>, QueueError> {
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let attrs: HashMap<String, MessageAttributeValue> = m
+                    .attributes
+                    .iter()
+                    // SQS refuses empty attribute values; an empty value says nothing anyway.
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k.clone(), string_attribute(v)))
+                    .collect();
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body)
+                    .set_message_attributes((!attrs.is_empty()).then_some(attrs))
+                    .set_message_deduplication_id(m.dedup_id.clone())
+                    .set_message_group_id(m.group_id.clone())
+                    .build()
+                    .expect("id and body are set")
+            })
+            .collect();
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| error("SendMessageBatch", &self.url, e))?;
+        Ok(failed_entries(
+            out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
+        ))
+    }
+
+    /// Deletes up to 10 messages; returns the indexes that failed.
+    pub async fn delete_batch(
+        &self,
+        receipts: &[&str],
+    ) -> Result<Vec<(usize, String)>, QueueError> {
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*r)
+                    .build()
+                    .expect("set")
+            })
+            .collect();
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| error("DeleteMessageBatch", &self.url, e))?;
+        Ok(failed_entries(
+            out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
+        ))
+    }
+
+    /// Sets the visibility timeout of up to 10 messages; returns the indexes that failed.
+    pub async fn extend_visibility(
+        &self,
+        receipts: &[&str],
+        seconds: i32,
+    ) -> Result<Vec<(usize, String)>, QueueError> {
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*r)
+                    .visibility_timeout(seconds)
+                    .build()
+                    .expect("set")
+            })
+            .collect();
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| error("ChangeMessageVisibilityBatch", &self.url, e))?;
+        Ok(failed_entries(
+            out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
+        ))
+    }
+
+    /// A queue attribute (VisibilityTimeout, RedrivePolicy...).
+    pub async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(name.clone())
+            .send()
+            .await
+            .map_err(|e| error("GetQueueAttributes", &self.url, e))?;
+        Ok(out.attributes.and_then(|mut a| a.remove(&name)))
+    }
+
+    /// The dead-letter queue named by this queue's RedrivePolicy, if it has one.
+    pub async fn dead_letter_queue(&self) -> Result<Option<SqsQueue>, QueueError> {
+        let Some(policy) = self.attribute(QueueAttributeName::RedrivePolicy).await? else {
+            return Ok(None);
+        };
+        let arn = serde_json::from_str::<serde_json::Value>(&policy)
+            .ok()
+            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
+        let Some(name) = arn.as_deref().and_then(|a| a.rsplit(':').next()) else {
+            return Ok(None);
+        };
+        Ok(Some(SqsQueue::resolve(self.client.clone(), name).await?))
+    }
+}
+
+/// A string attribute; characters SQS refuses (control characters) become U+FFFD, so an
+/// attribute echoing bad input can never make the whole send fail.
+fn string_attribute(value: &str) -> MessageAttributeValue {
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | ' '..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    let clean: String = value
+        .chars()
+        .map(|c| if allowed(c) { c } else { '\u{FFFD}' })
+        .collect();
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(clean)
+        .build()
+        .expect("data type is set")
+}
+
+fn failed_entries<'a>(
+    failed: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) -> Vec<(usize, String)> {
+    failed
+        .filter_map(|(id, code, message)| {
+            Some((
+                id.parse().ok()?,
+                format!("{code}: {}", message.unwrap_or_default()),
+            ))
+        })
+        .collect()
+}
+
+fn error<E: std::error::Error + 'static>(op: &'static str, queue: &str, e: E) -> QueueError {
+    QueueError {
+        op,
+        queue: queue.to_owned(),
+        message: DisplayErrorContext(e).to_string(),
+    }
+}

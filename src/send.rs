@@ -1,0 +1,85 @@
+//! `send`: publishes bundles to the input queue, from the fixtures or a file, at a given rate.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::bundle::compression::{compress, ContentEncoding, CONTENT_ENCODING_ATTRIBUTE};
+use crate::queue::{Outgoing, SqsQueue};
+
+/// Reads bundles to send: a fixture directory (v1 and seed bundles) or a .json/.jsonl file.
+pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
+    if path.is_dir() {
+        let mut out = crate::fixtures::files::read_lines::<Value>(&path.join("bundles.jsonl"))?;
+        out.extend(crate::fixtures::files::read_lines::<Value>(
+            &path.join("seed_bundles.jsonl"),
+        )?);
+        return Ok(out);
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") => crate::fixtures::files::read_lines(path),
+        _ => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(vec![serde_json::from_str(&text).with_context(|| {
+                format!("{} is not JSON", path.display())
+            })?])
+        }
+    }
+}
+
+/// Sends bundles in batches of 10, at most `rate` bundles per second (None: as fast as possible).
+pub async fn send(
+    queue: &SqsQueue,
+    bundles: &[Value],
+    encoding: ContentEncoding,
+    rate: Option<f64>,
+) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    let mut sent = 0;
+    for chunk in bundles.chunks(10) {
+        let messages: Vec<Outgoing> = chunk
+            .iter()
+            .map(|b| Outgoing {
+                body: compress(
+                    encoding,
+                    &serde_json::to_vec(b).expect("JSON values serialize"),
+                ),
+                attributes: encoding
+                    .attribute()
+                    .map(|a| (CONTENT_ENCODING_ATTRIBUTE.to_owned(), a.to_owned()))
+                    .into_iter()
+                    .collect(),
+                dedup_id: queue.is_fifo().then(|| uuid::Uuid::new_v4().to_string()),
+                group_id: queue.is_fifo().then(|| "send".to_owned()),
+            })
+            .collect();
+        let failed = queue.send_batch(&messages).await?;
+        anyhow::ensure!(
+            failed.is_empty(),
+            "SQS refused {} of {} messages: {:?}",
+            failed.len(),
+            messages.len(),
+            failed
+        );
+        sent += messages.len();
+        if let Some(rate) = rate.filter(|r| *r > 0.0) {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    Ok(sent)
+}
+
+/// A copy of a bundle with its id suffixed, so repeated sends are distinct bundles.
+pub fn with_fresh_id(bundle: &Value, round: usize) -> Value {
+    let mut b = bundle.clone();
+    for key in ["bundle_id", "batch_id"] {
+        if let Some(Value::String(id)) = b.get_mut(key) {
+            id.push_str(&format!("-r{round}"));
+        }
+    }
+    b
+}

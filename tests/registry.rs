@@ -1,0 +1,294 @@
+//! Training and the S3 registry on the real services: train, publish, list, promote, load through
+//! the holder, swap without restart, refuse corrupt artifacts, roll back, publish concurrently.
+
+mod common;
+
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::ByteStream;
+use ml_pipeline::model::commands;
+use ml_pipeline::model::holder::{ModelHolder, ModelSource, PollOutcome};
+use ml_pipeline::model::registry::version_key;
+use ml_pipeline::model::ModelArtifact;
+use ndarray::Array2;
+
+fn canonical_matrix() -> Array2<f64> {
+    let set = common::default_fixtures();
+    Array2::from_shape_vec(
+        (set.notes.len(), 4),
+        set.notes.iter().flat_map(|n| n.features()).collect(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn train_publish_promote_and_serve_bit_for_bit() {
+    let loaded = common::Loaded::new().await;
+    let registry = common::registry().await;
+    let (report, trained) = ml_pipeline::train::train(
+        &common::train_options("gaussian", false),
+        &loaded.db.pool,
+        &loaded.enricher,
+        Some(&registry),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.version, Some(1));
+    assert!(
+        report.metrics.cv_accuracy >= 0.97,
+        "Gaussian CV accuracy {}",
+        report.metrics.cv_accuracy
+    );
+    let (linear, _) = ml_pipeline::train::train(
+        &common::train_options("linear", true),
+        &loaded.db.pool,
+        &loaded.enricher,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(linear.version, None, "a dry run publishes nothing");
+    assert!(
+        report.metrics.cv_accuracy >= linear.metrics.cv_accuracy,
+        "gaussian {} < linear {}",
+        report.metrics.cv_accuracy,
+        linear.metrics.cv_accuracy
+    );
+
+    let (status, rows): (String, i64) =
+        sqlx::query_as("SELECT status, rows FROM training_jobs WHERE job_id = $1")
+            .bind(report.job_id)
+            .fetch_one(&loaded.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), rows), ("succeeded", 2000));
+
+    assert!(commands::list(&registry, "banknote")
+        .await
+        .unwrap()
+        .contains("gaussian"));
+    commands::promote(&registry, "banknote", 1, "production", true)
+        .await
+        .unwrap();
+    let holder = ModelHolder::load(
+        registry.clone(),
+        "banknote",
+        ModelSource::Alias("production".into()),
+    )
+    .await
+    .unwrap();
+    let served = holder.current();
+    assert_eq!(served.version, 1);
+    assert_eq!(
+        served.artifact, trained,
+        "the loaded artifact equals the trained one"
+    );
+    let x = canonical_matrix();
+    let a = served.classifier.decision_values(x.clone());
+    let b = trained.classifier().decision_values(x);
+    assert!(
+        a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+        "loaded predictions differ from in-memory ones"
+    );
+}
+
+#[tokio::test]
+async fn a_promotion_swaps_the_served_model_without_restart_and_rollback_undoes_it() {
+    let registry = common::registry().await;
+    let (v1, _) = common::published(&registry).await;
+    let holder = Arc::new(
+        ModelHolder::load(
+            registry.clone(),
+            "banknote",
+            ModelSource::Alias("production".into()),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(holder.poll_once().await.unwrap(), PollOutcome::Unchanged);
+
+    let mut second = common::fixture_artifact();
+    let v2 = registry.publish(&mut second).await.unwrap();
+    let in_flight = holder.current();
+    commands::promote(&registry, "banknote", v2, "production", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder.poll_once().await.unwrap(),
+        PollOutcome::Swapped { from: v1, to: v2 }
+    );
+    assert_eq!(holder.current().version, v2);
+    assert_eq!(
+        in_flight.version, v1,
+        "a batch keeps the model it started with"
+    );
+    assert_eq!(holder.reloads(), 1);
+
+    let (from, to) = registry.rollback("banknote", "production").await.unwrap();
+    assert_eq!((from, to), (v2, v1));
+    assert_eq!(
+        holder.poll_once().await.unwrap(),
+        PollOutcome::Swapped { from: v2, to: v1 }
+    );
+    assert!(
+        registry.rollback("banknote", "production").await.is_err(),
+        "nothing before version 1"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_version_is_refused_and_the_old_model_keeps_serving() {
+    let registry = common::registry().await;
+    let (v1, _) = common::published(&registry).await;
+    let holder = ModelHolder::load(
+        registry.clone(),
+        "banknote",
+        ModelSource::Alias("production".into()),
+    )
+    .await
+    .unwrap();
+    let (s3, bucket) = (common::aws().await, registry.bucket().to_owned());
+    let s3 = ml_pipeline::aws::s3(&s3, true);
+    let mut bad = common::fixture_artifact().to_json();
+    bad.truncate(bad.len() / 2);
+    s3.put_object()
+        .bucket(&bucket)
+        .key(version_key("banknote", 2))
+        .body(ByteStream::from(bad))
+        .send()
+        .await
+        .unwrap();
+
+    let err = commands::promote(&registry, "banknote", 2, "production", false)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("unreadable"), "{err:#}");
+    // Even an alias moved by hand does not make the holder serve it.
+    registry
+        .set_alias("banknote", "production", 2, "promote")
+        .await
+        .unwrap();
+    assert!(holder.poll_once().await.is_err());
+    assert_eq!(holder.current().version, v1);
+    assert_eq!(holder.failures(), 1);
+
+    // A future format is refused with a message saying so.
+    let mut future: serde_json::Value =
+        serde_json::from_slice(&common::fixture_artifact().to_json()).unwrap();
+    future["format"] = 99.into();
+    let err = ModelArtifact::from_json(&serde_json::to_vec(&future).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("format 99 is newer"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_publishers_get_distinct_versions() {
+    let registry = common::registry().await;
+    let (mut a, mut b, mut c) = (
+        common::fixture_artifact(),
+        common::fixture_artifact(),
+        common::fixture_artifact(),
+    );
+    let (ra, rb, rc) = tokio::join!(
+        registry.publish(&mut a),
+        registry.publish(&mut b),
+        registry.publish(&mut c)
+    );
+    let mut versions = vec![ra.unwrap(), rb.unwrap(), rc.unwrap()];
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(registry.versions("banknote").await.unwrap(), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_reduced_feature_list_needs_only_a_spec_change() {
+    let loaded = common::Loaded::new().await;
+    let mut opts = common::train_options("gaussian", true);
+    opts.spec = opts
+        .spec
+        .with_features(&["variance", "skewness", "entropy"])
+        .unwrap();
+    let (report, artifact) =
+        ml_pipeline::train::train(&opts, &loaded.db.pool, &loaded.enricher, None)
+            .await
+            .unwrap();
+    assert_eq!(report.features, ["variance", "skewness", "entropy"]);
+    assert_eq!(artifact.scaler.offsets().len(), 3);
+    assert!(
+        report.metrics.cv_accuracy > 0.85,
+        "{}",
+        report.metrics.cv_accuracy
+    );
+    // The worker's preprocessing builds the three-column matrix from the same spec.
+    let bundles: Vec<_> = common::default_fixtures()
+        .bundles
+        .iter()
+        .take(2)
+        .cloned()
+        .map(ml_pipeline::bundle::InputBundle::Request)
+        .collect();
+    let prepared = ml_pipeline::batch::prepare(&artifact.spec, &bundles, &loaded.enricher)
+        .await
+        .unwrap();
+    assert_eq!(prepared.matrix.ncols(), 3);
+    assert_eq!(
+        artifact.classifier().decision_values(prepared.matrix).len(),
+        prepared
+            .plans
+            .iter()
+            .flatten()
+            .flat_map(|p| &p.slots)
+            .filter(|s| matches!(s, ml_pipeline::batch::Slot::Row { .. }))
+            .count()
+    );
+}
+
+#[tokio::test]
+async fn raw_request_rows_train_through_the_worker_preprocessing() {
+    let loaded = common::Loaded::new().await;
+    let set = common::default_fixtures();
+    let labels: std::collections::HashMap<&str, u8> = set
+        .notes
+        .iter()
+        .map(|n| (n.note_id.as_str(), n.label))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("raw-{}", common::suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("raw.jsonl");
+    let mut lines = String::new();
+    for b in &set.bundles {
+        for row in &b.rows {
+            let mut obj: serde_json::Map<String, serde_json::Value> =
+                b.columns.iter().cloned().zip(row.iter().cloned()).collect();
+            let note = set.expectations[row[0].as_str().unwrap()].note_id.as_str();
+            obj.insert("label".into(), labels[note].into());
+            lines.push_str(&serde_json::Value::Object(obj).to_string());
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&path, lines).unwrap();
+    let mut opts = common::train_options("gaussian", true);
+    opts.source = ml_pipeline::train::DataSource::File {
+        path,
+        form: ml_pipeline::train::data::Form::Raw,
+    };
+    let (report, _) = ml_pipeline::train::train(&opts, &loaded.db.pool, &loaded.enricher, None)
+        .await
+        .unwrap();
+    let planted = set
+        .expectations
+        .values()
+        .filter(|e| e.error.is_some())
+        .count();
+    assert_eq!(
+        report.skipped_rows.values().sum::<usize>(),
+        planted,
+        "{:?}",
+        report.skipped_rows
+    );
+    assert_eq!(report.metrics.train_rows, 2000 - planted);
+    assert!(
+        report.metrics.cv_accuracy >= 0.97,
+        "{}",
+        report.metrics.cv_accuracy
+    );
+}
