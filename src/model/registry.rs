@@ -194,7 +194,7 @@ impl Registry {
             .iter()
             .filter(|v| v.key() == Some(key.as_str()))
             .filter_map(|v| v.version_id())
-            .last();
+            .next_back();
         if first == Some(ours.as_str()) {
             return Ok(true);
         }
@@ -429,14 +429,14 @@ impl Registry {
                 _ => break,
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         let mut records = Vec::with_capacity(entries.len());
         for (_, version_id) in entries {
             let bytes = self.get(&key, Some(&version_id)).await?;
             records.push(parse_alias(&self.bucket, &key, &bytes)?);
         }
         // Same-second writes share a LastModified; the records' own times order them.
-        records.sort_by(|a, b| a.at.cmp(&b.at));
+        records.sort_by_key(|r| r.at);
         Ok(records)
     }
 

@@ -3,6 +3,8 @@
 //! share state and run in parallel.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
