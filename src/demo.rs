@@ -214,7 +214,7 @@ fn summarize(set: &FixtureSet, answers: &[Value], model: &LoadedModel) -> String
         "  agreement  {agree} of {} v1 predictions equal the model's prediction on the canonical features (|diff| < 1e-9)\n",
         predicted - set.seed_bundles.iter().map(|b| b.features.len()).sum::<usize>()
     ));
-    out.push_str("  time/batch");
+    out.push_str("  batch ms  ");
     for (stage, (sum, n)) in &timing {
         out.push_str(&format!(" {stage} {:.2} ms,", sum / *n as f64));
     }

@@ -51,22 +51,53 @@ impl RecordError {
 
     /// A short reason class for metrics and summaries (`enrich.mongo: unknown note`).
     pub fn kind(&self) -> String {
-        let head: String = self
-            .reason
-            .split([':', '\'', '"'])
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
-            .take(4)
-            .collect::<Vec<_>>()
-            .join(" ");
-        format!("{}: {head}", self.stage.as_str())
+        reason_kind(&self.to_string())
+    }
+}
+
+/// The class of a `"stage: reason"` text: the stage and the reason's first words before any
+/// quoted key or number (`enrich.postgres: unknown scanner`).
+pub fn reason_kind(text: &str) -> String {
+    let (stage, reason) = text.split_once(": ").unwrap_or(("", text));
+    let head: Vec<&str> = reason
+        .split(['\'', '"', ':', ','])
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .take(5)
+        .collect();
+    if stage.is_empty() {
+        head.join(" ")
+    } else {
+        format!("{stage}: {}", head.join(" "))
     }
 }
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_drop_keys_and_keep_the_words() {
+        let e = RecordError::new(
+            Stage::EnrichMongo,
+            "unknown note 'SN-912345': no provider has a scan document for it",
+        );
+        assert_eq!(e.kind(), "enrich.mongo: unknown note");
+        assert_eq!(
+            reason_kind("normalize: scanner 'sc-13' reports variance in unit 'micro'"),
+            "normalize: scanner"
+        );
+        assert_eq!(
+            reason_kind("standardize: variance must be a finite number, got the text"),
+            "standardize: variance must be a finite number"
+        );
     }
 }

@@ -245,12 +245,7 @@ pub async fn postgres_rows(
 pub fn skipped_by_kind(skipped: &[(String, String)]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for (_, reason) in skipped {
-        let kind = reason
-            .split(['\'', ':'])
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(":");
-        *out.entry(kind).or_insert(0) += 1;
+        *out.entry(crate::record::reason_kind(reason)).or_insert(0) += 1;
     }
     out
 }
