@@ -77,7 +77,7 @@ pub fn normalize_record(
                     return Err(RecordError::new(
                         Stage::EnrichMongo,
                         format!(
-                            "note '{key}': provider {} has no field for {}",
+                            "provider {} has no field for {} (note '{key}')",
                             doc.provider, feature.name
                         ),
                     ));
@@ -88,7 +88,7 @@ pub fn normalize_record(
                         return Err(RecordError::new(
                             Stage::EnrichMongo,
                             format!(
-                            "note '{key}': provider {} field {} holds {what}, not a finite number",
+                            "provider {} field {} of note '{key}' holds {what}, not a finite number",
                             doc.provider, field.path
                         ),
                         ))
@@ -97,7 +97,7 @@ pub fn normalize_record(
                         return Err(RecordError::new(
                             Stage::EnrichMongo,
                             format!(
-                                "note '{key}': provider {} document has no field {}",
+                                "provider {} document for note '{key}' has no field {}",
                                 doc.provider, field.path
                             ),
                         ))
@@ -299,7 +299,7 @@ mod tests {
         let err = run(&record("sc-01", "frb", "SN-2")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "enrich.mongo: note 'SN-2': provider lumen document has no field wavelet.curt_centi"
+            "enrich.mongo: provider lumen document for note 'SN-2' has no field wavelet.curt_centi"
         );
     }
 

@@ -65,7 +65,7 @@ pub fn reason_kind(text: &str) -> String {
         .unwrap_or_default()
         .split_whitespace()
         .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
-        .take(5)
+        .take(6)
         .collect();
     if stage.is_empty() {
         head.join(" ")

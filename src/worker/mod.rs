@@ -3,7 +3,8 @@
 //! concurrency, back-off and shutdown.
 //!
 //! Memory is bounded: the pollers hand messages over a bounded channel, and at most
-//! `max_concurrent_batches` batches are processed at once.
+//! `max_concurrent_batches` batches are processed at once. Messages stay invisible to other
+//! workers from receipt until their step returns: a heartbeat starts at the poller.
 
 pub mod aggregates;
 pub mod heartbeat;
@@ -24,6 +25,7 @@ use crate::bundle::{ContentEncoding, Limits};
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::holder::ModelHolder;
 use crate::queue::SqsQueue;
+use heartbeat::Heartbeat;
 pub use step::{decode_all, Received, StepReport};
 
 /// How the worker receives, batches, retries and stops.
@@ -119,6 +121,13 @@ pub struct Worker<R, D> {
     pub hooks: Hooks,
 }
 
+/// Messages received by one poll, kept visible by their heartbeat until their step returns.
+#[derive(Debug)]
+struct InHand {
+    messages: Vec<crate::queue::Message>,
+    heartbeat: Heartbeat,
+}
+
 /// What a whole run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
@@ -149,7 +158,7 @@ where
 {
     /// Runs until `shutdown` is cancelled, then drains what it holds within the drain timeout.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> RunSummary {
-        let (tx, rx) = mpsc::channel::<Vec<crate::queue::Message>>(self.config.pollers.max(1) * 2);
+        let (tx, rx) = mpsc::channel::<InHand>(self.config.pollers.max(1) * 2);
         let mut pollers = JoinSet::new();
         for n in 0..self.config.pollers.max(1) {
             pollers.spawn(Arc::clone(&self).poll(n, tx.clone(), shutdown.clone()));
@@ -190,7 +199,7 @@ where
     async fn poll(
         self: Arc<Self>,
         n: usize,
-        tx: mpsc::Sender<Vec<crate::queue::Message>>,
+        tx: mpsc::Sender<InHand>,
         shutdown: CancellationToken,
     ) {
         let mut failures = 0;
@@ -204,8 +213,23 @@ where
                 Ok(messages) if messages.is_empty() => failures = 0,
                 Ok(messages) => {
                     failures = 0;
+                    // Visibility is kept from receipt on: messages may wait behind a slow batch.
+                    let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+                    let heartbeat = Heartbeat::start(
+                        self.input.clone(),
+                        receipts,
+                        self.config.visibility_timeout_secs,
+                        self.config.heartbeat_fraction,
+                    );
                     // Messages in hand are always handed over, even during shutdown.
-                    if tx.send(messages).await.is_err() {
+                    if tx
+                        .send(InHand {
+                            messages,
+                            heartbeat,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -225,21 +249,22 @@ where
 
     /// Gathers received messages into batches and processes them, at most
     /// `max_concurrent_batches` at once; ends when the pollers are gone and all is processed.
-    async fn batch_loop(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Vec<crate::queue::Message>>,
-    ) -> RunSummary {
+    async fn batch_loop(self: Arc<Self>, mut rx: mpsc::Receiver<InHand>) -> RunSummary {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_batches.max(1)));
         let mut running: JoinSet<StepReport> = JoinSet::new();
         let mut summary = RunSummary::default();
         let mut failures = 0u32;
         while let Some(first) = rx.recv().await {
-            let mut batch = decode_all(first, &self.config.limits);
+            let mut batch = decode_all(first.messages, &self.config.limits);
+            let mut heartbeats = vec![first.heartbeat];
             let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
             while batch.iter().map(Received::records).sum::<usize>() < self.config.max_batch_records
             {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(more)) => batch.extend(decode_all(more, &self.config.limits)),
+                    Ok(Some(more)) => {
+                        batch.extend(decode_all(more.messages, &self.config.limits));
+                        heartbeats.push(more.heartbeat);
+                    }
                     _ => break,
                 }
             }
@@ -265,7 +290,7 @@ where
             let worker = Arc::clone(&self);
             running.spawn(async move {
                 let report = worker.process(batch).await;
-                drop(permit);
+                drop((permit, heartbeats));
                 report
             });
         }

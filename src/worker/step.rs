@@ -10,7 +10,6 @@ use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::queue::{Message, Outgoing, SqsQueue, BUNDLE_ID_ATTRIBUTE};
 use crate::standardize::truncate_chars;
 
-use super::heartbeat::Heartbeat;
 use super::{aggregates, Worker};
 
 /// A received message and what decoding made of it.
@@ -75,17 +74,6 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
             messages: batch.len(),
             ..StepReport::default()
         };
-        let receipts: Vec<String> = batch
-            .iter()
-            .map(|r| r.message.receipt_handle.clone())
-            .collect();
-        let _heartbeat = Heartbeat::start(
-            self.input.clone(),
-            receipts,
-            self.config.visibility_timeout_secs,
-            self.config.heartbeat_fraction,
-        );
-
         let (readable, unreadable): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|r| r.bundle.is_ok());
         let mut refused: Vec<(Message, DecodeError, &'static str)> = unreadable
