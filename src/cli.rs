@@ -33,7 +33,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply the PostgreSQL schema migrations (idempotent).
+    /// Apply the PostgreSQL schema migrations and create the MongoDB indexes (idempotent).
     Migrate,
     /// Generate the deterministic banknote fixture domain, or load it into PostgreSQL and MongoDB.
     #[command(subcommand)]
@@ -257,7 +257,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::db::migrate(&pool)
                 .await
                 .context("applying migrations")?;
-            println!("migrations applied");
+            let mongo =
+                crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
+            crate::mongo::ensure_indexes(&mongo, &PipelineSpec::banknote())
+                .await
+                .context("creating MongoDB indexes")?;
+            println!("PostgreSQL migrations applied; MongoDB indexes in place");
             Ok(())
         }
         Command::Fixtures(FixturesCommand::Generate(args)) => generate(&args),

@@ -191,9 +191,8 @@ fn summarize(set: &FixtureSet, answers: &[Value], model: &LoadedModel) -> String
         for err in a["errors"].as_array().into_iter().flatten() {
             records += 1;
             let reason = err[1].as_str().unwrap_or_default();
-            let kind = crate::record::RecordError::new(crate::record::Stage::Decode, reason).kind();
             *reasons
-                .entry(kind.trim_start_matches("decode: ").to_owned())
+                .entry(crate::record::reason_kind(reason))
                 .or_default() += 1;
             let planted = err[0]
                 .as_str()

@@ -9,8 +9,12 @@ async fn main() -> std::process::ExitCode {
     match ml_pipeline::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "command failed");
-            eprintln!("error: {e:#}");
+            // Logged once: readable on a terminal, a JSON line (with the cause chain) otherwise.
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!("error: {e:#}");
+            } else {
+                tracing::error!(error = format!("{e:#}"), "command failed");
+            }
             std::process::ExitCode::FAILURE
         }
     }

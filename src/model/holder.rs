@@ -94,8 +94,14 @@ impl ModelHolder {
                 (state.record.version, Some(state.etag))
             }
         };
+        let started = std::time::Instant::now();
         let artifact = registry.load(name, version).await?;
-        tracing::info!(model = name, model_version = version, "model loaded");
+        tracing::info!(
+            model = name,
+            model_version = version,
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            "model loaded"
+        );
         Ok(Self {
             registry,
             name: name.to_owned(),
@@ -153,11 +159,13 @@ impl ModelHolder {
         }
         // Loading and validating happen here, off the hot path; only the swap touches `current`.
         // On failure the ETag is not remembered, so the next poll tries again.
+        let started = std::time::Instant::now();
         let artifact = self.registry.load(&self.name, to).await?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
         self.current.store(Arc::new(LoadedModel::new(to, artifact)));
         *etag = Some(state.etag);
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(model = %self.name, from, to, "model version swapped in");
+        tracing::info!(model = %self.name, from, to, load_ms, "model version swapped in");
         Ok(PollOutcome::Swapped { from, to })
     }
 
