@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::batch::{answers, prepare, Slot};
-use crate::bundle::{decode, Answer, DecodeError, InputBundle};
+use crate::bundle::{decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::queue::{Message, Outgoing, SqsQueue, BUNDLE_ID_ATTRIBUTE};
 use crate::standardize::truncate_chars;
@@ -166,18 +166,19 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         let outgoing: Vec<Outgoing> = to_send
             .iter()
             .map(|(_, answer)| {
+                let (body, encoding) = encode_within_limit(answer, self.config.output_encoding);
                 let mut attributes = vec![(
                     BUNDLE_ID_ATTRIBUTE.to_owned(),
                     answer.bundle_id().to_owned(),
                 )];
-                if let Some(enc) = self.config.output_encoding.attribute() {
+                if let Some(enc) = encoding.attribute() {
                     attributes.push((
                         crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE.to_owned(),
                         enc.to_owned(),
                     ));
                 }
                 Outgoing {
-                    body: answer.encode(self.config.output_encoding),
+                    body,
                     attributes,
                     dedup_id: fifo.then(|| dedup_id(answer.bundle_id())),
                     group_id: fifo.then(|| answer.bundle_id().to_owned()),
@@ -318,6 +319,25 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
     }
 }
 
+/// The largest SQS message body we send, in bytes: 256 KiB (LocalStack's and SQS's long-standing
+/// limit) less room for attributes.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 - 4 * 1024;
+
+/// Encodes an answer; a plain answer too large for one message is sent gzip-compressed instead
+/// (consumers read all three forms, CONTRACT.md section 4).
+fn encode_within_limit(answer: &Answer, configured: ContentEncoding) -> (String, ContentEncoding) {
+    let body = answer.encode(configured);
+    if body.len() <= MAX_MESSAGE_BYTES || configured != ContentEncoding::Identity {
+        return (body, configured);
+    }
+    tracing::info!(
+        bundle_id = answer.bundle_id(),
+        bytes = body.len(),
+        "answer too large for one plain message; sending it gzip-compressed"
+    );
+    (answer.encode(ContentEncoding::Gzip), ContentEncoding::Gzip)
+}
+
 /// FIFO deduplication ids allow 128 characters of a limited alphabet; bundle ids may hold more.
 fn dedup_id(bundle_id: &str) -> String {
     let clean: String = bundle_id.chars().filter(|c| c.is_ascii_graphic()).collect();
@@ -378,6 +398,36 @@ mod tests {
         let big: Vec<Outgoing> = (0..4).map(|_| out(100_000)).collect();
         let c = chunks(&big, 10, 256 * 1024);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+    }
+
+    #[test]
+    fn a_large_plain_answer_is_compressed_and_a_small_one_is_not() {
+        let answer = |rows: usize| {
+            Answer::Request(crate::bundle::OutputBundle {
+                bundle_id: "b".into(),
+                model: "banknote".into(),
+                model_version: "1".into(),
+                columns: vec!["id".into(), "label".into(), "score".into()],
+                rows: (0..rows)
+                    .map(|i| {
+                        vec![
+                            format!("r-{i:06}").into(),
+                            "real".into(),
+                            (i as f64 * 0.123_456_789).into(),
+                        ]
+                    })
+                    .collect(),
+                errors: vec![],
+                timing_ms: Default::default(),
+            })
+        };
+        let (_, enc) = encode_within_limit(&answer(10), ContentEncoding::Identity);
+        assert_eq!(enc, ContentEncoding::Identity);
+        let big = answer(10_000);
+        assert!(big.encode(ContentEncoding::Identity).len() > MAX_MESSAGE_BYTES);
+        let (body, enc) = encode_within_limit(&big, ContentEncoding::Identity);
+        assert_eq!(enc, ContentEncoding::Gzip);
+        assert!(body.len() <= MAX_MESSAGE_BYTES, "{} bytes", body.len());
     }
 
     #[test]
