@@ -196,44 +196,21 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
     ) -> Vec<usize> {
         let mut accepted = Vec::new();
         for chunk in chunks(messages, 10, 256 * 1024) {
-            let mut pending: Vec<usize> = chunk;
-            for attempt in 0..self.config.send_attempts {
-                let batch: Vec<Outgoing> = pending.iter().map(|&i| messages[i].clone()).collect();
-                match queue.send_batch(&batch).await {
-                    Ok(failed) => {
-                        let failed_idx: Vec<usize> =
-                            failed.iter().map(|(i, _)| pending[*i]).collect();
-                        accepted.extend(pending.iter().filter(|i| !failed_idx.contains(i)));
-                        for (i, reason) in &failed {
-                            tracing::warn!(
-                                queue = queue.url(),
-                                entry = pending[*i],
-                                reason,
-                                attempt,
-                                "send entry failed; retrying it alone"
-                            );
-                        }
-                        pending = failed_idx;
-                    }
-                    Err(e) => tracing::warn!(error = %e, attempt, "send batch failed"),
-                }
-                if pending.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(super::backoff(
-                    attempt,
-                    self.config.backoff_base,
-                    self.config.backoff_max,
-                ))
+            let size = chunk.len();
+            let sent = self
+                .retry_entries("send", chunk, |idx| {
+                    let batch: Vec<Outgoing> = idx.iter().map(|&i| messages[i].clone()).collect();
+                    async move { queue.send_batch(&batch).await }
+                })
                 .await;
-            }
-            if !pending.is_empty() {
+            if sent.len() < size {
                 tracing::error!(
                     queue = queue.url(),
-                    unsent = pending.len(),
+                    unsent = size - sent.len(),
                     "answers not accepted after retries; their inputs stay for redelivery"
                 );
             }
+            accepted.extend(sent);
         }
         accepted.sort_unstable();
         accepted
@@ -242,31 +219,72 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
     /// Deletes input messages, retrying per-entry failures; returns how many were deleted.
     pub(crate) async fn delete(&self, receipts: &[&str]) -> usize {
         let mut deleted = 0;
-        for chunk in receipts.chunks(10) {
-            let mut pending: Vec<&str> = chunk.to_vec();
-            for attempt in 0..self.config.send_attempts {
-                match self.input.delete_batch(&pending).await {
-                    Ok(failed) => {
-                        deleted += pending.len() - failed.len();
-                        pending = failed.iter().map(|(i, _)| pending[*i]).collect();
-                    }
-                    Err(e) => tracing::warn!(error = %e, attempt, "delete batch failed"),
-                }
-                if pending.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(super::backoff(
-                    attempt,
-                    self.config.backoff_base,
-                    self.config.backoff_max,
-                ))
+        for start in (0..receipts.len()).step_by(10) {
+            let chunk: Vec<usize> = (start..receipts.len().min(start + 10)).collect();
+            let size = chunk.len();
+            let done = self
+                .retry_entries("delete", chunk, |idx| {
+                    let batch: Vec<&str> = idx.iter().map(|&i| receipts[i]).collect();
+                    async move { self.input.delete_batch(&batch).await }
+                })
                 .await;
+            if done.len() < size {
+                tracing::warn!(undeleted = size - done.len(), "inputs answered but not deleted; SQS will redeliver them and the output will repeat");
             }
-            if !pending.is_empty() {
-                tracing::warn!(undeleted = pending.len(), "inputs answered but not deleted; SQS will redeliver them and the output will repeat");
-            }
+            deleted += done.len();
         }
         deleted
+    }
+
+    /// Calls a batch operation on `pending` entries, then again on only the entries that failed,
+    /// with back-off, up to `send_attempts` times; returns the entries that succeeded.
+    async fn retry_entries<F, Fut>(
+        &self,
+        what: &'static str,
+        mut pending: Vec<usize>,
+        mut call: F,
+    ) -> Vec<usize>
+    where
+        F: FnMut(&[usize]) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(usize, String)>, crate::queue::QueueError>>,
+    {
+        let mut done = Vec::with_capacity(pending.len());
+        for attempt in 0..self.config.send_attempts {
+            match call(&pending).await {
+                Ok(failed) => {
+                    let failed: Vec<(usize, String)> = failed
+                        .into_iter()
+                        .map(|(i, reason)| (pending[i], reason))
+                        .collect();
+                    for (entry, reason) in &failed {
+                        tracing::warn!(
+                            what,
+                            entry,
+                            reason,
+                            attempt,
+                            "batch entry failed; retrying it alone"
+                        );
+                    }
+                    done.extend(
+                        pending
+                            .iter()
+                            .filter(|i| !failed.iter().any(|(f, _)| f == *i)),
+                    );
+                    pending = failed.into_iter().map(|(i, _)| i).collect();
+                }
+                Err(e) => tracing::warn!(what, error = %e, attempt, "batch call failed"),
+            }
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(super::backoff(
+                attempt,
+                self.config.backoff_base,
+                self.config.backoff_max,
+            ))
+            .await;
+        }
+        done
     }
 
     /// Sends unreadable bundles to the input's dead-letter queue with the reason, then deletes
