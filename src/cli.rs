@@ -251,12 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("reading settings")?;
     match cli.command {
         Command::Migrate => {
-            let pool = crate::db::connect(&settings.database_url, 2)
-                .await
-                .context("connecting to PostgreSQL")?;
-            crate::db::migrate(&pool)
-                .await
-                .context("applying migrations")?;
+            crate::db::connect_migrated(&settings.database_url, 2).await?;
             let mongo =
                 crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
             crate::mongo::ensure_indexes(&mongo, &PipelineSpec::banknote())
@@ -395,12 +390,7 @@ async fn train(settings: &Settings, args: &TrainArgs) -> anyhow::Result<()> {
         kernel_budget_bytes: (args.kernel_budget_gib * f64::from(1u32 << 30)) as u64,
         dry_run: args.dry_run,
     };
-    let pool = crate::db::connect(&settings.database_url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    crate::db::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    let pool = crate::db::connect_migrated(&settings.database_url, 2).await?;
     let enricher = enricher(settings, &pool).await?;
     let registry = if args.dry_run {
         None

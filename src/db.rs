@@ -22,3 +22,13 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// Connects a pool and applies the migrations: what every command that writes needs first.
+pub async fn connect_migrated(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let pool = connect(url, max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    migrate(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use ndarray::Array2;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -22,10 +21,7 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()> {
     let set = crate::fixtures::read_set(fixtures_dir)?;
     let registry = crate::cli::registry(settings).await?;
-    let pool = crate::db::connect(&settings.database_url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    crate::db::migrate(&pool).await?;
+    let pool = crate::db::connect_migrated(&settings.database_url, 4).await?;
     let enricher = crate::cli::enricher(settings, &pool).await?;
     let mongo = crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
     let spec = crate::spec::PipelineSpec::banknote();
