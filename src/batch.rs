@@ -62,9 +62,13 @@ pub struct PreparedBatch {
     pub postgres: Coverage,
     /// MongoDB coverage.
     pub mongo: Coverage,
-    /// Milliseconds per stage: standardize, enrich, normalize.
+    /// Milliseconds per stage: standardize, enrich (both sources, concurrently),
+    /// enrich.postgres, enrich.mongo, normalize.
     pub timing_ms: BTreeMap<String, f64>,
 }
+
+/// Enrichment, and the milliseconds each source took (they run concurrently).
+type Enriched = (Enrichment, f64, f64);
 
 /// Standardizes, enriches and normalizes a batch of bundles into one matrix.
 /// Fails only when a source is unavailable: then nothing is answered and the batch is retried.
@@ -81,7 +85,7 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     let t_standardize = ms_since(started);
 
     let started = Instant::now();
-    let enrichment = enrich(spec, &standardized, enricher).await?;
+    let (enrichment, t_postgres, t_mongo) = enrich(spec, &standardized, enricher).await?;
     let t_enrich = ms_since(started);
 
     let started = Instant::now();
@@ -142,6 +146,8 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     let timing_ms = BTreeMap::from([
         ("standardize".to_owned(), t_standardize),
         ("enrich".to_owned(), t_enrich),
+        ("enrich.postgres".to_owned(), t_postgres),
+        ("enrich.mongo".to_owned(), t_mongo),
         ("normalize".to_owned(), ms_since(started)),
     ]);
     Ok(PreparedBatch {
@@ -319,7 +325,7 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
     spec: &PipelineSpec,
     standardized: &[Result<Standardized, DecodeError>],
     enricher: &Enricher<R, D>,
-) -> Result<Enrichment, SourceError> {
+) -> Result<Enriched, SourceError> {
     let records = || {
         standardized
             .iter()
@@ -336,22 +342,29 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
     let doc_keys = distinct(records().filter_map(|r| r.doc_key.as_deref()));
     let paths = document_paths(spec);
     let reference = async {
-        if lookup_keys.iter().all(Vec::is_empty) {
-            Ok(vec![Default::default(); spec.lookups.len()])
+        let started = Instant::now();
+        let found = if lookup_keys.iter().all(Vec::is_empty) {
+            vec![Default::default(); spec.lookups.len()]
         } else {
-            enricher.reference.fetch(&spec.lookups, &lookup_keys).await
-        }
+            enricher
+                .reference
+                .fetch(&spec.lookups, &lookup_keys)
+                .await?
+        };
+        Ok::<_, SourceError>((found, ms_since(started)))
     };
     let documents = async {
-        match &spec.documents {
+        let started = Instant::now();
+        let found = match &spec.documents {
             Some(docs) if !doc_keys.is_empty() => {
-                enricher.documents.fetch(docs, &paths, &doc_keys).await
+                enricher.documents.fetch(docs, &paths, &doc_keys).await?
             }
-            _ => Ok(Default::default()),
-        }
+            _ => Default::default(),
+        };
+        Ok((found, ms_since(started)))
     };
-    let (lookups, documents) = tokio::try_join!(reference, documents)?;
-    Ok(Enrichment { lookups, documents })
+    let ((lookups, t_postgres), (documents, t_mongo)) = tokio::try_join!(reference, documents)?;
+    Ok((Enrichment { lookups, documents }, t_postgres, t_mongo))
 }
 
 fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {

@@ -44,13 +44,32 @@ pub enum Command {
     #[command(subcommand)]
     Models(ModelsCommand),
     /// Run the worker: long-poll the input queue, answer every bundle, until SIGTERM/SIGINT.
+    /// Serves /metrics, /health and /ready on ML_PIPELINE_HTTP_ADDR (default 0.0.0.0:9090).
     Worker,
+    /// Ask a running worker's /health (or /ready) and exit 0 when it answers 200: the container
+    /// image's HEALTHCHECK. Prints the answer.
+    Healthcheck(HealthcheckArgs),
     /// Publish bundles to the input queue (the fixtures' bundles, or a .json/.jsonl file).
     Send(SendArgs),
     /// Run the whole job on the local services: load fixtures, train and promote a model, start
     /// the worker, send the fixture bundles, read the answers back, print a summary.
     /// (`make demo` starts the services and deploys the stack first.)
     Demo(DemoArgs),
+}
+
+/// Options of `healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Check readiness (PostgreSQL, MongoDB, model, queues) instead of liveness.
+    #[arg(long)]
+    pub ready: bool,
+    /// The worker's base URL; default: http://127.0.0.1:<port of ML_PIPELINE_HTTP_ADDR>.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Seconds to wait for the answer (below the image HEALTHCHECK's 5 s timeout, so this
+    /// command reports the failure itself).
+    #[arg(long, default_value_t = 4)]
+    pub timeout_secs: u64,
 }
 
 /// Fixture subcommands.
@@ -272,9 +291,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Healthcheck(args) => healthcheck(&settings, &args).await,
         Command::Send(args) => send(&settings, &args).await,
         Command::Demo(args) => demo(&settings, &args).await,
     }
+}
+
+async fn healthcheck(settings: &Settings, args: &HealthcheckArgs) -> anyhow::Result<()> {
+    let base = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = settings.http_addr()?.context(
+                "ML_PIPELINE_HTTP_ADDR is off: the worker serves no health endpoint to ask",
+            )?;
+            format!("http://127.0.0.1:{}", addr.port())
+        }
+    };
+    let url = format!("{base}/{}", if args.ready { "ready" } else { "health" });
+    let reply = crate::http::request(
+        "GET",
+        &url,
+        None,
+        std::time::Duration::from_secs(args.timeout_secs.max(1)),
+    )
+    .await?;
+    println!("{}", reply.body);
+    anyhow::ensure!(
+        reply.status == 200,
+        "{url} answered {}: the worker is not {}",
+        reply.status,
+        if args.ready { "ready" } else { "healthy" }
+    );
+    Ok(())
 }
 
 fn generate(args: &GenerateArgs) -> anyhow::Result<()> {

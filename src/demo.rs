@@ -69,11 +69,13 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
     let output = worker.output.clone();
     let input = worker.input.clone();
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(crate::worker::serve(
-        worker,
-        Duration::from_secs(settings.model_poll_secs.max(1)),
-        shutdown.clone(),
-    ));
+    let options = crate::worker::ServeOptions {
+        poll: Duration::from_secs(settings.model_poll_secs.max(1)),
+        http: None,
+        metrics: None,
+        task_protection: None,
+    };
+    let running = tokio::spawn(crate::worker::serve(worker, options, shutdown.clone()));
     println!("3. worker started on {}", input.url());
 
     let bundles = crate::send::read_bundles(fixtures_dir)?;

@@ -15,7 +15,11 @@
 //! - [`batch`]: many bundles -> one matrix -> one answer per bundle.
 //! - [`record`]: per-record errors, with their stage.
 //! - [`queue`]: the SQS seam (receive, batch send/delete, visibility).
-//! - [`worker`]: the main job: pollers, batching, the one step, heartbeat, shutdown, aggregates.
+//! - [`worker`]: the main job: pollers, batching, the one step, heartbeat, shutdown, aggregates,
+//!   liveness and readiness, ECS task protection.
+//! - [`http`]: `/metrics`, `/health`, `/ready`, and the small client `healthcheck` uses.
+//! - [`instruments`]: every Prometheus metric, named and recorded in one place.
+//! - [`telemetry`]: logs (JSON lines off a terminal).
 //! - [`train`]: training with the worker's own preprocessing, evaluation, publishing.
 //! - [`aws`]: SDK clients from the default chain.
 //! - [`model`]: the fitted scaler and SVM and their versioned artifact.
@@ -32,6 +36,8 @@ pub mod db;
 pub mod demo;
 pub mod enrich;
 pub mod fixtures;
+pub mod http;
+pub mod instruments;
 pub mod model;
 pub mod mongo;
 pub mod normalize;

@@ -72,6 +72,14 @@ pub struct Settings {
     pub aggregates: bool,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
+    /// Where the worker serves `/metrics`, `/health` and `/ready`, or `off`. Default `0.0.0.0:9090`.
+    pub http_addr: String,
+    /// `/health` fails when the receive and batch loops made no progress for this long, in
+    /// seconds. Default 120.
+    pub stall_timeout_secs: u64,
+    /// Turn on ECS task scale-in protection while messages are in hand (needs `ECS_AGENT_URI`,
+    /// which ECS sets). Default false.
+    pub task_protection: bool,
 }
 
 impl Default for Settings {
@@ -105,9 +113,15 @@ impl Default for Settings {
             max_rows: 10_000,
             max_string_chars: 1024,
             aggregates: true,
+            http_addr: DEFAULT_HTTP_ADDR.into(),
+            stall_timeout_secs: 120,
+            task_protection: false,
         }
     }
 }
+
+/// Where the worker serves its HTTP endpoints unless told otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9090";
 
 /// `ML_PIPELINE_*` variables read by the `localstack/` scripts and the CLI, not settings fields.
 const SCRIPT_VARIABLES: &[&str] = &[
@@ -150,6 +164,7 @@ impl Settings {
             visibility_timeout_secs: self.visibility_timeout_secs.unwrap_or(queue_visibility),
             heartbeat_fraction: self.heartbeat_fraction,
             drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
+            stall_timeout: std::time::Duration::from_secs(self.stall_timeout_secs.max(1)),
             output_encoding: self.output_encoding,
             limits: crate::bundle::Limits {
                 max_body_bytes: self.max_body_bytes,
@@ -158,6 +173,19 @@ impl Settings {
             },
             ..crate::worker::WorkerConfig::default()
         }
+    }
+
+    /// The address of the worker's HTTP endpoints; None when set to `off`.
+    pub fn http_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.http_addr.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.http_addr.parse().map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "ML_PIPELINE_HTTP_ADDR={:?} is not an address like 0.0.0.0:9090 (or off): {e}",
+                self.http_addr
+            )
+        })
     }
 
     /// The model bucket, or an error saying how to set it.

@@ -1,18 +1,27 @@
-//! PostgreSQL stopped for a few seconds mid-run: nothing is lost, and the worker recovers by
-//! itself. This stops the shared PostgreSQL server, so it is its own test binary (cargo runs
-//! test binaries one at a time) with one test.
+//! PostgreSQL stopped for a few seconds mid-run: nothing is lost, `/ready` turns false and true
+//! again, `/health` stays true, and the worker recovers by itself. This stops the shared
+//! PostgreSQL server, so it is its own test binary (cargo runs test binaries one at a time)
+//! with one test.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::harness::{fixture_bundles, TestWorker};
 use ml_pipeline::bundle::compression::ContentEncoding;
 use ml_pipeline::worker::{Hooks, WorkerConfig};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+async fn get(url: &str) -> (u16, Value) {
+    let reply = ml_pipeline::http::request("GET", url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    (reply.status, serde_json::from_str(&reply.body).unwrap())
+}
 
 fn postgres(action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("localstack/postgres.sh");
@@ -31,15 +40,44 @@ async fn postgres_stopped_mid_run_loses_nothing_and_the_worker_recovers() {
         backoff_max: Duration::from_millis(500),
         ..t.config()
     };
-    let (token, handle) = t.spawn(config, Hooks::default());
+    let worker = t.worker(config, Hooks::default());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(worker.clone().run(token.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ml_pipeline::http::serve(
+        listener,
+        ml_pipeline::http::router(worker, None),
+        token.clone(),
+    ));
+    assert_eq!(get(&format!("{base}/ready")).await.0, 200);
+
     let bundles: Vec<Value> = fixture_bundles();
     t.send_json(&bundles[..5], ContentEncoding::Identity).await;
     let mut outs = t.outputs(5).await;
 
     postgres("stop");
     t.send_json(&bundles[5..], ContentEncoding::Identity).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, ready) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, 503, "not ready while PostgreSQL is down: {ready}");
+    assert_eq!(ready["checks"]["postgres"]["ok"], false, "{ready}");
+    assert_eq!(ready["checks"]["mongo"]["ok"], true, "{ready}");
+    let (status, live) = get(&format!("{base}/health")).await;
+    assert_eq!(
+        status, 200,
+        "a dependency outage is not a liveness failure: {live}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     postgres("start");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&format!("{base}/ready")).await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after PostgreSQL returned"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     outs.extend(t.outputs(bundles.len() - 5).await);
     token.cancel();

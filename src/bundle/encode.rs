@@ -23,6 +23,22 @@ impl Answer {
         }
     }
 
+    /// Records it answers: predicted rows and errors.
+    pub fn records(&self) -> usize {
+        match self {
+            Answer::Request(b) => b.rows.len() + b.errors.len(),
+            Answer::Seed(b) => b.output.len(),
+        }
+    }
+
+    /// Records answered with an error.
+    pub fn errors(&self) -> usize {
+        match self {
+            Answer::Request(b) => b.errors.len(),
+            Answer::Seed(_) => 0,
+        }
+    }
+
     /// The message body in the given encoding.
     pub fn encode(&self, encoding: ContentEncoding) -> String {
         match self {

@@ -65,6 +65,9 @@ pub trait ReferenceSource: Send + Sync {
         lookups: &[LookupSpec],
         keys: &[Vec<String>],
     ) -> impl Future<Output = Result<Vec<HashMap<String, String>>, SourceError>> + Send;
+
+    /// One cheap round trip that proves the source answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
 /// Provider documents, asked once per batch.
@@ -76,6 +79,9 @@ pub trait DocumentSource: Send + Sync {
         paths: &[String],
         keys: &[String],
     ) -> impl Future<Output = Result<HashMap<String, Vec<ProviderDoc>>, SourceError>> + Send;
+
+    /// One cheap round trip that proves the source answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
 /// Both sources a batch is enriched from.

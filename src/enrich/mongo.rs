@@ -67,6 +67,11 @@ impl DocumentSource for MongoDocuments {
         }
         Ok(found)
     }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        self.db.run_command(doc! {"ping": 1}).await?;
+        Ok(())
+    }
 }
 
 /// The value at a dotted path, as a number or a description of what is there instead.

@@ -63,6 +63,11 @@ impl ReferenceSource for PgReference {
         }
         Ok(found)
     }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,7 @@ impl ModelHolder {
             load_ms = started.elapsed().as_secs_f64() * 1e3,
             "model loaded"
         );
+        crate::instruments::model_serving(name, version, None);
         Ok(Self {
             registry,
             name: name.to_owned(),
@@ -134,6 +135,7 @@ impl ModelHolder {
         let outcome = self.try_poll().await;
         if outcome.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            crate::instruments::model_reload_failed();
         }
         outcome
     }
@@ -166,6 +168,7 @@ impl ModelHolder {
         *etag = Some(state.etag);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(model = %self.name, from, to, load_ms, "model version swapped in");
+        crate::instruments::model_serving(&self.name, to, Some(from));
         Ok(PollOutcome::Swapped { from, to })
     }
 

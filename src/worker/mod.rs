@@ -7,7 +7,9 @@
 //! workers from receipt until their step returns: a heartbeat starts at the poller.
 
 pub mod aggregates;
+pub mod health;
 pub mod heartbeat;
+pub mod protection;
 pub mod step;
 
 use std::future::Future;
@@ -25,6 +27,7 @@ use crate::bundle::{ContentEncoding, Limits};
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::holder::ModelHolder;
 use crate::queue::SqsQueue;
+use health::{InFlight, WorkerState};
 use heartbeat::Heartbeat;
 pub use step::{decode_all, Received, StepReport};
 
@@ -49,6 +52,8 @@ pub struct WorkerConfig {
     pub heartbeat_fraction: f64,
     /// How long shutdown waits for batches in hand.
     pub drain_timeout: Duration,
+    /// `/health` fails when no receive returned and no batch finished for this long.
+    pub stall_timeout: Duration,
     /// The encoding of answers.
     pub output_encoding: ContentEncoding,
     /// Decoding limits.
@@ -73,6 +78,7 @@ impl Default for WorkerConfig {
             visibility_timeout_secs: 60,
             heartbeat_fraction: 0.5,
             drain_timeout: Duration::from_secs(25),
+            stall_timeout: Duration::from_secs(120),
             output_encoding: ContentEncoding::Identity,
             limits: Limits::default(),
             send_attempts: 5,
@@ -119,6 +125,8 @@ pub struct Worker<R, D> {
     pub config: WorkerConfig,
     /// Test hooks.
     pub hooks: Hooks,
+    /// Progress and messages in hand, for health and task protection.
+    pub state: Arc<WorkerState>,
 }
 
 /// Messages received by one poll, kept visible by their heartbeat until their step returns.
@@ -126,6 +134,7 @@ pub struct Worker<R, D> {
 struct InHand {
     messages: Vec<crate::queue::Message>,
     heartbeat: Heartbeat,
+    in_flight: InFlight,
 }
 
 /// What a whole run did.
@@ -204,15 +213,22 @@ where
     ) {
         let mut failures = 0;
         loop {
+            let started = Instant::now();
             let received = tokio::select! {
                 // Cancelling drops the in-flight long poll instead of waiting it out.
                 () = shutdown.cancelled() => return,
                 r = self.input.receive(self.config.receive_max, self.config.wait_secs) => r,
             };
+            self.state.beat();
             match received {
-                Ok(messages) if messages.is_empty() => failures = 0,
+                Ok(messages) if messages.is_empty() => {
+                    failures = 0;
+                    crate::instruments::received(0, started.elapsed());
+                }
                 Ok(messages) => {
                     failures = 0;
+                    crate::instruments::received(messages.len(), started.elapsed());
+                    let in_flight = self.state.hold(messages.len());
                     // Visibility is kept from receipt on: messages may wait behind a slow batch.
                     let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
                     let heartbeat = Heartbeat::start(
@@ -226,6 +242,7 @@ where
                         .send(InHand {
                             messages,
                             heartbeat,
+                            in_flight,
                         })
                         .await
                         .is_err()
@@ -237,6 +254,7 @@ where
                     let delay =
                         backoff(failures, self.config.backoff_base, self.config.backoff_max);
                     failures += 1;
+                    crate::instruments::receive_failed();
                     tracing::warn!(poller = n, error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -254,20 +272,40 @@ where
         let mut running: JoinSet<StepReport> = JoinSet::new();
         let mut summary = RunSummary::default();
         let mut failures = 0u32;
-        while let Some(first) = rx.recv().await {
-            let mut batch = decode_all(first.messages, &self.config.limits);
-            let mut heartbeats = vec![first.heartbeat];
+        loop {
+            // Finished batches are accounted as soon as they finish, not when the next arrives.
+            let first = tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    failures = self.account(&mut summary, done, failures);
+                    continue;
+                }
+                received = rx.recv() => match received {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            let mut decoding = Duration::ZERO;
+            let mut decode = |messages| {
+                let started = Instant::now();
+                let decoded = decode_all(messages, &self.config.limits);
+                decoding += started.elapsed();
+                decoded
+            };
+            let mut batch = decode(first.messages);
+            // Dropped when the batch's step returns: visibility kept until then.
+            let mut held = vec![(first.heartbeat, first.in_flight)];
             let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
             while batch.iter().map(Received::records).sum::<usize>() < self.config.max_batch_records
             {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(more)) => {
-                        batch.extend(decode_all(more.messages, &self.config.limits));
-                        heartbeats.push(more.heartbeat);
+                        batch.extend(decode(more.messages));
+                        held.push((more.heartbeat, more.in_flight));
                     }
                     _ => break,
                 }
             }
+            crate::instruments::decoded(decoding);
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -290,7 +328,7 @@ where
             let worker = Arc::clone(&self);
             running.spawn(async move {
                 let report = worker.process(batch).await;
-                drop((permit, heartbeats));
+                drop((permit, held));
                 report
             });
         }
@@ -306,10 +344,12 @@ where
         done: Result<StepReport, tokio::task::JoinError>,
         failures: u32,
     ) -> u32 {
+        self.state.beat();
         let Ok(report) = done else {
             tracing::error!("a batch task panicked; its messages stay on the queue for redelivery");
             return failures + 1;
         };
+        crate::instruments::step(&report);
         summary.batches += 1;
         summary.messages += report.messages;
         summary.answered += report.answered;
@@ -395,38 +435,109 @@ pub async fn build(settings: &crate::settings::Settings) -> anyhow::Result<Produ
         aggregates: settings.aggregates.then_some(pool),
         config: settings.worker_config(visibility),
         hooks: Hooks::default(),
+        state: Arc::default(),
     })
 }
 
-/// Runs a built worker, and its model polling, until `shutdown` is cancelled.
+/// What runs beside a built worker's loops.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// How often the model alias is polled.
+    pub poll: Duration,
+    /// Where `/metrics`, `/health` and `/ready` are served; None serves nothing.
+    pub http: Option<tokio::net::TcpListener>,
+    /// The Prometheus recorder's handle, for `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The ECS agent URI, when task scale-in protection is on.
+    pub task_protection: Option<String>,
+}
+
+/// Runs a built worker, its model polling, HTTP endpoints and task protection until
+/// `shutdown` is cancelled and what was in hand is drained.
 pub async fn serve(
     worker: ProductionWorker,
-    poll: Duration,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) -> RunSummary {
-    tokio::spawn(Arc::clone(&worker.models).run(poll, shutdown.clone()));
+    let worker = Arc::new(worker);
+    // Side tasks outlive `shutdown`: health answers during the drain.
+    let side = CancellationToken::new();
+    tokio::spawn(Arc::clone(&worker.models).run(options.poll, shutdown.clone()));
+    let http_addr = options.http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = options.http {
+        let router = crate::http::router(Arc::clone(&worker), options.metrics);
+        let stop = side.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, router, stop).await {
+                tracing::error!(error = %e, "HTTP endpoints stopped; /metrics, /health and /ready no longer answer");
+            }
+        });
+    }
+    if let Some(agent) = options.task_protection {
+        tokio::spawn(protection::run(
+            agent,
+            Arc::clone(&worker.state),
+            side.clone(),
+        ));
+    }
     tracing::info!(
         input = worker.input.url(),
         output = worker.output.url(),
         dlq = worker.dlq.as_ref().map(SqsQueue::url),
         visibility_s = worker.config.visibility_timeout_secs,
         model_version = worker.models.current().version,
+        http = http_addr.map(|a| a.to_string()),
         "worker started"
     );
-    Arc::new(worker).run(shutdown).await
+    let summary = worker.run(shutdown).await;
+    side.cancel();
+    summary
 }
 
 /// Builds the worker from settings and runs it until SIGTERM or SIGINT.
 pub async fn start(settings: &crate::settings::Settings) -> anyhow::Result<RunSummary> {
+    use anyhow::Context;
+
+    let http = match settings.http_addr()? {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding the HTTP endpoints to {addr} (ML_PIPELINE_HTTP_ADDR; `off` disables them)"
+            )
+        })?),
+        None => None,
+    };
+    // Installed before the model loads, so the model gauge is recorded.
+    let metrics = match &http {
+        Some(_) => Some(crate::instruments::install()?),
+        None => None,
+    };
+    if let Some(handle) = metrics.clone() {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let task_protection = match (settings.task_protection, std::env::var("ECS_AGENT_URI")) {
+        (true, Ok(uri)) => Some(uri),
+        (true, Err(_)) => {
+            tracing::warn!("ML_PIPELINE_TASK_PROTECTION is set but ECS_AGENT_URI is not (not on ECS?); task protection is off");
+            None
+        }
+        (false, _) => None,
+    };
     let worker = build(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    Ok(serve(
-        worker,
-        Duration::from_secs(settings.model_poll_secs.max(1)),
-        shutdown,
-    )
-    .await)
+    let options = ServeOptions {
+        poll: Duration::from_secs(settings.model_poll_secs.max(1)),
+        http,
+        metrics,
+        task_protection,
+    };
+    Ok(serve(worker, options, shutdown).await)
 }
 
 /// Cancels `token` on SIGTERM (how ECS stops a task) or SIGINT.

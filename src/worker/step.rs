@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::batch::{answers, prepare, Slot};
+use crate::batch::{answers, prepare, Coverage, Slot};
 use crate::bundle::{decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::queue::{Message, Outgoing, SqsQueue, BUNDLE_ID_ATTRIBUTE};
@@ -53,6 +53,14 @@ pub struct StepReport {
     pub retryable: Option<String>,
     /// Milliseconds per stage.
     pub timing_ms: BTreeMap<String, f64>,
+    /// Record errors by kind (`enrich.mongo: unknown note`).
+    pub error_kinds: BTreeMap<String, u64>,
+    /// PostgreSQL enrichment coverage.
+    pub postgres: Coverage,
+    /// MongoDB enrichment coverage.
+    pub mongo: Coverage,
+    /// Per answered bundle: milliseconds from its SentTimestamp to its answer being accepted.
+    pub bundle_age_ms: Vec<f64>,
 }
 
 /// Decodes received messages with the worker's limits.
@@ -101,16 +109,19 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
             }
         };
         report.timing_ms.extend(prepared.timing_ms.clone());
+        report.postgres = prepared.postgres;
+        report.mongo = prepared.mongo;
         let t = Instant::now();
         let scores = model.classifier.decision_values(prepared.matrix);
         report.timing_ms.insert("predict".into(), ms(t));
         report.predicted = scores.len();
         for plan in prepared.plans.iter().flatten() {
-            report.record_errors += plan
-                .slots
-                .iter()
-                .filter(|s| matches!(s, Slot::Failed(_)))
-                .count();
+            for slot in &plan.slots {
+                if let Slot::Failed(e) = slot {
+                    report.record_errors += 1;
+                    *report.error_kinds.entry(e.kind()).or_default() += 1;
+                }
+            }
         }
         let mut timing = report.timing_ms.clone();
         timing.insert("total".into(), ms(started));
@@ -142,6 +153,24 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         report.deleted += deleted;
         report.left += receipts.len() - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
+        let now_ms = chrono::Utc::now().timestamp_millis() as f64;
+        let mut accepted_iter = accepted.iter().peekable();
+        for (i, (message, answer)) in to_send.iter().enumerate() {
+            let span = bundle_span(message, answer.bundle_id(), model.version, answer.records());
+            let _entered = span.enter();
+            if accepted_iter.next_if_eq(&&i).is_some() {
+                let age_ms = message.sent_timestamp_ms.map(|sent| now_ms - sent as f64);
+                report.bundle_age_ms.extend(age_ms);
+                tracing::info!(
+                    errors = answer.errors(),
+                    age_ms,
+                    receive_count = message.receive_count,
+                    "bundle answered"
+                );
+            } else {
+                tracing::warn!("answer not accepted; the bundle stays on the queue for redelivery");
+            }
+        }
         if let Some(pool) = &self.aggregates {
             let answered: Vec<&Answer> = accepted.iter().map(|&i| &to_send[i].1).collect();
             if let Err(e) = aggregates::record(
@@ -305,7 +334,8 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         let outgoing: Vec<Outgoing> = refused
             .iter()
             .map(|(m, e, stage)| {
-                tracing::warn!(message_id = %m.message_id, bundle_id = e.bundle_id.as_deref().unwrap_or("-"), stage, reason = %e.reason, "bundle dead-lettered");
+                let span = bundle_span(m, e.bundle_id.as_deref().unwrap_or("-"), self.models.current().version, 0);
+                span.in_scope(|| tracing::warn!(stage, reason = %e.reason, "bundle refused; sending it to the dead-letter queue"));
                 let mut attributes = vec![
                     ("error-stage".to_owned(), (*stage).to_owned()),
                     ("error-reason".to_owned(), truncate_chars(&e.reason, 1000)),
@@ -335,6 +365,22 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         report.left += refused.len() - deleted;
         accepted.len()
     }
+}
+
+/// The span of one bundle: every log line about it carries these fields.
+fn bundle_span(
+    message: &Message,
+    bundle_id: &str,
+    model_version: u64,
+    records: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        "bundle",
+        bundle_id = truncate_chars(bundle_id, 200),
+        message_id = %message.message_id,
+        model_version,
+        records
+    )
 }
 
 /// The largest SQS message body we send, in bytes: 256 KiB (LocalStack's and SQS's long-standing

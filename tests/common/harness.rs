@@ -34,6 +34,10 @@ impl<S: ReferenceSource> ReferenceSource for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch(lookups, keys).await
     }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        self.inner.ping().await
+    }
 }
 
 impl<S: DocumentSource> DocumentSource for Counting<S> {
@@ -45,6 +49,10 @@ impl<S: DocumentSource> DocumentSource for Counting<S> {
     ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch(spec, paths, keys).await
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        self.inner.ping().await
     }
 }
 
@@ -153,6 +161,7 @@ impl TestWorker {
             aggregates: Some(self.loaded.db.pool.clone()),
             config,
             hooks,
+            state: Arc::default(),
         })
     }
 

@@ -1,0 +1,73 @@
+# The ml-pipeline worker image: `ml-pipeline worker` by default, any other subcommand by
+# overriding the command (`docker run IMAGE migrate`, an ECS command override `["migrate"]`).
+#
+#   docker build --platform linux/amd64 --build-arg REVISION="$(git rev-parse HEAD)" -t ml-pipeline .
+#
+# Stages: chef (toolchain + cargo-chef) -> planner (recipe.json from the manifests) -> builder
+# (dependencies cooked into their own cached layer, then the crate) -> runtime (the binary only).
+# To pin the base images by digest as well, append `@sha256:...` to both FROM tags.
+
+FROM rust:1.95.0-slim-bookworm AS chef
+# rust:*-slim ships gcc and libc6-dev, which is all the C this crate builds (zstd-sys, ring and
+# aws-lc-sys through the cc crate; TLS is rustls, so no OpenSSL and no pkg-config).
+RUN cargo install cargo-chef --locked --version 0.1.77
+WORKDIR /app
+
+FROM chef AS planner
+# The context is only what the build needs (see .dockerignore): the manifests, src/,
+# migrations/, and the bench and test sources (declared targets must exist for cargo-chef).
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /app/recipe.json recipe.json
+# Dependencies only: this layer is rebuilt when Cargo.toml or Cargo.lock change, not when src/ does.
+RUN cargo chef cook --release --recipe-path recipe.json
+COPY . .
+# migrations/ is embedded by sqlx::migrate!, src/banknote_spec.json by include_str!.
+RUN cargo build --release --locked --bin ml-pipeline
+
+# debian:bookworm-slim rather than distroless/cc: the same Debian release as the builder, so the
+# glibc the binary was linked against is the one it runs on; ca-certificates comes from Debian
+# with its security updates (the AWS SDK's rustls client reads the system roots); and the
+# non-root user gets the numeric UID the ECS task definition names (10001).
+FROM debian:bookworm-slim AS runtime
+
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ml-pipeline" \
+      org.opencontainers.image.description="SQS ML pipeline worker: bundles in, standardized, enriched (PostgreSQL, MongoDB), normalized, SVM predictions out" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
+
+# Unpinned on purpose: the release is pinned by the base tag, and the package should carry
+# Debian's latest security update for it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ml-pipeline \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin ml-pipeline \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/ml-pipeline
+
+COPY --from=builder /app/target/release/ml-pipeline /usr/local/bin/ml-pipeline
+
+# The only writable place when the root filesystem is read-only (as in the ECS task): one-off
+# commands such as `train` write their report into the working directory. ECS copies a VOLUME's
+# ownership into the task's bind mount of the same path, so UID 10001 can write there.
+WORKDIR /var/lib/ml-pipeline
+VOLUME ["/var/lib/ml-pipeline"]
+
+USER 10001:10001
+ENV RUST_LOG=info
+
+# /metrics, /health and /ready (ML_PIPELINE_HTTP_ADDR, default 0.0.0.0:9090).
+EXPOSE 9090
+# No curl in the image: the binary checks itself (GET /health on 127.0.0.1; --ready for /ready).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/ml-pipeline", "healthcheck"]
+
+# ECS sends SIGTERM, waits stopTimeout (30 s), then SIGKILL; the worker drains within 25 s.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/ml-pipeline"]
+CMD ["worker"]

@@ -1,0 +1,183 @@
+//! Prometheus metrics: every instrument the worker exports is named, described and recorded
+//! here, so one event's metrics come from one place (the place that logs it calls in here).
+//!
+//! The recorder is process-global ([`install`]); until it is installed every call is a no-op,
+//! which is what library users and in-process tests get.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::worker::StepReport;
+
+/// Messages received from the input queue.
+pub const MESSAGES_RECEIVED: &str = "ml_pipeline_messages_received_total";
+/// Input messages deleted (answered or dead-lettered).
+pub const MESSAGES_DELETED: &str = "ml_pipeline_messages_deleted_total";
+/// Input messages sent to the dead-letter queue.
+pub const MESSAGES_DEAD_LETTERED: &str = "ml_pipeline_messages_dead_lettered_total";
+/// Input messages left for SQS to redeliver.
+pub const MESSAGES_LEFT: &str = "ml_pipeline_messages_left_total";
+/// Records in readable bundles.
+pub const RECORDS_IN: &str = "ml_pipeline_records_total";
+/// Records the model predicted.
+pub const RECORDS_PREDICTED: &str = "ml_pipeline_records_predicted_total";
+/// Records answered with an error, by stage and reason.
+pub const RECORD_ERRORS: &str = "ml_pipeline_record_errors_total";
+/// Enrichment lookups per record, by source and result (hit or miss).
+pub const ENRICHMENT: &str = "ml_pipeline_enrichment_lookups_total";
+/// Batches left for redelivery because a dependency did not answer.
+pub const BATCHES_RETRIED: &str = "ml_pipeline_batches_retried_total";
+/// Receive calls that failed.
+pub const RECEIVE_ERRORS: &str = "ml_pipeline_receive_errors_total";
+/// Model versions swapped in after start.
+pub const MODEL_RELOADS: &str = "ml_pipeline_model_reloads_total";
+/// Model reloads that failed (the old version kept serving).
+pub const MODEL_RELOAD_FAILURES: &str = "ml_pipeline_model_reload_failures_total";
+/// Records per batch.
+pub const BATCH_RECORDS: &str = "ml_pipeline_batch_records";
+/// Seconds per stage.
+pub const STAGE_SECONDS: &str = "ml_pipeline_stage_seconds";
+/// Seconds from a bundle's SentTimestamp to its answer being accepted.
+pub const BUNDLE_AGE_SECONDS: &str = "ml_pipeline_bundle_age_seconds";
+/// Messages in hand.
+pub const IN_FLIGHT: &str = "ml_pipeline_in_flight_messages";
+/// 1 for the model version in use, 0 for versions served before.
+pub const MODEL_INFO: &str = "ml_pipeline_model_info";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+];
+const RECORD_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), RECORD_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, "Messages received from the input queue.");
+    describe_counter!(
+        MESSAGES_DELETED,
+        "Input messages deleted after their answer or dead-letter copy was accepted."
+    );
+    describe_counter!(
+        MESSAGES_DEAD_LETTERED,
+        "Unreadable input messages sent to the dead-letter queue."
+    );
+    describe_counter!(MESSAGES_LEFT, "Input messages left for SQS to redeliver.");
+    describe_counter!(RECORDS_IN, "Records in readable bundles.");
+    describe_counter!(RECORDS_PREDICTED, "Records the model predicted.");
+    describe_counter!(
+        RECORD_ERRORS,
+        "Records answered with an error, by stage and reason."
+    );
+    describe_counter!(
+        ENRICHMENT,
+        "Per-record enrichment results, by source and result (hit or miss)."
+    );
+    describe_counter!(
+        BATCHES_RETRIED,
+        "Batches left for redelivery because PostgreSQL or MongoDB did not answer."
+    );
+    describe_counter!(RECEIVE_ERRORS, "ReceiveMessage calls that failed.");
+    describe_counter!(MODEL_RELOADS, "Model versions swapped in after start.");
+    describe_counter!(
+        MODEL_RELOAD_FAILURES,
+        "Model reloads that failed; the previous version kept serving."
+    );
+    describe_histogram!(BATCH_RECORDS, "Records per batch.");
+    describe_histogram!(
+        STAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time per stage: receive_wait, decode, standardize, enrich, enrich.postgres, enrich.mongo, normalize, predict, send, delete, total."
+    );
+    describe_histogram!(
+        BUNDLE_AGE_SECONDS,
+        metrics::Unit::Seconds,
+        "From the input message's SentTimestamp to its answer being accepted."
+    );
+    describe_gauge!(IN_FLIGHT, "Input messages in hand.");
+    describe_gauge!(
+        MODEL_INFO,
+        "1 for the model version in use (labels model, version); 0 for versions served before."
+    );
+}
+
+/// Messages in hand now.
+pub fn in_flight(n: usize) {
+    gauge!(IN_FLIGHT).set(n as f64);
+}
+
+/// One receive call returned `messages` after `wait`.
+pub fn received(messages: usize, wait: Duration) {
+    counter!(MESSAGES_RECEIVED).increment(messages as u64);
+    histogram!(STAGE_SECONDS, "stage" => "receive_wait").record(wait.as_secs_f64());
+}
+
+/// One receive call failed.
+pub fn receive_failed() {
+    counter!(RECEIVE_ERRORS).increment(1);
+}
+
+/// Decoding took `elapsed`.
+pub fn decoded(elapsed: Duration) {
+    histogram!(STAGE_SECONDS, "stage" => "decode").record(elapsed.as_secs_f64());
+}
+
+/// Everything one step did.
+pub fn step(report: &StepReport) {
+    counter!(MESSAGES_DELETED).increment(report.deleted as u64);
+    counter!(MESSAGES_DEAD_LETTERED).increment(report.dead_lettered as u64);
+    counter!(MESSAGES_LEFT).increment(report.left as u64);
+    if report.retryable.is_some() {
+        counter!(BATCHES_RETRIED).increment(1);
+        return;
+    }
+    counter!(RECORDS_IN).increment(report.records as u64);
+    counter!(RECORDS_PREDICTED).increment(report.predicted as u64);
+    histogram!(BATCH_RECORDS).record(report.records as f64);
+    for (kind, count) in &report.error_kinds {
+        let (stage, reason) = kind.split_once(": ").unwrap_or(("", kind));
+        counter!(RECORD_ERRORS, "stage" => stage.to_owned(), "reason" => reason.to_owned())
+            .increment(*count);
+    }
+    for (source, coverage) in [("postgres", report.postgres), ("mongo", report.mongo)] {
+        counter!(ENRICHMENT, "source" => source, "result" => "hit").increment(coverage.hits);
+        counter!(ENRICHMENT, "source" => source, "result" => "miss").increment(coverage.misses);
+    }
+    for (stage, ms) in &report.timing_ms {
+        histogram!(STAGE_SECONDS, "stage" => stage.clone()).record(ms / 1e3);
+    }
+    let age = histogram!(BUNDLE_AGE_SECONDS);
+    for ms in &report.bundle_age_ms {
+        age.record(ms / 1e3);
+    }
+}
+
+/// `version` of model `name` serves from now on; `previous` no longer does.
+pub fn model_serving(name: &str, version: u64, previous: Option<u64>) {
+    if let Some(previous) = previous {
+        counter!(MODEL_RELOADS).increment(1);
+        gauge!(MODEL_INFO, "model" => name.to_owned(), "version" => previous.to_string()).set(0.0);
+    }
+    gauge!(MODEL_INFO, "model" => name.to_owned(), "version" => version.to_string()).set(1.0);
+}
+
+/// A model reload failed.
+pub fn model_reload_failed() {
+    counter!(MODEL_RELOAD_FAILURES).increment(1);
+}
