@@ -6,7 +6,7 @@ SHELL := /bin/bash
 
 WITH_ENV := localstack/with-env.sh
 
-.PHONY: help up down status lint tools test demo
+.PHONY: help up down status lint tools test demo bench
 
 help:
 	@echo "make up      start LocalStack, PostgreSQL, MongoDB-wire server; deploy the stack"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint    cfn-lint infra/*.yaml, shellcheck localstack/*.sh .ci/run (tools venv)"
 	@echo "make test    up, then cargo test --locked with .local/stack.env"
 	@echo "make demo    up, then cargo run --release --locked -- demo with .local/stack.env"
+	@echo "make bench   demo (fixtures, model), then the end-to-end load generator (BENCHMARKS.md)"
 
 up:
 	localstack/up.sh
@@ -38,3 +39,6 @@ test: up
 
 demo: up
 	$(WITH_ENV) cargo run --release --locked -- demo
+
+bench: demo
+	$(WITH_ENV) cargo run --release --locked -- bench --bundles 200 --runs 3

@@ -51,6 +51,13 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Publish bundles to the input queue (the fixtures' bundles, or a .json/.jsonl file).
     Send(SendArgs),
+    /// Load generator: send N bundles of M fixture requests to a worker (started on its own
+    /// queues, or --external), read the answers back, and report records/s, latency
+    /// p50/p95/p99/max, worker CPU per 1000 records and peak RSS, beside the emulator's ceiling.
+    Bench(crate::bench::BenchArgs),
+    /// Fault runs under load (kill9, outage, sigterm, poison) on their own queues and worker
+    /// processes; prints bundles sent, answered, duplicated and lost.
+    Chaos(crate::bench::chaos::ChaosArgs),
     /// Run the whole job on the local services: load fixtures, train and promote a model, start
     /// the worker, send the fixture bundles, read the answers back, print a summary.
     /// (`make demo` starts the services and deploys the stack first.)
@@ -293,6 +300,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck(args) => healthcheck(&settings, &args).await,
         Command::Send(args) => send(&settings, &args).await,
+        Command::Bench(args) => crate::bench::run(&settings, &args).await.map(drop),
+        Command::Chaos(args) => {
+            let tally = crate::bench::chaos::run(&args).await?;
+            anyhow::ensure!(tally.lost == 0, "{} bundles lost", tally.lost);
+            Ok(())
+        }
         Command::Demo(args) => demo(&settings, &args).await,
     }
 }

@@ -27,9 +27,11 @@
 //! - [`fixtures`]: the deterministic banknote domain generator and loader.
 //! - [`settings`]: typed configuration from environment variables.
 //! - [`cli`]: the command line.
+//! - [`bench`]: the end-to-end load generator (`ml-pipeline bench`) and its emulator ceiling.
 
 pub mod aws;
 pub mod batch;
+pub mod bench;
 pub mod bundle;
 pub mod cli;
 pub mod db;

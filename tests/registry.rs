@@ -4,12 +4,15 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use ml_pipeline::model::commands;
 use ml_pipeline::model::holder::{ModelHolder, ModelSource, PollOutcome};
 use ml_pipeline::model::registry::version_key;
+use ml_pipeline::model::registry::Registry;
 use ml_pipeline::model::ModelArtifact;
+use ml_pipeline::spec::PipelineSpec;
 use ndarray::Array2;
 
 fn canonical_matrix() -> Array2<f64> {
@@ -290,5 +293,91 @@ async fn raw_request_rows_train_through_the_worker_preprocessing() {
         report.metrics.cv_accuracy >= 0.97,
         "{}",
         report.metrics.cv_accuracy
+    );
+}
+
+/// A TCP path to LocalStack that the test can cut: while cut, connections to it are refused
+/// (the listener is closed and open connections dropped), as when S3 is unreachable.
+struct Cuttable {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn open(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = std::env::var("AWS_ENDPOINT_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                links.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes the listener and every open connection (aborting the task drops them all).
+    fn cut(self) -> u16 {
+        self.task.abort();
+        self.port
+    }
+}
+
+#[tokio::test]
+async fn s3_unreachable_during_a_reload_keeps_the_old_model_serving() {
+    let registry = common::registry().await;
+    let (v1, _) = common::published(&registry).await;
+    let path = Cuttable::open(0).await;
+    let sdk = common::aws().await;
+    let through_path = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .endpoint_url(format!("http://127.0.0.1:{}", path.port))
+            .force_path_style(true)
+            .build(),
+    );
+    let holder = ModelHolder::load(
+        Registry::new(through_path, registry.bucket()),
+        "banknote",
+        ModelSource::Alias("production".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(holder.current().version, v1);
+
+    let port = path.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = common::fixture_artifact();
+    let v2 = registry.publish(&mut second).await.unwrap();
+    commands::promote(&registry, "banknote", v2, "production", false)
+        .await
+        .unwrap();
+    let err = holder.poll_once().await.unwrap_err();
+    assert_eq!(
+        holder.current().version,
+        v1,
+        "the old model keeps serving: {err}"
+    );
+    assert_eq!(holder.failures(), 1);
+    let features = PipelineSpec::banknote().example_features;
+    let example = Array2::from_shape_vec((1, features.len()), features).unwrap();
+    assert!(holder.current().classifier.decision_values(example)[0].is_finite());
+
+    // S3 is back: the next poll picks the promoted version up.
+    let _path = Cuttable::open(port).await;
+    assert_eq!(
+        holder.poll_once().await.unwrap(),
+        PollOutcome::Swapped { from: v1, to: v2 }
     );
 }

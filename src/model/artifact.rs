@@ -137,10 +137,7 @@ impl ModelArtifact {
 
     /// The scaler and SVM as a classifier.
     pub fn classifier(&self) -> Classifier {
-        Classifier {
-            scaler: self.scaler.clone(),
-            svm: self.svm.clone(),
-        }
+        Classifier::new(self.scaler.clone(), self.svm.clone())
     }
 
     /// Checks the spec, the shapes, and a smoke prediction on the spec's example row.

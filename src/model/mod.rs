@@ -4,6 +4,7 @@
 
 pub mod artifact;
 pub mod commands;
+pub mod compiled;
 pub mod holder;
 pub mod registry;
 
@@ -30,12 +31,37 @@ pub struct Classifier {
     pub scaler: LinearScaler<f64>,
     /// The SVM; its decision value is `weighted_sum - rho`.
     pub svm: Svm<f64, bool>,
+    /// Both, compiled for the hot path.
+    compiled: compiled::Compiled,
 }
 
 impl Classifier {
+    /// A classifier from a fitted scaler and SVM; compiles them once.
+    pub fn new(scaler: LinearScaler<f64>, svm: Svm<f64, bool>) -> Self {
+        let compiled = compiled::Compiled::new(&scaler, &svm);
+        Self {
+            scaler,
+            svm,
+            compiled,
+        }
+    }
+
     /// Decision values (signed distances, positive = real) for a canonical feature matrix.
-    /// Scales in place, so the caller hands over the matrix.
     pub fn decision_values(&self, canonical: Array2<f64>) -> Vec<f64> {
+        let mut out = Vec::with_capacity(canonical.nrows());
+        if self
+            .compiled
+            .decision_values(canonical.view(), &mut out)
+            .is_some()
+        {
+            return out;
+        }
+        self.linfa_decision_values(canonical)
+    }
+
+    /// Decision values through linfa itself (scaler transform, then `weighted_sum - rho`): the
+    /// reference the compiled form is held to.
+    pub fn linfa_decision_values(&self, canonical: Array2<f64>) -> Vec<f64> {
         let scaled = self.scaler.transform(canonical);
         scaled
             .outer_iter()
@@ -43,9 +69,14 @@ impl Classifier {
             .collect()
     }
 
-    /// The decision value of one already-scaled row.
+    /// The decision value of one already-scaled row, through linfa.
     pub fn decision_value(&self, scaled: ArrayView1<f64>) -> f64 {
         self.svm.weighted_sum(&scaled) - self.svm.rho
+    }
+
+    /// Whether a compiled fast path serves predictions (false: linfa's own path).
+    pub fn is_compiled(&self) -> bool {
+        !matches!(self.compiled, compiled::Compiled::Fallback)
     }
 
     /// How many features it expects.

@@ -79,7 +79,7 @@ pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifi
     };
     let svm = base.fit(&scaled)?;
     tracing::debug!(solver = %svm, "SVM fitted");
-    Ok(Classifier { scaler, svm })
+    Ok(Classifier::new(scaler, svm))
 }
 
 /// Seeded stratified folds: `k` disjoint test index sets, each with the classes' shares.

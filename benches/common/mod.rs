@@ -1,0 +1,310 @@
+//! What every benchmark group shares: the default fixture set, the two fitted classifiers,
+//! request bodies built from the fixture bundles, and enrichment sources that answer from memory.
+//!
+//! The in-memory sources stand in for PostgreSQL and MongoDB so that the benchmarks measure the
+//! CPU path of a batch and nothing of the network. They answer exactly what the loaded fixtures
+//! would: the same reference rows, the same provider documents, read field by field with the
+//! MongoDB source's own [`field_at`].
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use mongodb::bson::Document;
+use ndarray::Array2;
+use serde_json::Value;
+use tokio::runtime::Runtime;
+
+use ml_pipeline::batch::{answers, prepare};
+use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
+use ml_pipeline::enrich::mongo::field_at;
+use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
+use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
+use ml_pipeline::model::artifact::TrainParams;
+use ml_pipeline::model::Classifier;
+use ml_pipeline::spec::{DocumentSpec, LookupSpec, PipelineSpec};
+
+/// Everything the benchmarks read, built once per benchmark process.
+pub struct Workload {
+    /// The banknote spec the fixtures were generated for.
+    pub spec: PipelineSpec,
+    /// `fixtures/default`: 2 000 notes, 20 request bundles of 100 records.
+    pub set: FixtureSet,
+    /// Enrichment from memory (no network).
+    pub enricher: Enricher<InMemoryReference, InMemoryDocuments>,
+    /// A linear-kernel SVM fitted on the fixture notes.
+    pub linear: Classifier,
+    /// A Gaussian-kernel SVM fitted on the fixture notes (the CLI's default kernel).
+    pub gaussian: Classifier,
+}
+
+/// The workload, read, fitted and checked on first use (a few seconds: the Gaussian fit
+/// dominates).
+pub fn workload() -> &'static Workload {
+    static WORKLOAD: OnceLock<Workload> = OnceLock::new();
+    WORKLOAD.get_or_init(|| {
+        let w = Workload::load();
+        w.check_against_expectations();
+        w
+    })
+}
+
+/// `prepare` is async only for its round trips; the in-memory sources never wait, so a
+/// current-thread runtime drives it on the benchmark's own thread.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+impl Workload {
+    fn load() -> Self {
+        let spec = PipelineSpec::banknote();
+        let set = fixtures::read_set(&fixtures::files::default_dir())
+            .expect("fixtures/default is readable");
+        let documents = spec
+            .documents
+            .as_ref()
+            .expect("the banknote spec has documents");
+        let enricher = Enricher {
+            reference: InMemoryReference::new(&spec.lookups, &set.reference),
+            documents: InMemoryDocuments::new(documents, &set.provider_scans),
+        };
+        let (x, y) = training_rows(&set);
+        let fit = |kernel: &str| {
+            ml_pipeline::train::fit::fit(&x, &y, &default_params(kernel))
+                .unwrap_or_else(|e| panic!("the {kernel} fit on the fixture notes failed: {e}"))
+        };
+        Self {
+            linear: fit("linear"),
+            gaussian: fit("gaussian"),
+            spec,
+            set,
+            enricher,
+        }
+    }
+
+    /// The answers of a batch: prepare (in memory), decision values (Gaussian), answers.
+    pub fn answers(&self, rt: &Runtime, bundles: Vec<InputBundle>) -> Vec<Answer> {
+        let prepared = rt
+            .block_on(prepare(&self.spec, &bundles, &self.enricher))
+            .expect("in-memory sources always answer");
+        let scores = self.gaussian.decision_values(prepared.matrix);
+        let timing = &prepared.timing_ms;
+        answers(
+            &self.spec,
+            &bundles,
+            prepared.plans,
+            &scores,
+            "bench",
+            timing,
+        )
+        .into_iter()
+        .map(|a| a.expect("fixture bundles are answered"))
+        .collect()
+    }
+
+    /// Proves the in-memory sources answer as the loaded fixtures do: every request of every
+    /// fixture bundle is predicted, or fails with the error `expectations.json` plants.
+    fn check_against_expectations(&self) {
+        let all = self.bundles(self.set.bundles.len());
+        for answer in self.answers(&runtime(), all) {
+            let Answer::Request(out) = answer else {
+                panic!("a v1 bundle got a seed-format answer")
+            };
+            for row in &out.rows {
+                let id = row[0].as_str().expect("the id column is text");
+                let planted = &self.set.expectations[id].error;
+                assert!(
+                    planted.is_none(),
+                    "{id} was predicted, expected {planted:?}"
+                );
+            }
+            for (id, reason) in &out.errors {
+                let planted = self.set.expectations[id].error.as_deref();
+                assert!(
+                    planted.is_some_and(|p| reason.contains(p)),
+                    "{id} failed with '{reason}', expected {planted:?}"
+                );
+            }
+        }
+    }
+
+    /// The first `n` fixture bundles of 100 records, as the decoder returns them.
+    pub fn bundles(&self, n: usize) -> Vec<InputBundle> {
+        self.set.bundles[..n]
+            .iter()
+            .cloned()
+            .map(InputBundle::Request)
+            .collect()
+    }
+
+    /// One bundle holding the records of the first `n` fixture bundles.
+    pub fn merged_bundle(&self, n: usize) -> RequestBundle {
+        let parts = &self.set.bundles[..n];
+        RequestBundle {
+            bundle_id: format!("bench-{}-records", n * parts[0].rows.len()),
+            model: parts[0].model.clone(),
+            columns: parts[0].columns.clone(),
+            rows: parts.iter().flat_map(|b| b.rows.iter().cloned()).collect(),
+        }
+    }
+
+    /// `rows` canonical feature rows: the fixture notes, repeated as often as needed.
+    pub fn canonical_rows(&self, rows: usize) -> Array2<f64> {
+        let cells = self
+            .set
+            .notes
+            .iter()
+            .cycle()
+            .take(rows)
+            .flat_map(|n| n.features())
+            .collect();
+        Array2::from_shape_vec((rows, self.spec.features.len()), cells).expect("rows x 4 cells")
+    }
+}
+
+/// A message body as the queue would carry it.
+pub fn body(bundle: &RequestBundle, encoding: ContentEncoding) -> String {
+    encode(bundle, encoding)
+}
+
+/// The default `ml-pipeline train` hyperparameters for a kernel (the CLI's flag defaults; the
+/// library has no constructor for them, so this repeats them as `tests/common` does).
+pub fn default_params(kernel: &str) -> TrainParams {
+    TrainParams {
+        kernel: kernel.into(),
+        kernel_width: (kernel == "gaussian").then_some(4.0),
+        c: 10.0,
+        class_weights: (1.0, 1.0),
+        tolerance: 1e-3,
+        folds: 5,
+        seed: 42,
+    }
+}
+
+/// The fixture notes as canonical training rows, the way `train` reads them.
+fn training_rows(set: &FixtureSet) -> (Array2<f64>, Vec<bool>) {
+    let x = Array2::from_shape_vec(
+        (set.notes.len(), 4),
+        set.notes.iter().flat_map(|n| n.features()).collect(),
+    )
+    .expect("notes x 4 cells");
+    let y = set.notes.iter().map(|n| n.label == 1).collect();
+    (x, y)
+}
+
+/// PostgreSQL reference lookups answered from the fixture reference rows, in memory.
+pub struct InMemoryReference {
+    /// (table, key column, value column) -> key -> value, for each lookup of the spec.
+    tables: HashMap<(String, String, String), HashMap<String, String>>,
+}
+
+impl InMemoryReference {
+    /// Indexes the reference rows each lookup reads. `ReferenceData` serializes as
+    /// `{table: [row, ...]}` with the tables' column names, so a lookup reads it like SQL does.
+    pub fn new(lookups: &[LookupSpec], reference: &ReferenceData) -> Self {
+        let tables = serde_json::to_value(reference).expect("reference rows serialize");
+        let index = |l: &LookupSpec| {
+            let rows = tables[&l.table]
+                .as_array()
+                .expect("a table is an array of rows");
+            rows.iter()
+                .filter_map(|row| {
+                    let text = |column: &str| row[column].as_str().map(str::to_owned);
+                    Some((text(&l.key_column)?, text(&l.value_column)?))
+                })
+                .collect()
+        };
+        Self {
+            tables: lookups.iter().map(|l| (table_key(l), index(l))).collect(),
+        }
+    }
+}
+
+fn table_key(l: &LookupSpec) -> (String, String, String) {
+    (
+        l.table.clone(),
+        l.key_column.clone(),
+        l.value_column.clone(),
+    )
+}
+
+impl ReferenceSource for InMemoryReference {
+    async fn fetch(
+        &self,
+        lookups: &[LookupSpec],
+        keys: &[Vec<String>],
+    ) -> Result<Vec<HashMap<String, String>>, SourceError> {
+        Ok(lookups
+            .iter()
+            .zip(keys)
+            .map(|(lookup, keys)| {
+                let table = &self.tables[&table_key(lookup)];
+                keys.iter()
+                    .filter_map(|k| table.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect()
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// MongoDB provider documents answered from the fixture documents, in memory.
+pub struct InMemoryDocuments {
+    /// Record key -> (provider, document), for the spec's providers only.
+    by_key: HashMap<String, Vec<(String, Document)>>,
+}
+
+impl InMemoryDocuments {
+    /// Indexes the documents by the spec's key field, as the collection's index does.
+    pub fn new(spec: &DocumentSpec, scans: &[Value]) -> Self {
+        let mut by_key: HashMap<String, Vec<(String, Document)>> = HashMap::new();
+        for scan in scans {
+            let doc = mongodb::bson::to_document(scan).expect("a provider scan is an object");
+            let (Ok(key), Ok(provider)) = (
+                doc.get_str(&spec.key_field),
+                doc.get_str(&spec.provider_field),
+            ) else {
+                continue;
+            };
+            if spec.providers.iter().any(|p| p == provider) {
+                let entry = (provider.to_owned(), doc.clone());
+                by_key.entry(key.to_owned()).or_default().push(entry);
+            }
+        }
+        Self { by_key }
+    }
+}
+
+impl DocumentSource for InMemoryDocuments {
+    async fn fetch(
+        &self,
+        _spec: &DocumentSpec,
+        paths: &[String],
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
+        // The real source projects to `paths` in the query and reads the fields afterwards with
+        // `field_at`; here the reading is all that is left.
+        let read = |(provider, doc): &(String, Document)| ProviderDoc {
+            provider: provider.clone(),
+            fields: paths
+                .iter()
+                .filter_map(|p| field_at(doc, p).map(|v| (p.clone(), v)))
+                .collect(),
+        };
+        Ok(keys
+            .iter()
+            .filter_map(|k| {
+                let docs = self.by_key.get(k)?;
+                Some((k.clone(), docs.iter().map(read).collect()))
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}

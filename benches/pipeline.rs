@@ -1,0 +1,239 @@
+//! Benchmarks of the worker's in-process path on the default fixtures (`fixtures/default`),
+//! with a linear and a Gaussian SVM fitted on the fixture notes by the crate's own
+//! `train::fit::fit` and the CLI's default hyperparameters.
+//!
+//! Every benchmark reports records per second (`Throughput::Elements`). Criterion runs on one
+//! thread, so that is records per second per core. Nothing here touches the network: enrichment
+//! answers from in-memory maps built from the fixture set (see `common`), so the figures are the
+//! CPU cost of a batch, without the SQS, PostgreSQL and MongoDB round trips.
+//!
+//! Groups:
+//! - `decode`: `bundle::decode` of a v1 bundle of 100 and of 1 000 records, plain and gzip.
+//! - `prepare_in_memory`: `batch::prepare` of 1 bundle (100 records) and of 10 bundles
+//!   (1 000 records): standardize, enrichment from memory, normalize into the matrix.
+//! - `stages`: the two halves of `prepare` alone, on one bundle: `standardize_row` per row, and
+//!   `normalize_record` writing each record's row of the canonical matrix (this is how the
+//!   matrix is built; `prepare` builds it while normalizing, there is no separate step).
+//! - `predict_linear`, `predict_gaussian`: `Classifier::decision_values` (scaling included) on
+//!   1, 100 and 10 000 canonical rows (the fixture notes, repeated).
+//! - `encode`: `Answer::encode` of a 100-record answer, identity, gzip and zstd.
+//! - `in_process_path`: 10 bundles x 100 records from message bodies to answer bodies: decode,
+//!   prepare (in memory), decision values (Gaussian), answers, encode (identity).
+//!
+//! Run all: `cargo bench --bench pipeline`. One group: `cargo bench --bench pipeline -- decode`.
+//! Shorter runs: `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`.
+//! Setup reads the fixtures and fits both models first (a few seconds).
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use ndarray::Array2;
+
+use ml_pipeline::batch::{document_paths, prepare};
+use ml_pipeline::bundle::{decode, ContentEncoding, InputBundle, Limits};
+use ml_pipeline::enrich::{DocumentSource, Enrichment, ReferenceSource};
+use ml_pipeline::model::Classifier;
+use ml_pipeline::normalize::normalize_record;
+use ml_pipeline::standardize::{standardize_row, ColumnIndex, StandardRecord};
+
+use common::{body, runtime, workload, Workload};
+
+fn decode_bundles(c: &mut Criterion) {
+    let w = workload();
+    let mut group = c.benchmark_group("decode");
+    for bundles in [1, 10] {
+        let bundle = w.merged_bundle(bundles);
+        let records = bundle.rows.len();
+        group.throughput(Throughput::Elements(records as u64));
+        for encoding in [ContentEncoding::Identity, ContentEncoding::Gzip] {
+            let message = body(&bundle, encoding);
+            let limits = Limits::default();
+            group.bench_with_input(
+                BenchmarkId::new(encoding.to_string(), records),
+                &message,
+                |b, message| {
+                    b.iter(|| decode(black_box(message), encoding.attribute(), &limits).unwrap())
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn prepare_batches(c: &mut Criterion) {
+    let w = workload();
+    let rt = runtime();
+    let mut group = c.benchmark_group("prepare_in_memory");
+    for n in [1, 10] {
+        let bundles = w.bundles(n);
+        let records: usize = bundles.iter().map(InputBundle::len).sum();
+        group.throughput(Throughput::Elements(records as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(records),
+            &bundles,
+            |b, bundles| b.iter(|| rt.block_on(prepare(&w.spec, bundles, &w.enricher)).unwrap()),
+        );
+    }
+    group.finish();
+}
+
+fn stages(c: &mut Criterion) {
+    let w = workload();
+    let bundle = &w.set.bundles[0];
+    let index = ColumnIndex::new(&w.spec, &bundle.columns).expect("fixture columns");
+    let mut group = c.benchmark_group("stages");
+
+    group.throughput(Throughput::Elements(bundle.rows.len() as u64));
+    group.bench_function(
+        BenchmarkId::new("standardize_row", bundle.rows.len()),
+        |b| {
+            b.iter(|| {
+                bundle
+                    .rows
+                    .iter()
+                    .map(|row| standardize_row(&w.spec, &index, black_box(row)))
+                    .collect::<Vec<_>>()
+            })
+        },
+    );
+
+    let records: Vec<StandardRecord> = bundle
+        .rows
+        .iter()
+        .filter_map(|row| standardize_row(&w.spec, &index, row).ok())
+        .collect();
+    let enrichment = enrichment_of(w, &records);
+    let shape = (records.len(), w.spec.features.len());
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function(
+        BenchmarkId::new("normalize_into_matrix", records.len()),
+        |b| {
+            b.iter(|| {
+                let mut matrix = Array2::zeros(shape);
+                let outcomes: Vec<_> = records
+                    .iter()
+                    .zip(matrix.rows_mut())
+                    .map(|(rec, mut row)| {
+                        let row = row.as_slice_mut().expect("a standard-layout row");
+                        normalize_record(&w.spec, rec, &enrichment, row)
+                    })
+                    .collect();
+                (matrix, outcomes)
+            })
+        },
+    );
+    group.finish();
+}
+
+/// What the in-memory sources answer for these records, asked as `prepare` asks: each distinct
+/// key once.
+fn enrichment_of(w: &Workload, records: &[StandardRecord]) -> Enrichment {
+    let distinct = |keys: Vec<&String>| {
+        let mut keys: Vec<String> = keys.into_iter().cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let lookup_keys: Vec<Vec<String>> = (0..w.spec.lookups.len())
+        .map(|i| distinct(records.iter().map(|r| &r.lookup_keys[i]).collect()))
+        .collect();
+    let doc_keys = distinct(records.iter().filter_map(|r| r.doc_key.as_ref()).collect());
+    let docs = w
+        .spec
+        .documents
+        .as_ref()
+        .expect("the banknote spec has documents");
+    let rt = runtime();
+    let paths = document_paths(&w.spec);
+    Enrichment {
+        lookups: rt
+            .block_on(w.enricher.reference.fetch(&w.spec.lookups, &lookup_keys))
+            .unwrap(),
+        documents: rt
+            .block_on(w.enricher.documents.fetch(docs, &paths, &doc_keys))
+            .unwrap(),
+    }
+}
+
+fn predict(c: &mut Criterion) {
+    let w = workload();
+    predict_group(c, "predict_linear", &w.linear, w);
+    predict_group(c, "predict_gaussian", &w.gaussian, w);
+}
+
+fn predict_group(c: &mut Criterion, name: &str, classifier: &Classifier, w: &Workload) {
+    let mut group = c.benchmark_group(name);
+    for rows in [1, 100, 10_000] {
+        let matrix = w.canonical_rows(rows);
+        // `decision_values` consumes its matrix; the copy is made outside the measurement.
+        let size = if rows > 100 {
+            BatchSize::LargeInput
+        } else {
+            BatchSize::SmallInput
+        };
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(rows), &matrix, |b, matrix| {
+            b.iter_batched(|| matrix.clone(), |m| classifier.decision_values(m), size)
+        });
+    }
+    group.finish();
+}
+
+fn encode_answers(c: &mut Criterion) {
+    let w = workload();
+    let rt = runtime();
+    let answer = w.answers(&rt, w.bundles(1)).remove(0);
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(answer.records() as u64));
+    for encoding in [
+        ContentEncoding::Identity,
+        ContentEncoding::Gzip,
+        ContentEncoding::Zstd,
+    ] {
+        group.bench_with_input(
+            BenchmarkId::new(encoding.to_string(), answer.records()),
+            &answer,
+            |b, answer| b.iter(|| answer.encode(encoding)),
+        );
+    }
+    group.finish();
+}
+
+fn whole_path(c: &mut Criterion) {
+    let w = workload();
+    let rt = runtime();
+    let limits = Limits::default();
+    let messages: Vec<String> = w.set.bundles[..10]
+        .iter()
+        .map(|b| body(b, ContentEncoding::Identity))
+        .collect();
+    let records: usize = w.set.bundles[..10].iter().map(|b| b.rows.len()).sum();
+    let mut group = c.benchmark_group("in_process_path");
+    group.throughput(Throughput::Elements(records as u64));
+    group.bench_function(BenchmarkId::new("10_bundles", records), |b| {
+        b.iter(|| {
+            let bundles = messages
+                .iter()
+                .map(|m| decode(black_box(m), None, &limits).unwrap())
+                .collect();
+            w.answers(&rt, bundles)
+                .iter()
+                .map(|a| a.encode(ContentEncoding::Identity))
+                .collect::<Vec<String>>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_bundles,
+    prepare_batches,
+    stages,
+    predict,
+    encode_answers,
+    whole_path
+);
+criterion_main!(benches);

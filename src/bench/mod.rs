@@ -1,0 +1,566 @@
+//! `ml-pipeline bench`: the end-to-end load generator.
+//!
+//! It sends N bundles of M fixture requests (so enrichment does real PostgreSQL and MongoDB
+//! round trips) to a worker's input queue, paced or as fast as possible, reads the answers back,
+//! and reports records per second, bundle latency from send to the answer's arrival (p50, p95,
+//! p99, max), the worker's CPU seconds per 1 000 records and its peak RSS.
+//!
+//! Before that it measures the emulator's own ceiling on the same kind of queues, the same
+//! message sizes, sender and reader: the *drain* ceiling is a consumer that receives and
+//! deletes without working; the *relay* ceiling also sends one output per input, as the worker
+//! does. The worker's throughput is printed as a fraction of the relay ceiling.
+//!
+//! By default it creates its own queues and starts `ml-pipeline worker` on them as a child
+//! process (so it can read its CPU time and RSS from `/proc`, and time its cold start to the
+//! first answer); `--external` uses the configured queues and a worker already running there.
+
+pub mod chaos;
+pub mod load;
+pub mod process;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use serde::Serialize;
+
+use crate::bundle::compression::ContentEncoding;
+use crate::queue::SqsQueue;
+use crate::settings::Settings;
+use load::Tally;
+
+/// Options of `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Bundles per run.
+    #[arg(long, default_value_t = 200)]
+    pub bundles: usize,
+    /// Records per bundle.
+    #[arg(long, default_value_t = 100)]
+    pub records: usize,
+    /// Send at this many records per second, one bundle at a time; default: as fast as possible.
+    #[arg(long, value_name = "RECORDS_PER_S")]
+    pub rate: Option<f64>,
+    /// Runs of each measurement; medians and ranges are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Concurrent batch senders when sending as fast as possible.
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+    /// Encoding of the bundles sent.
+    #[arg(long, value_enum, default_value = "identity")]
+    pub encoding: crate::cli::EncodingArg,
+    /// The fixture set whose requests fill the bundles (loaded into the databases).
+    #[arg(long, default_value = "fixtures/default")]
+    pub fixtures: PathBuf,
+    /// Skip measuring the emulator's ceiling.
+    #[arg(long)]
+    pub skip_ceiling: bool,
+    /// Use the configured queues and a worker already running on them instead of starting one.
+    #[arg(long)]
+    pub external: bool,
+    /// With --external: the worker's process id, to read its CPU time and RSS.
+    #[arg(long)]
+    pub worker_pid: Option<u32>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// Figures of one kind of run, over all runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// Records per second, per run.
+    pub records_per_s: Vec<f64>,
+    /// Latency quantiles per run, in milliseconds: p50, p95, p99, max.
+    pub latency_ms: Vec<[f64; 4]>,
+    /// Worker CPU seconds per 1 000 records, per run (when known).
+    pub cpu_s_per_1000: Vec<f64>,
+    /// Bundles sent, answered, duplicated, lost, summed over runs.
+    pub sent: usize,
+    /// See `sent`.
+    pub answered: usize,
+    /// See `sent`.
+    pub duplicated: usize,
+    /// See `sent`.
+    pub lost: usize,
+}
+
+impl Series {
+    fn add(&mut self, records: usize, seconds: f64, tally: &Tally) {
+        self.records_per_s.push(records as f64 / seconds.max(1e-9));
+        if let (Some(p50), Some(p95), Some(p99), Some(max)) = (
+            tally.quantile(0.5),
+            tally.quantile(0.95),
+            tally.quantile(0.99),
+            tally.quantile(1.0),
+        ) {
+            self.latency_ms.push([p50, p95, p99, max]);
+        }
+        self.sent += tally.sent;
+        self.answered += tally.answered;
+        self.duplicated += tally.duplicated;
+        self.lost += tally.lost;
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Bundles per run.
+    pub bundles: usize,
+    /// Records per bundle.
+    pub records: usize,
+    /// Records per second sent, or None for as fast as possible.
+    pub rate: Option<f64>,
+    /// Receive-and-delete ceiling of the emulator.
+    pub drain: Series,
+    /// Receive-send-delete ceiling of the emulator.
+    pub relay: Series,
+    /// The worker.
+    pub worker: Series,
+    /// Seconds from starting the worker process to the first answer.
+    pub cold_start_s: Option<f64>,
+    /// The worker's peak RSS in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Median, min and max of a series.
+pub fn median_range(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report> {
+    let set = crate::fixtures::read_set(&args.fixtures)
+        .with_context(|| format!("reading the fixtures in {}", args.fixtures.display()))?;
+    let sdk = crate::aws::sdk_config(Duration::from_secs(30)).await;
+    let sqs = crate::aws::sqs(&sdk);
+    let run_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut report = Report {
+        bundles: args.bundles,
+        records: args.records,
+        rate: args.rate,
+        ..Report::default()
+    };
+    let mut created = Vec::new();
+    let outcome = async {
+        if !args.skip_ceiling {
+            for r in 0..args.runs {
+                // Fresh queues per run: nothing of an earlier run can linger in them.
+                // Drain and relay on separate queues: a long poll the drain consumer abandoned
+                // when it stopped can still take messages on the server side.
+                let din =
+                    create_queue(&sqs, &format!("{run_id}-c{r}drain"), "30", &mut created).await?;
+                let cin =
+                    create_queue(&sqs, &format!("{run_id}-c{r}in"), "30", &mut created).await?;
+                let cout =
+                    create_queue(&sqs, &format!("{run_id}-c{r}out"), "30", &mut created).await?;
+                let bundles = load::bundles(
+                    &set,
+                    args.bundles,
+                    args.records,
+                    &format!("{run_id}-d{r}"),
+                    ContentEncoding::from(args.encoding),
+                );
+                let (seconds, tally) = ceiling(&sqs, &din, None, &bundles, args, settings).await?;
+                report
+                    .drain
+                    .add(bundles.len() * args.records, seconds, &tally);
+                let bundles = load::bundles(
+                    &set,
+                    args.bundles,
+                    args.records,
+                    &format!("{run_id}-r{r}"),
+                    ContentEncoding::from(args.encoding),
+                );
+                let (seconds, tally) =
+                    ceiling(&sqs, &cin, Some(&cout), &bundles, args, settings).await?;
+                report
+                    .relay
+                    .add(bundles.len() * args.records, seconds, &tally);
+                println!(
+                    "ceiling run {}: drain {:.0} rec/s, relay {:.0} rec/s",
+                    r + 1,
+                    report.drain.records_per_s[r],
+                    report.relay.records_per_s[r]
+                );
+            }
+        }
+        let (input, output, mut child) = if args.external {
+            let need = |v: &Option<String>, var: &str| {
+                v.clone().with_context(|| format!("--external needs {var}"))
+            };
+            let input = SqsQueue::resolve(
+                sqs.clone(),
+                &need(&settings.input_queue, "ML_PIPELINE_INPUT_QUEUE")?,
+            )
+            .await?;
+            let output = SqsQueue::resolve(
+                sqs.clone(),
+                &need(&settings.output_queue, "ML_PIPELINE_OUTPUT_QUEUE")?,
+            )
+            .await?;
+            (input, output, None)
+        } else {
+            let input = create_queue(&sqs, &format!("{run_id}-in"), "30", &mut created).await?;
+            let output = create_queue(&sqs, &format!("{run_id}-out"), "30", &mut created).await?;
+            // Cold start: a bundle waits on the queue before the worker process exists.
+            let warm = load::bundles(
+                &set,
+                1,
+                args.records,
+                &format!("{run_id}-warm"),
+                ContentEncoding::from(args.encoding),
+            );
+            let times =
+                load::send(&input, &warm, ContentEncoding::from(args.encoding), None, 1).await?;
+            let started = Instant::now();
+            let child = spawn_worker(&input, &output)?;
+            let arrivals = load::collect(
+                &sqs,
+                output.url(),
+                &[warm[0].bundle_id.clone()],
+                1,
+                Duration::from_secs(60),
+            )
+            .await;
+            let tally = Tally::new(&times.lock().await.clone(), &arrivals);
+            anyhow::ensure!(
+                tally.answered == 1,
+                "the worker did not answer its first bundle within 60 s; see its log"
+            );
+            report.cold_start_s = arrivals
+                .last
+                .map(|t| t.duration_since(started).as_secs_f64());
+            (input, output, Some(child))
+        };
+        let pid = child
+            .as_ref()
+            .map(std::process::Child::id)
+            .or(args.worker_pid);
+        for r in 0..args.runs {
+            let bundles = load::bundles(
+                &set,
+                args.bundles,
+                args.records,
+                &format!("{run_id}-w{r}"),
+                ContentEncoding::from(args.encoding),
+            );
+            let cpu_before = pid.map(process::cpu_time).transpose()?;
+            let (seconds, tally) = measure(&sqs, &input, &output, &bundles, args).await?;
+            let records = bundles.len() * args.records;
+            report.worker.add(records, seconds, &tally);
+            if let (Some(pid), Some(before)) = (pid, cpu_before) {
+                let used = process::cpu_time(pid)?.saturating_sub(before);
+                report
+                    .worker
+                    .cpu_s_per_1000
+                    .push(used.as_secs_f64() / records as f64 * 1000.0);
+            }
+            println!(
+                "worker run {}: {:.0} rec/s, {} of {} bundles answered, {} duplicated",
+                r + 1,
+                report.worker.records_per_s[r],
+                tally.answered,
+                tally.sent,
+                tally.duplicated
+            );
+        }
+        if let Some(pid) = pid {
+            report.peak_rss_mib = Some(process::peak_rss(pid)? as f64 / (1 << 20) as f64);
+        }
+        if let Some(child) = child.as_mut() {
+            stop(child);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for url in created {
+        let _ = sqs.delete_queue().queue_url(url).send().await;
+    }
+    outcome?;
+    print(&report);
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// Creates a queue with this visibility timeout (seconds) and remembers its URL in `created`.
+pub(crate) async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_secs: &str,
+    created: &mut Vec<String>,
+) -> anyhow::Result<SqsQueue> {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_secs)
+        .send()
+        .await
+        .with_context(|| format!("creating queue {name}"))?
+        .queue_url
+        .context("CreateQueue returned no URL")?;
+    created.push(url.clone());
+    Ok(SqsQueue::resolve(sqs.clone(), &url).await?)
+}
+
+fn spawn_worker(input: &SqsQueue, output: &SqsQueue) -> anyhow::Result<std::process::Child> {
+    let log = std::env::temp_dir().join(format!(
+        "ml-pipeline-bench-worker-{}.log",
+        std::process::id()
+    ));
+    let env = [
+        ("ML_PIPELINE_INPUT_QUEUE", input.url().to_owned()),
+        ("ML_PIPELINE_OUTPUT_QUEUE", output.url().to_owned()),
+    ];
+    spawn_worker_with(&env, &log)
+}
+
+/// Starts `ml-pipeline worker` (this binary) with the environment plus `env`, its HTTP
+/// endpoints off, logging to `log`.
+pub(crate) fn spawn_worker_with(
+    env: &[(&str, String)],
+    log: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("locating the ml-pipeline binary")?;
+    let child = std::process::Command::new(exe)
+        .arg("worker")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("ML_PIPELINE_HTTP_ADDR", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting ml-pipeline worker")?;
+    println!(
+        "worker started (pid {}), log: {}",
+        child.id(),
+        log.display()
+    );
+    Ok(child)
+}
+
+/// SIGTERM, then wait for the drain.
+pub(crate) fn stop(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// Sends `bundles` to the worker and reads its answers: (seconds from first send to last
+/// answer, tally).
+async fn measure(
+    sqs: &aws_sdk_sqs::Client,
+    input: &SqsQueue,
+    output: &SqsQueue,
+    bundles: &[load::Prepared],
+    args: &BenchArgs,
+) -> anyhow::Result<(f64, Tally)> {
+    let ids: Vec<String> = bundles.iter().map(|b| b.bundle_id.clone()).collect();
+    let started = Instant::now();
+    let reader = load::collect(sqs, output.url(), &ids, 2, Duration::from_secs(30));
+    let sender = load::send(
+        input,
+        bundles,
+        ContentEncoding::from(args.encoding),
+        args.rate,
+        args.senders,
+    );
+    let (arrivals, times) = tokio::join!(reader, sender);
+    let times = times?.lock().await.clone();
+    let tally = Tally::new(&times, &arrivals);
+    let end = arrivals.last.unwrap_or_else(Instant::now);
+    Ok((end.duration_since(started).as_secs_f64(), tally))
+}
+
+/// The emulator's ceiling: a consumer with the worker's receive settings that receives and
+/// deletes (drain, `relay` None) or also sends one output per input to `relay` (relay).
+async fn ceiling(
+    sqs: &aws_sdk_sqs::Client,
+    input: &SqsQueue,
+    relay: Option<&SqsQueue>,
+    bundles: &[load::Prepared],
+    args: &BenchArgs,
+    settings: &Settings,
+) -> anyhow::Result<(f64, Tally)> {
+    let total = bundles.len();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let last_delete = Arc::new(tokio::sync::Mutex::new(None::<Instant>));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut consumers = tokio::task::JoinSet::new();
+    for _ in 0..settings.pollers.max(1) {
+        let (sqs, input, relay) = (
+            sqs.clone(),
+            input.url().to_owned(),
+            relay.map(|q| q.url().to_owned()),
+        );
+        let (done, last_delete, stop) = (Arc::clone(&done), Arc::clone(&last_delete), stop.clone());
+        let max = settings.receive_max.clamp(1, 10);
+        consumers.spawn(async move {
+            while !stop.is_cancelled() {
+                let received = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = sqs.receive_message().queue_url(&input).max_number_of_messages(max).wait_time_seconds(1).message_attribute_names("All").send() => r,
+                };
+                let Ok(out) = received else { continue };
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                if let Some(relay) = &relay {
+                    let entries: Vec<SendMessageBatchRequestEntry> = messages
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, m)| {
+                            let attrs: HashMap<String, MessageAttributeValue> = m.message_attributes.clone().unwrap_or_default();
+                            SendMessageBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .message_body(m.body.clone().unwrap_or_default())
+                                .set_message_attributes(Some(attrs))
+                                .build()
+                                .ok()
+                        })
+                        .collect();
+                    let _ = sqs.send_message_batch().queue_url(relay).set_entries(Some(entries)).send().await;
+                }
+                let entries: Vec<_> = messages
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .set_receipt_handle(m.receipt_handle.clone())
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                if sqs.delete_message_batch().queue_url(&input).set_entries(Some(entries)).send().await.is_ok() {
+                    done.fetch_add(messages.len(), std::sync::atomic::Ordering::Relaxed);
+                    *last_delete.lock().await = Some(Instant::now());
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    let result = match relay {
+        Some(out) => {
+            let ids: Vec<String> = bundles.iter().map(|b| b.bundle_id.clone()).collect();
+            let reader = load::collect(sqs, out.url(), &ids, 2, Duration::from_secs(30));
+            let sender = load::send(
+                input,
+                bundles,
+                ContentEncoding::from(args.encoding),
+                args.rate,
+                args.senders,
+            );
+            let (arrivals, times) = tokio::join!(reader, sender);
+            let tally = Tally::new(&times?.lock().await.clone(), &arrivals);
+            let end = arrivals.last.unwrap_or_else(Instant::now);
+            (end.duration_since(started).as_secs_f64(), tally)
+        }
+        None => {
+            let times = load::send(
+                input,
+                bundles,
+                ContentEncoding::from(args.encoding),
+                args.rate,
+                args.senders,
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while done.load(std::sync::atomic::Ordering::Relaxed) < total
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let end = last_delete.lock().await.unwrap_or_else(Instant::now);
+            // Drained messages have no answers: every one counts as answered when deleted.
+            let times = times.lock().await.clone();
+            let arrivals = load::Arrivals {
+                by_bundle: times.keys().map(|id| (id.clone(), vec![end])).collect(),
+                last: Some(end),
+            };
+            let mut tally = Tally::new(&times, &arrivals);
+            tally.latencies_ms.clear();
+            (end.duration_since(started).as_secs_f64(), tally)
+        }
+    };
+    stop.cancel();
+    while consumers.join_next().await.is_some() {}
+    Ok(result)
+}
+
+fn print(report: &Report) {
+    let fmt = |v: &[f64], unit: &str| match median_range(v) {
+        Some((m, lo, hi)) => format!("{m:.0} {unit} (range {lo:.0}-{hi:.0})"),
+        None => "n/a".to_owned(),
+    };
+    println!();
+    println!(
+        "bench: {} bundles x {} records per run, {}",
+        report.bundles,
+        report.records,
+        report
+            .rate
+            .map_or("as fast as possible".to_owned(), |r| format!(
+                "paced at {r:.0} records/s"
+            ))
+    );
+    println!(
+        "  emulator drain ceiling  {}",
+        fmt(&report.drain.records_per_s, "records/s")
+    );
+    println!(
+        "  emulator relay ceiling  {}",
+        fmt(&report.relay.records_per_s, "records/s")
+    );
+    println!(
+        "  worker                  {}",
+        fmt(&report.worker.records_per_s, "records/s")
+    );
+    if let (Some((w, _, _)), Some((r, _, _))) = (
+        median_range(&report.worker.records_per_s),
+        median_range(&report.relay.records_per_s),
+    ) {
+        println!("  worker / relay ceiling  {:.0}%", 100.0 * w / r);
+    }
+    for (name, series) in [("relay", &report.relay), ("worker", &report.worker)] {
+        let column = |i: usize| series.latency_ms.iter().map(|q| q[i]).collect::<Vec<_>>();
+        if let (Some(p50), Some(p95), Some(p99), Some(max)) = (
+            median_range(&column(0)),
+            median_range(&column(1)),
+            median_range(&column(2)),
+            median_range(&column(3)),
+        ) {
+            println!(
+                "  {name:6} latency ms      p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (medians over runs; p99 range {:.1}-{:.1})",
+                p50.0, p95.0, p99.0, max.0, p99.1, p99.2
+            );
+        }
+    }
+    if let Some((m, lo, hi)) = median_range(&report.worker.cpu_s_per_1000) {
+        println!("  worker CPU              {m:.5} s per 1000 records (range {lo:.5}-{hi:.5})");
+    }
+    if let Some(rss) = report.peak_rss_mib {
+        println!("  worker peak RSS         {rss:.1} MiB");
+    }
+    if let Some(c) = report.cold_start_s {
+        println!("  cold start to 1st answer {c:.2} s");
+    }
+    println!(
+        "  bundles: {} sent, {} answered, {} duplicated, {} lost",
+        report.worker.sent, report.worker.answered, report.worker.duplicated, report.worker.lost
+    );
+}
