@@ -11,16 +11,16 @@
 //! - `decode`: `bundle::decode` of a v1 bundle of 100 and of 1 000 records, plain and gzip.
 //! - `prepare_in_memory`: `batch::prepare` of 1 bundle (100 records) and of 10 bundles
 //!   (1 000 records): standardize, enrichment from memory, normalize into the matrix.
-//! - `stages`: the parts of `prepare` alone, on one bundle: `standardize_row` per row; the
-//!   in-memory sources answering each distinct key once (the cost of this benchmark's stand-ins,
-//!   to tell apart from the worker's own); and `normalize_record` writing each record's row of
-//!   the canonical matrix (this is how the matrix is built: `prepare` builds it while
-//!   normalizing, there is no separate step).
+//! - `stages`: the parts of `prepare` alone, on one bundle: `StandardBatch::standardize_row`
+//!   per row (keys interned once per distinct text); the in-memory sources answering each
+//!   distinct key once (the cost of this benchmark's stand-ins, to tell apart from the worker's
+//!   own); and `Normalizer` writing each record's row of the canonical matrix (this is how the
+//!   matrix is built: `prepare` builds it while normalizing, there is no separate step).
 //! - `predict_linear`, `predict_gaussian`: `Classifier::decision_values` (scaling included) on
 //!   1, 100 and 10 000 canonical rows (the fixture notes, repeated).
 //! - `encode`: `Answer::encode` of a 100-record answer, identity, gzip and zstd.
 //! - `in_process_path`: 10 bundles x 100 records from message bodies to answer bodies: decode,
-//!   prepare (in memory), decision values (Gaussian), answers, encode (identity).
+//!   prepare (in memory), decision values (linear, then Gaussian), answers, encode (identity).
 //!
 //! Run all: `cargo bench --bench pipeline`. One group: `cargo bench --bench pipeline -- decode`.
 //! Shorter runs: `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`.
@@ -38,8 +38,8 @@ use ml_pipeline::batch::{document_paths, prepare};
 use ml_pipeline::bundle::{decode, ContentEncoding, InputBundle, Limits};
 use ml_pipeline::enrich::{DocumentSource, Enrichment, ReferenceSource};
 use ml_pipeline::model::Classifier;
-use ml_pipeline::normalize::normalize_record;
-use ml_pipeline::standardize::{standardize_row, ColumnIndex, StandardRecord};
+use ml_pipeline::normalize::Normalizer;
+use ml_pipeline::standardize::{ColumnIndex, StandardBatch};
 
 use common::{body, runtime, workload, Workload};
 
@@ -86,68 +86,59 @@ fn stages(c: &mut Criterion) {
     let w = workload();
     let bundle = &w.set.bundles[0];
     let index = ColumnIndex::new(&w.spec, &bundle.columns).expect("fixture columns");
+    let records = bundle.rows.len();
     let mut group = c.benchmark_group("stages");
+    group.throughput(Throughput::Elements(records as u64));
 
-    group.throughput(Throughput::Elements(bundle.rows.len() as u64));
-    group.bench_function(
-        BenchmarkId::new("standardize_row", bundle.rows.len()),
-        |b| {
-            b.iter(|| {
-                bundle
-                    .rows
-                    .iter()
-                    .map(|row| standardize_row(&w.spec, &index, black_box(row)))
-                    .collect::<Vec<_>>()
-            })
-        },
-    );
-
-    let records: Vec<StandardRecord> = bundle
-        .rows
-        .iter()
-        .filter_map(|row| standardize_row(&w.spec, &index, row).ok())
-        .collect();
-    let rt = runtime();
-    group.throughput(Throughput::Elements(records.len() as u64));
-    group.bench_function(BenchmarkId::new("enrich_in_memory", records.len()), |b| {
-        b.iter(|| enrichment_of(w, &rt, black_box(&records)))
+    let standardize = || {
+        let mut batch = StandardBatch::new(&w.spec);
+        let staged: Vec<_> = bundle
+            .rows
+            .iter()
+            .map(|row| batch.standardize_row(&index, row))
+            .collect();
+        (batch, staged)
+    };
+    group.bench_function(BenchmarkId::new("standardize", records), |b| {
+        b.iter(|| black_box(standardize()))
     });
 
-    let enrichment = enrichment_of(w, &rt, &records);
-    let shape = (records.len(), w.spec.features.len());
-    group.bench_function(
-        BenchmarkId::new("normalize_into_matrix", records.len()),
-        |b| {
-            b.iter(|| {
-                let mut matrix = Array2::zeros(shape);
-                let outcomes: Vec<_> = records
-                    .iter()
-                    .zip(matrix.rows_mut())
-                    .map(|(rec, mut row)| {
-                        let row = row.as_slice_mut().expect("a standard-layout row");
-                        normalize_record(&w.spec, rec, &enrichment, row)
-                    })
-                    .collect();
-                (matrix, outcomes)
-            })
-        },
-    );
+    let (batch, staged) = standardize();
+    let rt = runtime();
+    group.bench_function(BenchmarkId::new("enrich_in_memory", records), |b| {
+        b.iter(|| enrichment_of(w, &rt, black_box(&batch)))
+    });
+
+    let enrichment = enrichment_of(w, &rt, &batch);
+    let n_features = w.spec.features.len();
+    group.bench_function(BenchmarkId::new("normalize_into_matrix", records), |b| {
+        b.iter(|| {
+            let normalizer = Normalizer::new(&w.spec, &batch, &enrichment);
+            let mut cells = Vec::with_capacity(records * n_features);
+            let mut rows = 0;
+            for r in staged.iter().flatten() {
+                let start = cells.len();
+                cells.resize(start + n_features, 0.0);
+                match normalizer.normalize(&batch.record(*r), &mut cells[start..]) {
+                    Ok(()) => rows += 1,
+                    Err(_) => cells.truncate(start),
+                }
+            }
+            Array2::from_shape_vec((rows, n_features), cells).expect("rows x features")
+        })
+    });
     group.finish();
 }
 
-/// What the in-memory sources answer for these records, asked as `prepare` asks: each distinct
-/// key once.
-fn enrichment_of(w: &Workload, rt: &Runtime, records: &[StandardRecord]) -> Enrichment {
-    let distinct = |keys: Vec<&String>| {
-        let mut keys: Vec<String> = keys.into_iter().cloned().collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    };
-    let lookup_keys: Vec<Vec<String>> = (0..w.spec.lookups.len())
-        .map(|i| distinct(records.iter().map(|r| &r.lookup_keys[i]).collect()))
-        .collect();
-    let doc_keys = distinct(records.iter().filter_map(|r| r.doc_key.as_ref()).collect());
+/// What the in-memory sources answer for a standardized batch, asked as `prepare` asks: each
+/// distinct key once.
+fn enrichment_of(w: &Workload, rt: &Runtime, batch: &StandardBatch<'_>) -> Enrichment {
+    let lookup_keys: Vec<&[String]> = batch.lookups.iter().map(|t| t.keys()).collect();
+    let doc_keys = batch
+        .documents
+        .as_ref()
+        .expect("the banknote spec has documents")
+        .keys();
     let docs = w
         .spec
         .documents
@@ -159,7 +150,7 @@ fn enrichment_of(w: &Workload, rt: &Runtime, records: &[StandardRecord]) -> Enri
             .block_on(w.enricher.reference.fetch(&w.spec.lookups, &lookup_keys))
             .unwrap(),
         documents: rt
-            .block_on(w.enricher.documents.fetch(docs, &paths, &doc_keys))
+            .block_on(w.enricher.documents.fetch(docs, &paths, doc_keys))
             .unwrap(),
     }
 }
@@ -219,18 +210,20 @@ fn whole_path(c: &mut Criterion) {
     let records: usize = w.set.bundles[..10].iter().map(|b| b.rows.len()).sum();
     let mut group = c.benchmark_group("in_process_path");
     group.throughput(Throughput::Elements(records as u64));
-    group.bench_function(BenchmarkId::new("10_bundles", records), |b| {
-        b.iter(|| {
-            let bundles = messages
-                .iter()
-                .map(|m| decode(black_box(m), None, &limits).unwrap())
-                .collect();
-            w.answers(&rt, bundles)
-                .iter()
-                .map(|a| a.encode(ContentEncoding::Identity))
-                .collect::<Vec<String>>()
-        })
-    });
+    for (kernel, model) in [("linear", &w.linear), ("gaussian", &w.gaussian)] {
+        group.bench_function(BenchmarkId::new(kernel, records), |b| {
+            b.iter(|| {
+                let bundles = messages
+                    .iter()
+                    .map(|m| decode(black_box(m), None, &limits).unwrap())
+                    .collect();
+                w.answers_by(model, &rt, bundles)
+                    .iter()
+                    .map(|a| a.encode(ContentEncoding::Identity))
+                    .collect::<Vec<String>>()
+            })
+        });
+    }
     group.finish();
 }
 

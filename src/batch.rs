@@ -6,28 +6,30 @@
 //! leave the matrix and keep their error. Training calls the same [`prepare`], so the model is
 //! fitted on exactly the features the worker will build.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
-use serde_json::Value;
+use smallvec::SmallVec;
 
-use crate::bundle::{Answer, DecodeError, InputBundle, OutputBundle, SeedAnswer};
+use crate::bundle::{
+    Answer, CellRef, DecodeError, InputBundle, OutputBundle, OutputRow, SeedAnswer,
+};
 use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource, SourceError};
 use crate::model::class_name;
+use crate::normalize::Normalizer;
 use crate::record::RecordError;
 use crate::spec::{PipelineSpec, Road};
-use crate::standardize::{describe, standardize_row, ColumnIndex, StandardRecord};
+use crate::standardize::{cell_description, ColumnIndex, RecordIndex, StandardBatch};
 
 /// What became of one record of a bundle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Slot {
-    /// It reached the model as this matrix row, with its reported lookup values.
+    /// It reached the model as this matrix row.
     Row {
         /// The record's matrix row.
         matrix_row: usize,
-        /// Reported lookup values (e.g. the issuer code), in spec order.
-        reported: Vec<String>,
     },
     /// It failed a stage.
     Failed(RecordError),
@@ -58,6 +60,10 @@ pub struct PreparedBatch {
     pub matrix: Array2<f64>,
     /// Per input bundle: its plan, or why the whole bundle is refused.
     pub plans: Vec<Result<BundlePlan, DecodeError>>,
+    /// Reported lookup values (e.g. the issuer code), `reported_columns` per matrix row.
+    pub reported: Vec<Arc<str>>,
+    /// How many reported values each matrix row has.
+    pub reported_columns: usize,
     /// PostgreSQL coverage.
     pub postgres: Coverage,
     /// MongoDB coverage.
@@ -65,6 +71,14 @@ pub struct PreparedBatch {
     /// Milliseconds per stage: standardize, enrich (both sources, concurrently),
     /// enrich.postgres, enrich.mongo, normalize.
     pub timing_ms: BTreeMap<String, f64>,
+}
+
+impl PreparedBatch {
+    /// The reported lookup values of a matrix row, in spec order.
+    pub fn reported(&self, matrix_row: usize) -> &[Arc<str>] {
+        let n = self.reported_columns;
+        &self.reported[matrix_row * n..(matrix_row + 1) * n]
+    }
 }
 
 /// Enrichment, and the milliseconds each source took (they run concurrently).
@@ -78,71 +92,36 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     enricher: &Enricher<R, D>,
 ) -> Result<PreparedBatch, SourceError> {
     let started = Instant::now();
-    let standardized: Vec<Result<Standardized, DecodeError>> = bundles
+    let mut standard = StandardBatch::new(spec);
+    let staged: Vec<Result<Staged, DecodeError>> = bundles
         .iter()
-        .map(|b| standardize_bundle(spec, b))
+        .map(|b| stage_bundle(spec, b, &mut standard))
         .collect();
     let t_standardize = ms_since(started);
 
     let started = Instant::now();
-    let (enrichment, t_postgres, t_mongo) = enrich(spec, &standardized, enricher).await?;
+    let (enrichment, t_postgres, t_mongo) = enrich(spec, &standard, enricher).await?;
     let t_enrich = ms_since(started);
 
     let started = Instant::now();
-    let n_features = spec.features.len();
-    let total: usize = bundles.iter().map(InputBundle::len).sum();
-    let mut cells = Vec::with_capacity(total * n_features);
-    let mut postgres = Coverage::default();
-    let mut mongo = Coverage::default();
-    let mut rows = 0;
-    let plans = standardized
+    let mut out = Assembly::new(spec, &standard, &enrichment, bundles);
+    let plans = staged
         .into_iter()
-        .map(|s| {
-            s.map(|s| {
-                let slots = s
-                    .records
-                    .into_iter()
-                    .map(|rec| {
-                        let rec = match rec {
-                            Input::Seed(features) => {
-                                cells.extend_from_slice(&features);
-                                rows += 1;
-                                return Slot::Row {
-                                    matrix_row: rows - 1,
-                                    reported: Vec::new(),
-                                };
-                            }
-                            Input::Request(Err(e)) => return Slot::Failed(e),
-                            Input::Request(Ok(rec)) => rec,
-                        };
-                        count_coverage(spec, &rec, &enrichment, &mut postgres, &mut mongo);
-                        let start = cells.len();
-                        cells.resize(start + n_features, 0.0);
-                        match crate::normalize::normalize_record(
-                            spec,
-                            &rec,
-                            &enrichment,
-                            &mut cells[start..],
-                        ) {
-                            Ok(reported) => {
-                                rows += 1;
-                                Slot::Row {
-                                    matrix_row: rows - 1,
-                                    reported,
-                                }
-                            }
-                            Err(e) => {
-                                cells.truncate(start);
-                                Slot::Failed(e)
-                            }
-                        }
-                    })
-                    .collect();
-                BundlePlan { ids: s.ids, slots }
-            })
-        })
+        .zip(bundles)
+        .map(|(s, bundle)| s.map(|s| out.plan(s, bundle)))
         .collect();
-    let matrix = Array2::from_shape_vec((rows, n_features), cells).expect("rows x features cells");
+    let Assembly {
+        cells,
+        rows,
+        reported,
+        reported_columns,
+        postgres,
+        mongo,
+        ..
+    } = out;
+    debug_assert_eq!(reported.len(), rows * reported_columns);
+    let matrix =
+        Array2::from_shape_vec((rows, spec.features.len()), cells).expect("rows x features cells");
     let timing_ms = BTreeMap::from([
         ("standardize".to_owned(), t_standardize),
         ("enrich".to_owned(), t_enrich),
@@ -153,101 +132,259 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     Ok(PreparedBatch {
         matrix,
         plans,
+        reported,
+        reported_columns,
         postgres,
         mongo,
         timing_ms,
     })
 }
 
+/// Normalization of a batch's records into the matrix, with coverage and reported values.
+struct Assembly<'a, 'e> {
+    standard: &'a StandardBatch<'a>,
+    normalizer: Normalizer<'e>,
+    /// Per lookup key id, per reported lookup: the value as shared text (made once per key).
+    reported_values: Vec<Vec<Arc<str>>>,
+    /// Per document key id: whether any provider had a document.
+    doc_found: Vec<bool>,
+    n_features: usize,
+    cells: Vec<f64>,
+    rows: usize,
+    reported: Vec<Arc<str>>,
+    reported_columns: usize,
+    /// The reported value of rows that have none (seed rows).
+    no_value: Arc<str>,
+    postgres: Coverage,
+    mongo: Coverage,
+}
+
+impl<'a, 'e> Assembly<'a, 'e> {
+    fn new(
+        spec: &PipelineSpec,
+        standard: &'a StandardBatch<'a>,
+        enrichment: &'e Enrichment,
+        bundles: &[InputBundle],
+    ) -> Self {
+        let normalizer = Normalizer::new(spec, standard, enrichment);
+        let reported_lookups: Vec<usize> = spec
+            .lookups
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.output_column.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let reported_values = reported_lookups
+            .iter()
+            .map(|&l| {
+                standard.lookups[l]
+                    .keys()
+                    .iter()
+                    .map(|k| {
+                        Arc::from(
+                            enrichment
+                                .lookups
+                                .get(l)
+                                .and_then(|m| m.get(k))
+                                .map_or("", String::as_str),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let doc_found = standard
+            .documents
+            .as_ref()
+            .map(|t| {
+                t.keys()
+                    .iter()
+                    .map(|k| enrichment.documents.contains_key(k))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let n_features = spec.features.len();
+        let total: usize = bundles.iter().map(InputBundle::len).sum();
+        Self {
+            standard,
+            normalizer,
+            reported_values,
+            doc_found,
+            n_features,
+            cells: Vec::with_capacity(total * n_features),
+            rows: 0,
+            reported: Vec::with_capacity(total * reported_lookups.len()),
+            reported_columns: reported_lookups.len(),
+            no_value: Arc::from(""),
+            postgres: Coverage::default(),
+            mongo: Coverage::default(),
+        }
+    }
+
+    fn plan(&mut self, staged: Staged, bundle: &InputBundle) -> BundlePlan {
+        let slots = staged
+            .records
+            .into_iter()
+            .map(|rec| match rec {
+                Input::Seed(i) => {
+                    let InputBundle::Seed(seed) = bundle else {
+                        unreachable!("seed records come from seed bundles")
+                    };
+                    self.cells.extend_from_slice(&seed.features[i]);
+                    // Seed rows report nothing; keep one entry per reported column anyway.
+                    for _ in 0..self.reported_columns {
+                        self.reported.push(Arc::clone(&self.no_value));
+                    }
+                    self.next_row()
+                }
+                Input::Request(Err(e)) => Slot::Failed(e),
+                Input::Request(Ok(r)) => self.request(r),
+            })
+            .collect();
+        BundlePlan {
+            ids: staged.ids,
+            slots,
+        }
+    }
+
+    fn request(&mut self, r: RecordIndex) -> Slot {
+        let rec = self.standard.record(r);
+        self.count_coverage(&rec);
+        let start = self.cells.len();
+        self.cells.resize(start + self.n_features, 0.0);
+        match self.normalizer.normalize(&rec, &mut self.cells[start..]) {
+            Ok(()) => {
+                for (values, lookup) in self
+                    .reported_values
+                    .iter()
+                    .zip(self.normalizer.reported_lookups())
+                {
+                    self.reported
+                        .push(values[rec.lookup_keys[lookup] as usize].clone());
+                }
+                self.next_row()
+            }
+            Err(e) => {
+                self.cells.truncate(start);
+                Slot::Failed(e)
+            }
+        }
+    }
+
+    fn next_row(&mut self) -> Slot {
+        self.rows += 1;
+        Slot::Row {
+            matrix_row: self.rows - 1,
+        }
+    }
+
+    fn count_coverage(&mut self, rec: &crate::standardize::StandardRecord<'_>) {
+        if !rec.lookup_keys.is_empty() {
+            if self.normalizer.all_lookups_found(rec) {
+                self.postgres.hits += 1
+            } else {
+                self.postgres.misses += 1
+            }
+        }
+        if let Some(key) = rec.doc_key {
+            if self.doc_found[key as usize] {
+                self.mongo.hits += 1
+            } else {
+                self.mongo.misses += 1
+            }
+        }
+    }
+}
+
 /// The answers of a predicted batch, one per input bundle, in input order.
 pub fn answers(
     spec: &PipelineSpec,
     bundles: &[InputBundle],
-    plans: Vec<Result<BundlePlan, DecodeError>>,
+    prepared: &PreparedBatch,
     scores: &[f64],
     model_version: &str,
     timing_ms: &BTreeMap<String, f64>,
 ) -> Vec<Result<Answer, DecodeError>> {
-    let reported_columns: Vec<String> = spec
-        .lookups
-        .iter()
-        .filter_map(|l| l.output_column.clone())
-        .collect();
-    bundles
-        .iter()
-        .zip(plans)
-        .map(|(bundle, plan)| {
-            let plan = plan?;
-            Ok(match bundle {
-                InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
-                    batch_id: seed.batch_id.clone(),
-                    subjects: seed.subjects.clone(),
-                    input: seed.features.clone(),
-                    output: plan
-                        .slots
-                        .iter()
-                        .map(|s| match s {
-                            Slot::Row { matrix_row, .. } => {
-                                class_name(scores[*matrix_row]).to_owned()
-                            }
-                            Slot::Failed(_) => unreachable!("seed records cannot fail"),
-                        })
-                        .collect(),
-                }),
-                InputBundle::Request(req) => {
-                    let mut rows = Vec::with_capacity(plan.ids.len());
-                    let mut errors = Vec::new();
-                    for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
-                        match slot {
-                            Slot::Row {
-                                matrix_row,
-                                reported,
-                            } => {
-                                let score = scores[matrix_row];
-                                let mut row = vec![
-                                    Value::from(id),
-                                    Value::from(class_name(score)),
-                                    Value::from(score),
-                                ];
-                                row.extend(reported.into_iter().map(Value::from));
-                                rows.push(row);
-                            }
-                            Slot::Failed(e) => errors.push((id, e.to_string())),
-                        }
-                    }
-                    let mut columns: Vec<String> =
-                        ["id", "label", "score"].map(String::from).to_vec();
-                    columns.extend(reported_columns.iter().cloned());
-                    Answer::Request(OutputBundle {
-                        bundle_id: req.bundle_id.clone(),
-                        model: spec.name.clone(),
-                        model_version: model_version.to_owned(),
-                        columns,
-                        rows,
-                        errors,
-                        timing_ms: timing_ms.clone(),
+    let mut columns: Vec<String> = ["id", "label", "score"].map(String::from).to_vec();
+    columns.extend(spec.lookups.iter().filter_map(|l| l.output_column.clone()));
+    let reported = |row: usize| {
+        prepared
+            .reported(row)
+            .iter()
+            .cloned()
+            .collect::<SmallVec<_>>()
+    };
+    let mut answers = Vec::with_capacity(bundles.len());
+    for (bundle, plan) in bundles.iter().zip(prepared.plans.iter()) {
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                answers.push(Err(e.clone()));
+                continue;
+            }
+        };
+        answers.push(Ok(match bundle {
+            InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
+                batch_id: seed.batch_id.clone(),
+                subjects: seed.subjects.clone(),
+                input: seed.features.clone(),
+                output: plan
+                    .slots
+                    .iter()
+                    .map(|s| match s {
+                        Slot::Row { matrix_row } => class_name(scores[*matrix_row]).to_owned(),
+                        Slot::Failed(_) => unreachable!("seed records cannot fail"),
                     })
+                    .collect(),
+            }),
+            InputBundle::Request(req) => {
+                let mut rows = Vec::with_capacity(plan.ids.len());
+                let mut errors = Vec::new();
+                for (id, slot) in plan.ids.iter().zip(&plan.slots) {
+                    match slot {
+                        Slot::Row { matrix_row } => {
+                            let score = scores[*matrix_row];
+                            rows.push(OutputRow {
+                                id: id.clone(),
+                                label: class_name(score).into(),
+                                score,
+                                reported: reported(*matrix_row),
+                            });
+                        }
+                        Slot::Failed(e) => errors.push((id.clone(), e.to_string())),
+                    }
                 }
-            })
-        })
-        .collect()
+                Answer::Request(OutputBundle {
+                    bundle_id: req.bundle_id.clone(),
+                    model: spec.name.clone(),
+                    model_version: model_version.to_owned(),
+                    columns: columns.clone(),
+                    rows,
+                    errors,
+                    timing_ms: timing_ms.clone(),
+                })
+            }
+        }));
+    }
+    answers
 }
 
 /// One record's input to normalization.
 enum Input {
-    Request(Result<StandardRecord, RecordError>),
-    Seed(Vec<f64>),
+    Request(Result<RecordIndex, RecordError>),
+    /// A seed bundle's feature vector, by index.
+    Seed(usize),
 }
 
-struct Standardized {
+struct Staged {
     ids: Vec<String>,
     records: Vec<Input>,
 }
 
-fn standardize_bundle(
+fn stage_bundle<'b>(
     spec: &PipelineSpec,
-    bundle: &InputBundle,
-) -> Result<Standardized, DecodeError> {
+    bundle: &'b InputBundle,
+    standard: &mut StandardBatch<'b>,
+) -> Result<Staged, DecodeError> {
     let refuse = |reason: String| DecodeError {
         bundle_id: Some(bundle.id().to_owned()),
         reason,
@@ -263,17 +400,13 @@ fn standardize_bundle(
                     spec.feature_names().join(", ")
                 )));
             }
-            Ok(Standardized {
+            Ok(Staged {
                 ids: seed
                     .subjects
                     .iter()
                     .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
                     .collect(),
-                records: seed
-                    .features
-                    .iter()
-                    .map(|f| Input::Seed(f.clone()))
-                    .collect(),
+                records: (0..seed.features.len()).map(Input::Seed).collect(),
             })
         }
         InputBundle::Request(req) => {
@@ -284,38 +417,28 @@ fn standardize_bundle(
                 )));
             }
             let index = ColumnIndex::new(spec, &req.columns).map_err(refuse)?;
-            let id_col = req
-                .columns
-                .iter()
-                .position(|c| *c == spec.id_column)
-                .expect("ColumnIndex checked the id");
-            let ids = req
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(i, row)| {
-                    record_id(&row[id_col]).ok_or_else(|| {
-                        refuse(format!(
-                            "row {i} has no usable id ({}); every row needs a text or integer id",
-                            describe(&row[id_col])
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let records = req
-                .rows
-                .iter()
-                .map(|row| Input::Request(standardize_row(spec, &index, row)))
-                .collect();
-            Ok(Standardized { ids, records })
+            let mut ids = Vec::with_capacity(req.rows.len());
+            let mut records = Vec::with_capacity(req.rows.len());
+            for (i, row) in req.rows.iter().enumerate() {
+                let id = row.get(index.id);
+                ids.push(record_id(id).ok_or_else(|| {
+                    refuse(format!(
+                        "row {i} has no usable id ({}); every row needs a text or integer id",
+                        cell_description(id)
+                    ))
+                })?);
+                records.push(Input::Request(standard.standardize_row(&index, row)));
+            }
+            Ok(Staged { ids, records })
         }
     }
 }
 
-fn record_id(cell: &Value) -> Option<String> {
+fn record_id(cell: CellRef<'_>) -> Option<String> {
     match cell {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        CellRef::Text(s) if !s.is_empty() => Some(s.to_owned()),
+        CellRef::Int(n) => Some(n.to_string()),
+        CellRef::UInt(n) => Some(n.to_string()),
         _ => None,
     }
 }
@@ -323,27 +446,19 @@ fn record_id(cell: &Value) -> Option<String> {
 /// One round trip per source: every distinct key of the batch at once, both sources together.
 async fn enrich<R: ReferenceSource, D: DocumentSource>(
     spec: &PipelineSpec,
-    standardized: &[Result<Standardized, DecodeError>],
+    standard: &StandardBatch<'_>,
     enricher: &Enricher<R, D>,
 ) -> Result<Enriched, SourceError> {
-    let records = || {
-        standardized
-            .iter()
-            .flatten()
-            .flat_map(|s| &s.records)
-            .filter_map(|r| match r {
-                Input::Request(Ok(rec)) => Some(rec),
-                _ => None,
-            })
-    };
-    let lookup_keys: Vec<Vec<String>> = (0..spec.lookups.len())
-        .map(|i| distinct(records().map(|r| r.lookup_keys[i].as_str())))
-        .collect();
-    let doc_keys = distinct(records().filter_map(|r| r.doc_key.as_deref()));
+    let lookup_keys: Vec<&[String]> = standard.lookups.iter().map(|t| t.keys()).collect();
+    let doc_keys: &[String] = standard
+        .documents
+        .as_ref()
+        .map(|t| t.keys())
+        .unwrap_or_default();
     let paths = document_paths(spec);
     let reference = async {
         let started = Instant::now();
-        let found = if lookup_keys.iter().all(Vec::is_empty) {
+        let found = if lookup_keys.iter().all(|k| k.is_empty()) {
             vec![Default::default(); spec.lookups.len()]
         } else {
             enricher
@@ -357,7 +472,7 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
         let started = Instant::now();
         let found = match &spec.documents {
             Some(docs) if !doc_keys.is_empty() => {
-                enricher.documents.fetch(docs, &paths, &doc_keys).await?
+                enricher.documents.fetch(docs, &paths, doc_keys).await?
             }
             _ => Default::default(),
         };
@@ -365,13 +480,6 @@ async fn enrich<R: ReferenceSource, D: DocumentSource>(
     };
     let ((lookups, t_postgres), (documents, t_mongo)) = tokio::try_join!(reference, documents)?;
     Ok((Enrichment { lookups, documents }, t_postgres, t_mongo))
-}
-
-fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut seen = HashSet::new();
-    keys.filter(|k| seen.insert(*k))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Every document field path the spec's features read.
@@ -388,34 +496,6 @@ pub fn document_paths(spec: &PipelineSpec) -> Vec<String> {
     paths.sort();
     paths.dedup();
     paths
-}
-
-fn count_coverage(
-    spec: &PipelineSpec,
-    rec: &StandardRecord,
-    e: &Enrichment,
-    pg: &mut Coverage,
-    mongo: &mut Coverage,
-) {
-    if !spec.lookups.is_empty() {
-        let found = rec
-            .lookup_keys
-            .iter()
-            .enumerate()
-            .all(|(i, k)| e.lookups.get(i).is_some_and(|m| m.contains_key(k)));
-        if found {
-            pg.hits += 1
-        } else {
-            pg.misses += 1
-        }
-    }
-    if let Some(key) = &rec.doc_key {
-        if e.documents.contains_key(key) {
-            mongo.hits += 1
-        } else {
-            mongo.misses += 1
-        }
-    }
 }
 
 fn ms_since(t: Instant) -> f64 {

@@ -8,163 +8,268 @@
 use crate::enrich::{Enrichment, FieldValue, ProviderDoc};
 use crate::record::{RecordError, Stage};
 use crate::spec::{PipelineSpec, Road, UnitSource};
-use crate::standardize::StandardRecord;
+use crate::standardize::{StandardBatch, StandardRecord};
 
-/// Writes a record's canonical features into `row`; returns the reported lookup values
-/// (one per lookup with an `output_column`, in spec order).
-pub fn normalize_record(
-    spec: &PipelineSpec,
-    rec: &StandardRecord,
-    enrichment: &Enrichment,
-    row: &mut [f64],
-) -> Result<Vec<String>, RecordError> {
-    let values = lookup_values(spec, rec, enrichment)?;
-    let doc = match (&spec.documents, &rec.doc_key) {
-        (Some(docs), Some(key)) => Some((
-            key,
-            preferred_doc(docs.providers.as_slice(), key, enrichment)?,
-        )),
-        _ => None,
-    };
-    for (i, feature) in spec.features.iter().enumerate() {
-        row[i] = match &feature.road {
-            Road::Request { column, unit } => {
-                let unit = match unit {
-                    UnitSource::Fixed(u) => u.as_str(),
-                    UnitSource::FromLookup(l) => {
-                        let idx = spec
-                            .lookups
-                            .iter()
-                            .position(|x| &x.name == l)
-                            .expect("validated spec");
-                        values[idx]
-                    }
-                };
-                let reporter =
-                    || match unit_lookup_key(spec, unit_source_lookup(&feature.road), rec) {
-                        Some((name, key)) => format!("{name} '{key}' reports {column} in"),
-                        None => format!("{column} is in"),
-                    };
-                rec.request_values[i] * factor(spec, unit, reporter)?
-            }
-            Road::Lookup { lookup, unit } => {
-                let idx = spec
-                    .lookups
+/// Everything normalization needs for one batch, worked out once per distinct key: each
+/// lookup's value or the error for an unknown key, each note's preferred provider document,
+/// each feature's unit factor or value. Normalizing a record is then a few indexed reads.
+#[derive(Debug)]
+pub struct Normalizer<'e> {
+    /// Per lookup, per key id: the looked-up value, or why the key is unknown.
+    lookups: Vec<Vec<Result<&'e str, RecordError>>>,
+    /// Per document key id: the preferred provider's document, or why there is none.
+    documents: Vec<Result<&'e ProviderDoc, RecordError>>,
+    /// Per feature, how its canonical value is made.
+    features: Vec<FeaturePlan>,
+    /// The lookups whose values are reported in the output, in spec order.
+    reported: Vec<usize>,
+}
+
+/// How one feature's canonical value is made for a record.
+#[derive(Debug)]
+enum FeaturePlan {
+    /// The request's number times a factor fixed by the spec.
+    RequestFixed(Result<f64, RecordError>),
+    /// The request's number times the factor of the unit a lookup names, per key id.
+    RequestPerKey {
+        lookup: usize,
+        factors: Vec<Result<f64, RecordError>>,
+    },
+    /// A lookup's value, converted, per key id.
+    Lookup {
+        lookup: usize,
+        values: Vec<Result<f64, RecordError>>,
+    },
+    /// A provider document field, converted, per document key id.
+    Document(Vec<Result<f64, RecordError>>),
+}
+
+impl<'e> Normalizer<'e> {
+    /// Resolves every distinct key of `batch` against what enrichment found.
+    pub fn new(spec: &PipelineSpec, batch: &StandardBatch<'_>, enrichment: &'e Enrichment) -> Self {
+        let lookups: Vec<Vec<Result<&'e str, RecordError>>> = spec
+            .lookups
+            .iter()
+            .zip(&batch.lookups)
+            .enumerate()
+            .map(|(i, (l, table))| {
+                table
+                    .keys()
                     .iter()
-                    .position(|x| &x.name == lookup)
-                    .expect("validated spec");
-                let text = values[idx];
-                let v: f64 = text
-                    .parse()
-                    .ok()
-                    .filter(|v: &f64| v.is_finite())
-                    .ok_or_else(|| {
-                        RecordError::new(
-                            Stage::EnrichPostgres,
-                            format!(
-                                "{lookup} value '{text}' for '{}' is not a finite number",
-                                rec.lookup_keys[idx]
-                            ),
-                        )
-                    })?;
-                v * factor(spec, unit, || format!("lookup {lookup} is in"))?
-            }
-            Road::Document { providers } => {
-                let (key, doc) = doc
-                    .as_ref()
-                    .expect("a validated spec with document roads has documents");
-                let Some(field) = providers.get(&doc.provider) else {
-                    return Err(RecordError::new(
-                        Stage::EnrichMongo,
-                        format!(
-                            "provider {} has no field for {} (note '{key}')",
-                            doc.provider, feature.name
-                        ),
-                    ));
-                };
-                let v = match doc.field(&field.path) {
-                    Some(FieldValue::Number(v)) => *v,
-                    Some(FieldValue::NotANumber(what)) => {
-                        return Err(RecordError::new(
-                            Stage::EnrichMongo,
-                            format!(
-                            "provider {} field {} of note '{key}' holds {what}, not a finite number",
-                            doc.provider, field.path
-                        ),
-                        ))
-                    }
-                    None => {
-                        return Err(RecordError::new(
-                            Stage::EnrichMongo,
-                            format!(
-                                "provider {} document for note '{key}' has no field {}",
-                                doc.provider, field.path
-                            ),
-                        ))
-                    }
-                };
-                v * factor(spec, &field.unit, || {
-                    format!("provider {} field {} is in", doc.provider, field.path)
-                })?
-            }
+                    .map(|key| {
+                        enrichment
+                            .lookups
+                            .get(i)
+                            .and_then(|m| m.get(key))
+                            .map(String::as_str)
+                            .ok_or_else(|| {
+                                RecordError::new(
+                                    Stage::EnrichPostgres,
+                                    format!(
+                                        "unknown {} '{key}': no row in {} has {} = '{key}'",
+                                        l.name, l.table, l.key_column
+                                    ),
+                                )
+                            })
+                    })
+                    .collect()
+            })
+            .collect();
+        let doc_keys = batch
+            .documents
+            .as_ref()
+            .map(|t| t.keys())
+            .unwrap_or_default();
+        let documents: Vec<Result<&'e ProviderDoc, RecordError>> = match &spec.documents {
+            Some(docs) => doc_keys
+                .iter()
+                .map(|key| preferred_doc(&docs.providers, key, enrichment))
+                .collect(),
+            None => Vec::new(),
         };
+        let features = spec
+            .features
+            .iter()
+            .map(|feature| plan_feature(spec, batch, feature, &lookups, &documents, doc_keys))
+            .collect();
+        let reported = spec
+            .lookups
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.output_column.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        Self {
+            lookups,
+            documents,
+            features,
+            reported,
+        }
     }
-    Ok(spec
-        .lookups
-        .iter()
-        .zip(&values)
-        .filter(|(l, _)| l.output_column.is_some())
-        .map(|(_, v)| (*v).to_owned())
-        .collect())
-}
 
-fn unit_source_lookup(road: &Road) -> Option<&str> {
-    match road {
-        Road::Request {
-            unit: UnitSource::FromLookup(l),
-            ..
-        } => Some(l),
-        _ => None,
+    /// Writes a record's canonical features into `row`, or names the first thing missing.
+    pub fn normalize(&self, rec: &StandardRecord<'_>, row: &mut [f64]) -> Result<(), RecordError> {
+        for (values, &key) in self.lookups.iter().zip(rec.lookup_keys) {
+            if let Err(e) = &values[key as usize] {
+                return Err(e.clone());
+            }
+        }
+        if let Some(key) = rec.doc_key {
+            if let Err(e) = &self.documents[key as usize] {
+                return Err(e.clone());
+            }
+        }
+        for (i, plan) in self.features.iter().enumerate() {
+            let value = match plan {
+                FeaturePlan::RequestFixed(factor) => {
+                    rec.request_values[i] * factor.as_ref().map_err(Clone::clone)?
+                }
+                FeaturePlan::RequestPerKey { lookup, factors } => {
+                    let factor = &factors[rec.lookup_keys[*lookup] as usize];
+                    rec.request_values[i] * factor.as_ref().map_err(Clone::clone)?
+                }
+                FeaturePlan::Lookup { lookup, values } => {
+                    values[rec.lookup_keys[*lookup] as usize].clone()?
+                }
+                FeaturePlan::Document(values) => {
+                    let key = rec
+                        .doc_key
+                        .expect("a validated spec with document roads has documents");
+                    values[key as usize].clone()?
+                }
+            };
+            row[i] = value;
+        }
+        Ok(())
+    }
+
+    /// The lookups whose values are reported in the output, in spec order.
+    pub fn reported_lookups(&self) -> impl Iterator<Item = usize> + '_ {
+        self.reported.iter().copied()
+    }
+
+    /// Whether every lookup of the record found its key.
+    pub fn all_lookups_found(&self, rec: &StandardRecord<'_>) -> bool {
+        self.lookups
+            .iter()
+            .zip(rec.lookup_keys)
+            .all(|(values, &key)| values[key as usize].is_ok())
     }
 }
 
-fn unit_lookup_key<'a>(
-    spec: &'a PipelineSpec,
-    lookup: Option<&'a str>,
-    rec: &'a StandardRecord,
-) -> Option<(&'a str, &'a str)> {
-    let lookup = lookup?;
-    let idx = spec.lookups.iter().position(|l| l.name == lookup)?;
-    Some((lookup, rec.lookup_keys[idx].as_str()))
-}
-
-/// The value of every lookup for this record, or the first one missing.
-fn lookup_values<'e>(
+/// Works out one feature for every distinct key it depends on.
+fn plan_feature(
     spec: &PipelineSpec,
-    rec: &StandardRecord,
-    enrichment: &'e Enrichment,
-) -> Result<Vec<&'e str>, RecordError> {
-    spec.lookups
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let key = &rec.lookup_keys[i];
-            enrichment
-                .lookups
-                .get(i)
-                .and_then(|m| m.get(key))
-                .map(String::as_str)
-                .ok_or_else(|| {
-                    RecordError::new(
-                        Stage::EnrichPostgres,
-                        format!(
-                            "unknown {} '{key}': no row in {} has {} = '{key}'",
-                            l.name, l.table, l.key_column
-                        ),
-                    )
+    batch: &StandardBatch<'_>,
+    feature: &crate::spec::FeatureSpec,
+    lookups: &[Vec<Result<&str, RecordError>>],
+    documents: &[Result<&ProviderDoc, RecordError>],
+    doc_keys: &[String],
+) -> FeaturePlan {
+    let lookup_index = |name: &str| {
+        spec.lookups
+            .iter()
+            .position(|x| x.name == name)
+            .expect("validated spec")
+    };
+    match &feature.road {
+        Road::Request {
+            column,
+            unit: UnitSource::Fixed(unit),
+        } => FeaturePlan::RequestFixed(factor(spec, unit, || format!("{column} is in"))),
+        Road::Request {
+            column,
+            unit: UnitSource::FromLookup(name),
+        } => {
+            let lookup = lookup_index(name);
+            let factors = lookups[lookup]
+                .iter()
+                .zip(batch.lookups[lookup].keys())
+                .map(|(value, key)| match value {
+                    Ok(unit) => {
+                        factor(spec, unit, || format!("{name} '{key}' reports {column} in"))
+                    }
+                    Err(e) => Err(e.clone()),
                 })
-        })
-        .collect()
+                .collect();
+            FeaturePlan::RequestPerKey { lookup, factors }
+        }
+        Road::Lookup { lookup: name, unit } => {
+            let lookup = lookup_index(name);
+            let values = lookups[lookup]
+                .iter()
+                .zip(batch.lookups[lookup].keys())
+                .map(|(value, key)| {
+                    let text = value.as_ref().map_err(Clone::clone)?;
+                    let v: f64 = text
+                        .parse()
+                        .ok()
+                        .filter(|v: &f64| v.is_finite())
+                        .ok_or_else(|| {
+                            RecordError::new(
+                                Stage::EnrichPostgres,
+                                format!("{name} value '{text}' for '{key}' is not a finite number"),
+                            )
+                        })?;
+                    Ok(v * factor(spec, unit, || format!("lookup {name} is in"))?)
+                })
+                .collect();
+            FeaturePlan::Lookup { lookup, values }
+        }
+        Road::Document { providers } => FeaturePlan::Document(
+            documents
+                .iter()
+                .zip(doc_keys)
+                .map(|(doc, key)| {
+                    let doc = doc.as_ref().map_err(Clone::clone)?;
+                    document_value(spec, &feature.name, providers, doc, key)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A feature's value from the preferred provider's document, converted to canonical units.
+fn document_value(
+    spec: &PipelineSpec,
+    feature: &str,
+    providers: &std::collections::BTreeMap<String, crate::spec::ProviderField>,
+    doc: &ProviderDoc,
+    key: &str,
+) -> Result<f64, RecordError> {
+    let Some(field) = providers.get(&doc.provider) else {
+        return Err(RecordError::new(
+            Stage::EnrichMongo,
+            format!(
+                "provider {} has no field for {feature} (note '{key}')",
+                doc.provider
+            ),
+        ));
+    };
+    let v = match doc.field(&field.path) {
+        Some(FieldValue::Number(v)) => *v,
+        Some(FieldValue::NotANumber(what)) => {
+            return Err(RecordError::new(
+                Stage::EnrichMongo,
+                format!(
+                    "provider {} field {} of note '{key}' holds {what}, not a finite number",
+                    doc.provider, field.path
+                ),
+            ))
+        }
+        None => {
+            return Err(RecordError::new(
+                Stage::EnrichMongo,
+                format!(
+                    "provider {} document for note '{key}' has no field {}",
+                    doc.provider, field.path
+                ),
+            ))
+        }
+    };
+    Ok(v * factor(spec, &field.unit, || {
+        format!("provider {} field {} is in", doc.provider, field.path)
+    })?)
 }
 
 /// The document of the first provider, in the spec's preference order, that has one.
@@ -211,15 +316,10 @@ fn factor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::Table;
+    use crate::standardize::ColumnIndex;
+    use serde_json::json;
     use std::collections::HashMap;
-
-    fn record(scanner: &str, issuer: &str, note: &str) -> StandardRecord {
-        StandardRecord {
-            lookup_keys: vec![scanner.into(), issuer.into()],
-            doc_key: Some(note.into()),
-            request_values: vec![3621.6, 8666.1, f64::NAN, f64::NAN],
-        }
-    }
 
     fn enrichment() -> Enrichment {
         let scanners = HashMap::from([
@@ -261,14 +361,42 @@ mod tests {
         }
     }
 
-    fn run(rec: &StandardRecord) -> Result<(Vec<f64>, Vec<String>), RecordError> {
+    /// Standardizes one request row and normalizes it against `enrichment()`.
+    fn run(
+        scanner: &str,
+        issuer: &str,
+        note: &str,
+    ) -> Result<(Vec<f64>, Vec<String>), RecordError> {
+        let spec = PipelineSpec::banknote();
+        let columns: Vec<String> = ["id", "note", "issuer", "scanner", "variance", "skewness"]
+            .map(String::from)
+            .to_vec();
+        let table = Table::from(vec![vec![
+            json!("r-1"),
+            json!(note),
+            json!(issuer),
+            json!(scanner),
+            json!(3621.6),
+            json!(8666.1),
+        ]]);
+        let index = ColumnIndex::new(&spec, &columns).unwrap();
+        let mut batch = StandardBatch::new(&spec);
+        let r = batch.standardize_row(&index, table.row(0)).unwrap();
+        let enrichment = enrichment();
+        let normalizer = Normalizer::new(&spec, &batch, &enrichment);
+        let rec = batch.record(r);
         let mut row = vec![0.0; 4];
-        normalize_record(&PipelineSpec::banknote(), rec, &enrichment(), &mut row).map(|v| (row, v))
+        normalizer.normalize(&rec, &mut row)?;
+        let reported = normalizer
+            .reported_lookups()
+            .map(|l| enrichment.lookups[l][batch.lookups[l].key(rec.lookup_keys[l])].clone())
+            .collect();
+        Ok((row, reported))
     }
 
     #[test]
     fn three_roads_meet_in_canonical_units() {
-        let (row, reported) = run(&record("sc-01", "frb", "SN-1")).unwrap();
+        let (row, reported) = run("sc-01", "frb", "SN-1").unwrap();
         let expected = [3.6216, 8.6661, -2.8073, -0.44699];
         for (got, want) in row.iter().zip(expected) {
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
@@ -280,23 +408,23 @@ mod tests {
 
     #[test]
     fn each_missing_reference_names_its_key() {
-        let err = run(&record("sc-99", "frb", "SN-1")).unwrap_err();
+        let err = run("sc-99", "frb", "SN-1").unwrap_err();
         assert_eq!(
             err.to_string(),
             "enrich.postgres: unknown scanner 'sc-99': no row in scanners has scanner_id = 'sc-99'"
         );
-        let err = run(&record("sc-01", "bank of atlantis", "SN-1")).unwrap_err();
+        let err = run("sc-01", "bank of atlantis", "SN-1").unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("enrich.postgres: unknown issuer 'bank of atlantis'"),
             "{err}"
         );
-        let err = run(&record("sc-01", "frb", "SN-404")).unwrap_err();
+        let err = run("sc-01", "frb", "SN-404").unwrap_err();
         assert_eq!(
             err.to_string(),
             "enrich.mongo: unknown note 'SN-404': no provider has a scan document for it"
         );
-        let err = run(&record("sc-01", "frb", "SN-2")).unwrap_err();
+        let err = run("sc-01", "frb", "SN-2").unwrap_err();
         assert_eq!(
             err.to_string(),
             "enrich.mongo: provider lumen document for note 'SN-2' has no field wavelet.curt_centi"
@@ -305,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_unit_the_spec_does_not_know_is_a_record_error() {
-        let err = run(&record("sc-13", "frb", "SN-1")).unwrap_err();
+        let err = run("sc-13", "frb", "SN-1").unwrap_err();
         assert_eq!(err.stage, Stage::Normalize);
         assert!(err.reason.starts_with("scanner 'sc-13' reports variance in unit 'micro', which pipeline spec banknote does not know"), "{err}");
     }

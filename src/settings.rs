@@ -70,6 +70,9 @@ pub struct Settings {
     pub max_string_chars: usize,
     /// Upsert prediction aggregates into PostgreSQL after each batch. Default true.
     pub aggregates: bool,
+    /// How long the worker reuses a PostgreSQL reference value (a scanner's unit, an issuer
+    /// alias) before asking again, in seconds; 0 asks on every batch. Default 60.
+    pub reference_cache_secs: u64,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
     /// Where the worker serves `/metrics`, `/health` and `/ready`, or `off`. Default `0.0.0.0:9090`.
@@ -113,6 +116,7 @@ impl Default for Settings {
             max_rows: 10_000,
             max_string_chars: 1024,
             aggregates: true,
+            reference_cache_secs: 60,
             http_addr: DEFAULT_HTTP_ADDR.into(),
             stall_timeout_secs: 120,
             task_protection: false,

@@ -5,8 +5,12 @@
 //! finite numbers, never strings that look like numbers. A row that breaks a rule becomes a
 //! per-record error; nothing here panics on input.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
+
+use crate::bundle::{CellRef, Row};
 
 use crate::record::{RecordError, Stage};
 use crate::spec::{PipelineSpec, Road, TextRule};
@@ -14,23 +18,185 @@ use crate::spec::{PipelineSpec, Road, TextRule};
 /// The longest key (note id, scanner, issuer text) accepted, in characters.
 pub const MAX_KEY_CHARS: usize = 256;
 
-/// A request row after standardization, ready for enrichment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StandardRecord {
-    /// One standardized key per lookup of the spec, in the spec's lookup order.
-    pub lookup_keys: Vec<String>,
-    /// The standardized provider-document key, when the spec has documents.
-    pub doc_key: Option<String>,
+/// A hash map keyed by short strings, with a fast non-cryptographic hasher: keys come from one
+/// batch in hand, and the maps live only as long as it.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The distinct standardized keys of one column over a batch, each with a dense id.
+///
+/// Folding runs once per distinct raw text, not once per record, and the distinct keys are
+/// exactly what enrichment asks its source for.
+#[derive(Debug)]
+pub struct KeyTable<'b> {
+    column: &'b str,
+    rules: Option<&'b [TextRule]>,
+    /// Raw text -> its key id, or why it cannot be a key.
+    by_raw: FastMap<&'b str, Result<u32, RecordError>>,
+    /// Standardized key -> its id (different raw texts can fold to one key).
+    by_key: FastMap<String, u32>,
+    keys: Vec<String>,
+}
+
+impl<'b> KeyTable<'b> {
+    /// An empty table for `column`, folded by the spec's rules for it.
+    pub fn new(spec: &'b PipelineSpec, column: &'b str) -> Self {
+        Self {
+            column,
+            rules: spec.rules_for(column),
+            by_raw: FastMap::default(),
+            by_key: FastMap::default(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The id of a cell's standardized key, or why the cell cannot be a key.
+    pub fn intern(&mut self, cell: CellRef<'b>) -> Result<u32, RecordError> {
+        let CellRef::Text(raw) = cell else {
+            return Err(RecordError::new(
+                Stage::Standardize,
+                format!(
+                    "{} must be a text value, got {}",
+                    self.column,
+                    cell_description(cell)
+                ),
+            ));
+        };
+        if let Some(known) = self.by_raw.get(raw) {
+            return known.clone();
+        }
+        let id = standard_key(self.column, self.rules, raw).map(|key| {
+            let next = self.keys.len() as u32;
+            *self.by_key.entry(key).or_insert_with_key(|key| {
+                self.keys.push(key.clone());
+                next
+            })
+        });
+        self.by_raw.insert(raw, id.clone());
+        id
+    }
+
+    /// The standardized keys, indexed by id.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The standardized key of an id.
+    pub fn key(&self, id: u32) -> &str {
+        &self.keys[id as usize]
+    }
+}
+
+/// A batch's records after standardization: key ids and request numbers, stored flat.
+#[derive(Debug)]
+pub struct StandardBatch<'b> {
+    /// One key table per spec lookup, in the spec's lookup order.
+    pub lookups: Vec<KeyTable<'b>>,
+    /// The provider-document keys, when the spec has documents.
+    pub documents: Option<KeyTable<'b>>,
+    /// Per record: its lookup key ids, then its document key id.
+    key_ids: Vec<u32>,
+    /// Per record: one value per feature (NaN for features not read from the request).
+    values: Vec<f64>,
+    key_stride: usize,
+    value_stride: usize,
+    /// Records standardized so far.
+    len: u32,
+}
+
+/// One standardized record of a [`StandardBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct StandardRecord<'a> {
+    /// One key id per lookup of the spec, in the spec's lookup order.
+    pub lookup_keys: &'a [u32],
+    /// The provider-document key id, when the spec has documents.
+    pub doc_key: Option<u32>,
     /// One value per feature: the request's number for request roads, NaN for the others.
-    pub request_values: Vec<f64>,
+    pub request_values: &'a [f64],
+}
+
+/// A standardized record's place in its [`StandardBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordIndex(u32);
+
+impl<'b> StandardBatch<'b> {
+    /// An empty batch for `spec`.
+    pub fn new(spec: &'b PipelineSpec) -> Self {
+        let lookups: Vec<KeyTable<'b>> = spec
+            .lookups
+            .iter()
+            .map(|l| KeyTable::new(spec, &l.key_from))
+            .collect();
+        let documents = spec
+            .documents
+            .as_ref()
+            .map(|d| KeyTable::new(spec, &d.key_from));
+        Self {
+            key_stride: lookups.len() + usize::from(documents.is_some()),
+            value_stride: spec.features.len(),
+            lookups,
+            documents,
+            key_ids: Vec::new(),
+            values: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Standardizes one row whose columns are laid out as `index` says.
+    pub fn standardize_row(
+        &mut self,
+        index: &ColumnIndex,
+        row: Row<'b>,
+    ) -> Result<RecordIndex, RecordError> {
+        let (keys_at, values_at) = (self.key_ids.len(), self.values.len());
+        if let Err(e) = self.push_row(index, row) {
+            self.key_ids.truncate(keys_at);
+            self.values.truncate(values_at);
+            return Err(e);
+        }
+        self.len += 1;
+        Ok(RecordIndex(self.len - 1))
+    }
+
+    fn push_row(&mut self, index: &ColumnIndex, row: Row<'b>) -> Result<(), RecordError> {
+        for (table, &i) in self.lookups.iter_mut().zip(&index.lookup_keys) {
+            self.key_ids.push(table.intern(row.get(i))?);
+        }
+        if let (Some(table), Some(i)) = (&mut self.documents, index.doc_key) {
+            self.key_ids.push(table.intern(row.get(i))?);
+        }
+        for slot in &index.features {
+            self.values.push(match slot {
+                Some((i, col)) => number_cell(col, row.get(*i))?,
+                None => f64::NAN,
+            });
+        }
+        Ok(())
+    }
+
+    /// A standardized record.
+    pub fn record(&self, r: RecordIndex) -> StandardRecord<'_> {
+        let r = r.0 as usize;
+        let keys = &self.key_ids[r * self.key_stride..(r + 1) * self.key_stride];
+        let n_lookups = self.lookups.len();
+        StandardRecord {
+            lookup_keys: &keys[..n_lookups],
+            doc_key: keys.get(n_lookups).copied(),
+            request_values: &self.values[r * self.value_stride..(r + 1) * self.value_stride],
+        }
+    }
 }
 
 /// Where the columns a spec needs sit in one bundle's rows.
 #[derive(Debug, Clone)]
 pub struct ColumnIndex {
-    lookup_keys: Vec<(usize, String)>,
-    doc_key: Option<(usize, String)>,
+    /// The position of each lookup's key column.
+    lookup_keys: Vec<usize>,
+    /// The position of the document key column.
+    doc_key: Option<usize>,
+    /// Per feature read from the request: its column's position and name.
     features: Vec<Option<(usize, String)>>,
+    /// The position of the id column.
+    pub id: usize,
 }
 
 impl ColumnIndex {
@@ -49,16 +215,16 @@ impl ColumnIndex {
                     )
                 })
         };
-        find(&spec.id_column)?;
+        let id = find(&spec.id_column)?.0;
         let lookup_keys = spec
             .lookups
             .iter()
-            .map(|l| find(&l.key_from))
+            .map(|l| find(&l.key_from).map(|(i, _)| i))
             .collect::<Result<_, _>>()?;
         let doc_key = spec
             .documents
             .as_ref()
-            .map(|d| find(&d.key_from))
+            .map(|d| find(&d.key_from).map(|(i, _)| i))
             .transpose()?;
         let features = spec
             .features
@@ -72,58 +238,18 @@ impl ColumnIndex {
             lookup_keys,
             doc_key,
             features,
+            id,
         })
     }
 }
 
-/// Standardizes one row whose columns are laid out as `index` says.
-pub fn standardize_row(
-    spec: &PipelineSpec,
-    index: &ColumnIndex,
-    row: &[Value],
-) -> Result<StandardRecord, RecordError> {
-    let lookup_keys = index
-        .lookup_keys
-        .iter()
-        .map(|(i, col)| key_cell(spec, col, cell(row, *i)))
-        .collect::<Result<_, _>>()?;
-    let doc_key = index
-        .doc_key
-        .as_ref()
-        .map(|(i, col)| key_cell(spec, col, cell(row, *i)))
-        .transpose()?;
-    let request_values = index
-        .features
-        .iter()
-        .map(|slot| match slot {
-            Some((i, col)) => number_cell(col, cell(row, *i)),
-            None => Ok(f64::NAN),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(StandardRecord {
-        lookup_keys,
-        doc_key,
-        request_values,
-    })
-}
-
-/// A row's cell; decoding guarantees the width, a short row reads as null rather than panicking.
-fn cell(row: &[Value], i: usize) -> &Value {
-    static NULL: Value = Value::Null;
-    row.get(i).unwrap_or(&NULL)
-}
-
-fn key_cell(spec: &PipelineSpec, column: &str, cell: &Value) -> Result<String, RecordError> {
-    let raw = match cell {
-        Value::String(s) => s.as_str(),
-        other => {
-            return Err(RecordError::new(
-                Stage::Standardize,
-                format!("{column} must be a text value, got {}", describe(other)),
-            ))
-        }
-    };
-    let key = match spec.rules_for(column) {
+/// A raw text's standardized key: folded by the rules, non-empty and not too long.
+fn standard_key(
+    column: &str,
+    rules: Option<&[TextRule]>,
+    raw: &str,
+) -> Result<String, RecordError> {
+    let key = match rules {
         Some(rules) => fold(raw, rules),
         None => raw.to_owned(),
     };
@@ -133,7 +259,7 @@ fn key_cell(spec: &PipelineSpec, column: &str, cell: &Value) -> Result<String, R
             format!("{column} is empty"),
         ));
     }
-    if key.chars().count() > MAX_KEY_CHARS {
+    if key.len() > MAX_KEY_CHARS && key.chars().count() > MAX_KEY_CHARS {
         return Err(RecordError::new(
             Stage::Standardize,
             format!("{column} is longer than {MAX_KEY_CHARS} characters"),
@@ -143,13 +269,26 @@ fn key_cell(spec: &PipelineSpec, column: &str, cell: &Value) -> Result<String, R
 }
 
 /// Reads a finite number from a cell, with a reason a person can act on when it is not one.
-pub fn number_cell(column: &str, cell: &Value) -> Result<f64, RecordError> {
+pub fn number_cell(column: &str, cell: CellRef<'_>) -> Result<f64, RecordError> {
     match cell.as_f64() {
         Some(v) if v.is_finite() => Ok(v),
         _ => Err(RecordError::new(
             Stage::Standardize,
-            format!("{column} must be a finite number, got {}", describe(cell)),
+            format!(
+                "{column} must be a finite number, got {}",
+                cell_description(cell)
+            ),
         )),
+    }
+}
+
+/// [`describe`] for a row's cell, without copying long text first.
+pub fn cell_description(cell: CellRef<'_>) -> String {
+    match cell {
+        CellRef::Text(s) => truncate_chars(&format!("the text {:?}", truncate_chars(s, 64)), 64),
+        CellRef::Json(s) if s.starts_with('[') => "an array".into(),
+        CellRef::Json(_) => "an object".into(),
+        other => describe(&other.to_value()),
     }
 }
 
@@ -192,6 +331,7 @@ pub fn fold(text: &str, rules: &[TextRule]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::Table;
     use serde_json::json;
 
     fn issuer_rules() -> Vec<TextRule> {
@@ -237,20 +377,55 @@ mod tests {
         .map(String::from)
         .to_vec();
         let index = ColumnIndex::new(&spec, &columns).unwrap();
-        let row = [
-            json!(8.5),
-            json!("carried"),
-            json!(" SN-000001 "),
-            json!("r-1"),
-            json!(3621.6),
-            json!("FRB"),
-            json!(" SC-07"),
-        ];
-        let rec = standardize_row(&spec, &index, &row).unwrap();
-        assert_eq!(rec.lookup_keys, ["sc-07", "frb"]);
-        assert_eq!(rec.doc_key.as_deref(), Some("SN-000001"));
+        let table = Table::from(vec![
+            vec![
+                json!(8.5),
+                json!("carried"),
+                json!(" SN-000001 "),
+                json!("r-1"),
+                json!(3621.6),
+                json!("FRB"),
+                json!(" SC-07"),
+            ],
+            vec![
+                json!(1),
+                json!("x"),
+                json!("SN-000001"),
+                json!("r-2"),
+                json!(2),
+                json!("Federal Reserve Bank"),
+                json!("sc-07 "),
+            ],
+        ]);
+        let mut batch = StandardBatch::new(&spec);
+        let r = batch.standardize_row(&index, table.row(0)).unwrap();
+        let r2 = batch.standardize_row(&index, table.row(1)).unwrap();
+        let rec = batch.record(r);
+        let keys = |rec: &StandardRecord| {
+            (
+                batch.lookups[0].key(rec.lookup_keys[0]).to_owned(),
+                batch.lookups[1].key(rec.lookup_keys[1]).to_owned(),
+                batch
+                    .documents
+                    .as_ref()
+                    .unwrap()
+                    .key(rec.doc_key.unwrap())
+                    .to_owned(),
+            )
+        };
+        assert_eq!(
+            keys(&rec),
+            ("sc-07".into(), "frb".into(), "SN-000001".into())
+        );
         assert_eq!(rec.request_values[..2], [3621.6, 8.5]);
         assert!(rec.request_values[2].is_nan() && rec.request_values[3].is_nan());
+        // Keys are interned: the second record shares the scanner and the note.
+        let rec2 = batch.record(r2);
+        assert_eq!(rec2.lookup_keys[0], rec.lookup_keys[0]);
+        assert_eq!(rec2.doc_key, rec.doc_key);
+        assert_eq!(batch.lookups[0].keys(), ["sc-07"]);
+        assert_eq!(batch.lookups[1].keys().len(), 2);
+        assert_eq!(rec2.request_values[..2], [2.0, 1.0]);
     }
 
     #[test]
@@ -265,27 +440,41 @@ mod tests {
 
     #[test]
     fn strings_and_nulls_where_numbers_go_are_record_errors() {
-        for cell in [
+        let table = Table::from(vec![vec![
             json!("NaN"),
             json!("3.2"),
             json!(null),
             json!({"$gt": 0}),
             json!([1]),
-        ] {
-            let err = number_cell("variance", &cell).unwrap_err();
+        ]]);
+        for cell in table.row(0).iter() {
+            let err = number_cell("variance", cell).unwrap_err();
             assert_eq!(err.stage, Stage::Standardize);
             assert!(
                 err.reason.starts_with("variance must be a finite number"),
                 "{err}"
             );
         }
-        assert_eq!(number_cell("variance", &json!(-2.5)).unwrap(), -2.5);
+        assert_eq!(number_cell("variance", CellRef::Float(-2.5)).unwrap(), -2.5);
+        assert_eq!(
+            number_cell("variance", table.row(0).get(3))
+                .unwrap_err()
+                .reason,
+            "variance must be a finite number, got an object"
+        );
     }
 
     #[test]
     fn operator_objects_never_become_keys() {
         let spec = PipelineSpec::banknote();
-        let err = key_cell(&spec, "note", &json!({"$ne": null})).unwrap_err();
+        let table = Table::from(vec![vec![json!({"$ne": null}), json!("  "), json!("ok")]]);
+        let mut notes = KeyTable::new(&spec, "note");
+        assert_eq!(
+            notes.intern(table.row(0).get(1)).unwrap_err().to_string(),
+            "standardize: note is empty"
+        );
+        assert_eq!(notes.intern(table.row(0).get(2)).unwrap(), 0);
+        let err = notes.intern(table.row(0).get(0)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "standardize: note must be a text value, got an object"
@@ -297,5 +486,6 @@ mod tests {
         let long = "é".repeat(10_000);
         let d = describe(&json!(long));
         assert!(d.chars().count() <= 66, "{}", d.chars().count());
+        assert_eq!(cell_description(CellRef::Text(&long)), d);
     }
 }

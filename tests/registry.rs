@@ -259,10 +259,12 @@ async fn raw_request_rows_train_through_the_worker_preprocessing() {
     let path = dir.join("raw.jsonl");
     let mut lines = String::new();
     for b in &set.bundles {
-        for row in &b.rows {
+        for row in b.rows.iter() {
             let mut obj: serde_json::Map<String, serde_json::Value> =
-                b.columns.iter().cloned().zip(row.iter().cloned()).collect();
-            let note = set.expectations[row[0].as_str().unwrap()].note_id.as_str();
+                b.columns.iter().cloned().zip(row.to_values()).collect();
+            let note = set.expectations[row.get(0).as_str().unwrap()]
+                .note_id
+                .as_str();
             obj.insert("label".into(), labels[note].into());
             lines.push_str(&serde_json::Value::Object(obj).to_string());
             lines.push('\n');

@@ -229,16 +229,29 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
     );
 
     // PostgreSQL: one = ANY($n) statement for both lookups, unknown keys simply absent.
-    let keys = vec![
+    let keys = [
         vec!["sc-01".to_owned(), "sc-02".to_owned(), "sc-99".to_owned()],
         vec!["frb".to_owned(), "bank of atlantis".to_owned()],
     ];
+    let keys: Vec<&[String]> = keys.iter().map(Vec::as_slice).collect();
     let found = loaded
         .enricher
         .reference
         .fetch(&spec.lookups, &keys)
         .await
         .unwrap();
+    // The worker's reference cache answers the same, asking PostgreSQL once for both calls.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cached = ml_pipeline::enrich::cache::CachedReference::new(
+        common::harness::Counting {
+            inner: loaded.enricher.reference.clone(),
+            calls: calls.clone(),
+        },
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(cached.fetch(&spec.lookups, &keys).await.unwrap(), found);
+    assert_eq!(cached.fetch(&spec.lookups, &keys).await.unwrap(), found);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(found[0].len(), 2);
     assert_eq!(found[0]["sc-01"], set.reference.scanners[0].unit_code);
     assert_eq!(

@@ -4,19 +4,19 @@
 //! The in-memory sources stand in for PostgreSQL and MongoDB so that the benchmarks measure the
 //! CPU path of a batch and nothing of the network. They answer exactly what the loaded fixtures
 //! would: the same reference rows, the same provider documents, read field by field with the
-//! MongoDB source's own [`field_at`].
+//! MongoDB source's own [`read_document`].
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use mongodb::bson::Document;
+use mongodb::bson::raw::RawDocumentBuf;
 use ndarray::Array2;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use ml_pipeline::batch::{answers, prepare};
 use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
-use ml_pipeline::enrich::mongo::field_at;
+use ml_pipeline::enrich::mongo::read_document;
 use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
 use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
 use ml_pipeline::model::artifact::TrainParams;
@@ -85,22 +85,25 @@ impl Workload {
 
     /// The answers of a batch: prepare (in memory), decision values (Gaussian), answers.
     pub fn answers(&self, rt: &Runtime, bundles: Vec<InputBundle>) -> Vec<Answer> {
-        let prepared = rt
+        self.answers_by(&self.gaussian, rt, bundles)
+    }
+
+    /// The answers of a batch: prepare (in memory), decision values of `model`, answers.
+    pub fn answers_by(
+        &self,
+        model: &Classifier,
+        rt: &Runtime,
+        bundles: Vec<InputBundle>,
+    ) -> Vec<Answer> {
+        let mut prepared = rt
             .block_on(prepare(&self.spec, &bundles, &self.enricher))
             .expect("in-memory sources always answer");
-        let scores = self.gaussian.decision_values(prepared.matrix);
+        let scores = model.decision_values(std::mem::take(&mut prepared.matrix));
         let timing = &prepared.timing_ms;
-        answers(
-            &self.spec,
-            &bundles,
-            prepared.plans,
-            &scores,
-            "bench",
-            timing,
-        )
-        .into_iter()
-        .map(|a| a.expect("fixture bundles are answered"))
-        .collect()
+        answers(&self.spec, &bundles, &prepared, &scores, "bench", timing)
+            .into_iter()
+            .map(|a| a.expect("fixture bundles are answered"))
+            .collect()
     }
 
     /// Proves the in-memory sources answer as the loaded fixtures do: every request of every
@@ -112,7 +115,7 @@ impl Workload {
                 panic!("a v1 bundle got a seed-format answer")
             };
             for row in &out.rows {
-                let id = row[0].as_str().expect("the id column is text");
+                let id = row.id.as_str();
                 let planted = &self.set.expectations[id].error;
                 assert!(
                     planted.is_none(),
@@ -145,7 +148,11 @@ impl Workload {
             bundle_id: format!("bench-{}-records", n * parts[0].rows.len()),
             model: parts[0].model.clone(),
             columns: parts[0].columns.clone(),
-            rows: parts.iter().flat_map(|b| b.rows.iter().cloned()).collect(),
+            rows: parts
+                .iter()
+                .flat_map(|b| b.rows.iter().map(|r| r.to_values()))
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -233,12 +240,12 @@ impl ReferenceSource for InMemoryReference {
     async fn fetch(
         &self,
         lookups: &[LookupSpec],
-        keys: &[Vec<String>],
+        keys: &[&[String]],
     ) -> Result<Vec<HashMap<String, String>>, SourceError> {
         Ok(lookups
             .iter()
             .zip(keys)
-            .map(|(lookup, keys)| {
+            .map(|(lookup, &keys)| {
                 let table = &self.tables[&table_key(lookup)];
                 keys.iter()
                     .filter_map(|k| table.get(k).map(|v| (k.clone(), v.clone())))
@@ -254,14 +261,14 @@ impl ReferenceSource for InMemoryReference {
 
 /// MongoDB provider documents answered from the fixture documents, in memory.
 pub struct InMemoryDocuments {
-    /// Record key -> (provider, document), for the spec's providers only.
-    by_key: HashMap<String, Vec<(String, Document)>>,
+    /// Record key -> its providers' documents as BSON bytes, for the spec's providers only.
+    by_key: HashMap<String, Vec<RawDocumentBuf>>,
 }
 
 impl InMemoryDocuments {
     /// Indexes the documents by the spec's key field, as the collection's index does.
     pub fn new(spec: &DocumentSpec, scans: &[Value]) -> Self {
-        let mut by_key: HashMap<String, Vec<(String, Document)>> = HashMap::new();
+        let mut by_key: HashMap<String, Vec<RawDocumentBuf>> = HashMap::new();
         for scan in scans {
             let doc = mongodb::bson::to_document(scan).expect("a provider scan is an object");
             let (Ok(key), Ok(provider)) = (
@@ -271,8 +278,8 @@ impl InMemoryDocuments {
                 continue;
             };
             if spec.providers.iter().any(|p| p == provider) {
-                let entry = (provider.to_owned(), doc.clone());
-                by_key.entry(key.to_owned()).or_default().push(entry);
+                let raw = RawDocumentBuf::from_document(&doc).expect("a document encodes");
+                by_key.entry(key.to_owned()).or_default().push(raw);
             }
         }
         Self { by_key }
@@ -282,26 +289,22 @@ impl InMemoryDocuments {
 impl DocumentSource for InMemoryDocuments {
     async fn fetch(
         &self,
-        _spec: &DocumentSpec,
+        spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
     ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
-        // The real source projects to `paths` in the query and reads the fields afterwards with
-        // `field_at`; here the reading is all that is left.
-        let read = |(provider, doc): &(String, Document)| ProviderDoc {
-            provider: provider.clone(),
-            fields: paths
-                .iter()
-                .filter_map(|p| field_at(doc, p).map(|v| (p.clone(), v)))
-                .collect(),
-        };
-        Ok(keys
-            .iter()
-            .filter_map(|k| {
-                let docs = self.by_key.get(k)?;
-                Some((k.clone(), docs.iter().map(read).collect()))
-            })
-            .collect())
+        // The real source receives the documents as BSON bytes and reads them with
+        // `read_document`; here the same reading is all that is left.
+        let paths: Vec<Arc<str>> = paths.iter().map(|p| Arc::from(p.as_str())).collect();
+        let mut found: HashMap<String, Vec<ProviderDoc>> = HashMap::with_capacity(keys.len());
+        for key in keys {
+            for raw in self.by_key.get(key).into_iter().flatten() {
+                if let Some((key, doc)) = read_document(spec, &paths, raw) {
+                    found.entry(key.to_owned()).or_default().push(doc);
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn ping(&self) -> Result<(), SourceError> {

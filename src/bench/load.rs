@@ -36,7 +36,11 @@ pub fn bundles(
     encoding: ContentEncoding,
 ) -> Vec<Prepared> {
     let columns = set.bundles[0].columns.clone();
-    let rows: Vec<&Vec<serde_json::Value>> = set.bundles.iter().flat_map(|b| &b.rows).collect();
+    let rows: Vec<Vec<serde_json::Value>> = set
+        .bundles
+        .iter()
+        .flat_map(|b| b.rows.iter().map(|r| r.to_values()))
+        .collect();
     let mut next = 0;
     (0..count)
         .map(|i| {
@@ -50,7 +54,8 @@ pub fn bundles(
                         next += 1;
                         row
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             };
             let json = serde_json::to_vec(&bundle).expect("bundles serialize");
             Prepared {

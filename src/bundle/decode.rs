@@ -4,9 +4,14 @@
 //! exceeded) is a [`DecodeError`]: retrying cannot help, so the worker dead-letters it at once.
 //! Problems of single records are left to the later stages, which answer them per record.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
 
 use super::compression::{decompress, ContentEncoding};
+use super::table::{CellRef, LenientRows, Table};
 use super::{InputBundle, RequestBundle, SeedBundle};
 use crate::standardize::truncate_chars;
 
@@ -75,7 +80,7 @@ pub fn decode(
     }
     let json =
         decompress(encoding, body, limits.max_body_bytes).map_err(|e| DecodeError::new(None, e))?;
-    let map: Map<String, Value> = serde_json::from_slice(&json).map_err(|e| {
+    let body = Body::read(&json).map_err(|e| {
         let what = if e.is_data() {
             "a JSON object"
         } else {
@@ -83,15 +88,67 @@ pub fn decode(
         };
         DecodeError::new(None, format!("body is not {what}: {e}"))
     })?;
-    if map.contains_key("bundle_id") {
-        request_bundle(map, limits).map(InputBundle::Request)
-    } else if map.contains_key("batch_id") {
-        seed_bundle(map, limits).map(InputBundle::Seed)
+    if body.bundle_id.is_some() {
+        request_bundle(body, limits).map(InputBundle::Request)
+    } else if body.batch_id.is_some() {
+        seed_bundle(body, limits).map(InputBundle::Seed)
     } else {
         Err(DecodeError::new(
             None,
             "body has neither 'bundle_id' (v1 format) nor 'batch_id' (seed format)",
         ))
+    }
+}
+
+/// The fields of a body in either format. The rows of a v1 bundle go straight into a compact
+/// [`Table`]; the few other fields are small `Value`s, checked below with the bundle's own words.
+#[derive(Default)]
+struct Body {
+    bundle_id: Option<Value>,
+    model: Option<Value>,
+    columns: Option<Value>,
+    /// `Some(None)`: present but not an array.
+    rows: Option<Option<Table>>,
+    batch_id: Option<Value>,
+    subjects: Option<Value>,
+    features: Option<Value>,
+}
+
+impl Body {
+    fn read(json: &[u8]) -> Result<Self, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let body = de.deserialize_map(BodyVisitor)?;
+        de.end()?;
+        Ok(body)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut body = Body::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "rows" => body.rows = Some(map.next_value_seed(LenientRows)?),
+                "bundle_id" => body.bundle_id = Some(map.next_value()?),
+                "model" => body.model = Some(map.next_value()?),
+                "columns" => body.columns = Some(map.next_value()?),
+                "batch_id" => body.batch_id = Some(map.next_value()?),
+                "subjects" => body.subjects = Some(map.next_value()?),
+                "features" => body.features = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -118,13 +175,10 @@ fn bundle_id(value: Option<Value>, field: &str) -> Result<String, DecodeError> {
     Ok(id)
 }
 
-fn request_bundle(
-    mut map: Map<String, Value>,
-    limits: &Limits,
-) -> Result<RequestBundle, DecodeError> {
-    let id = bundle_id(map.remove("bundle_id"), "bundle_id")?;
+fn request_bundle(body: Body, limits: &Limits) -> Result<RequestBundle, DecodeError> {
+    let id = bundle_id(body.bundle_id, "bundle_id")?;
     let err = |reason: String| DecodeError::new(Some(&id), reason);
-    let model = match map.remove("model") {
+    let model = match body.model {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if m.chars().count() <= 128 => Some(m),
         Some(_) => {
@@ -133,7 +187,7 @@ fn request_bundle(
             ))
         }
     };
-    let columns = string_list(map.remove("columns"), "columns", limits).map_err(err)?;
+    let columns = string_list(body.columns, "columns", limits).map_err(err)?;
     if columns.is_empty() {
         return Err(err("'columns' is empty".into()));
     }
@@ -144,18 +198,13 @@ fn request_bundle(
     {
         return Err(err(format!("column '{}' appears twice", dup.1)));
     }
-    let rows = match map.remove("rows") {
-        Some(Value::Array(rows)) => rows,
-        Some(_) => return Err(err("'rows' must be an array of rows".into())),
+    let rows = match body.rows {
+        Some(Some(rows)) => rows,
+        Some(None) => return Err(err("'rows' must be an array of rows".into())),
         None => return Err(err("'rows' is missing".into())),
     };
     check_row_count(rows.len(), limits).map_err(err)?;
-    let rows = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| checked_row(i, row, columns.len(), limits))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)?;
+    check_rows(&rows, columns.len(), limits).map_err(err)?;
     Ok(RequestBundle {
         bundle_id: id,
         model,
@@ -164,14 +213,14 @@ fn request_bundle(
     })
 }
 
-fn seed_bundle(mut map: Map<String, Value>, limits: &Limits) -> Result<SeedBundle, DecodeError> {
-    let id = bundle_id(map.remove("batch_id"), "batch_id")?;
+fn seed_bundle(body: Body, limits: &Limits) -> Result<SeedBundle, DecodeError> {
+    let id = bundle_id(body.batch_id, "batch_id")?;
     let err = |reason: String| DecodeError::new(Some(&id), reason);
-    let subjects = match map.remove("subjects") {
+    let subjects = match body.subjects {
         Some(Value::Array(s)) => s,
         _ => return Err(err("'subjects' must be an array".into())),
     };
-    let Some(Value::Array(rows)) = map.remove("features") else {
+    let Some(Value::Array(rows)) = body.features else {
         return Err(err("'features' must be an array of feature vectors".into()));
     };
     check_row_count(rows.len(), limits).map_err(err)?;
@@ -230,27 +279,33 @@ fn string_list(value: Option<Value>, field: &str, limits: &Limits) -> Result<Vec
         .collect()
 }
 
-fn checked_row(i: usize, row: Value, width: usize, limits: &Limits) -> Result<Vec<Value>, String> {
-    let Value::Array(cells) = row else {
-        return Err(format!("row {i} is not an array"));
-    };
-    if cells.len() != width {
-        return Err(format!(
-            "row {i} has {} values for {width} columns",
-            cells.len()
-        ));
-    }
-    for cell in &cells {
-        if let Value::String(s) = cell {
-            if s.len() > limits.max_string_chars && s.chars().count() > limits.max_string_chars {
-                return Err(format!(
-                    "row {i} holds a text value longer than {} characters",
-                    limits.max_string_chars
-                ));
-            }
+/// Every row is an array of `width` cells with no text longer than the limit; the first row
+/// that is not is named.
+fn check_rows(rows: &Table, width: usize, limits: &Limits) -> Result<(), String> {
+    for (i, row) in rows.iter().enumerate() {
+        if rows.first_non_array_row() == Some(i) {
+            return Err(format!("row {i} is not an array"));
+        }
+        if row.len() != width {
+            return Err(format!(
+                "row {i} has {} values for {width} columns",
+                row.len()
+            ));
+        }
+        let too_long = |s: &str| {
+            s.len() > limits.max_string_chars && s.chars().count() > limits.max_string_chars
+        };
+        if row
+            .iter()
+            .any(|c| matches!(c, CellRef::Text(s) if too_long(s)))
+        {
+            return Err(format!(
+                "row {i} holds a text value longer than {} characters",
+                limits.max_string_chars
+            ));
         }
     }
-    Ok(cells)
+    Ok(())
 }
 
 fn seed_row(i: usize, row: Value) -> Result<Vec<f64>, String> {
@@ -301,7 +356,7 @@ mod tests {
                 panic!("not a request bundle")
             };
             assert_eq!(b.bundle_id, "b-1");
-            assert_eq!(b.rows[1][2], json!(-0.25));
+            assert_eq!(b.rows.row(1).get(2).as_f64(), Some(-0.25));
         }
     }
 

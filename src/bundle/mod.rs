@@ -7,15 +7,20 @@
 pub mod compression;
 pub mod decode;
 pub mod encode;
+pub mod table;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 pub use compression::ContentEncoding;
 pub use decode::{decode, DecodeError, Limits};
 pub use encode::Answer;
+pub use table::{CellRef, Row, Table};
 
 /// A v1 request bundle: many records in compact array form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,8 +32,8 @@ pub struct RequestBundle {
     pub model: Option<String>,
     /// Request field names, in row order.
     pub columns: Vec<String>,
-    /// One array of `columns.len()` values per record.
-    pub rows: Vec<Vec<Value>>,
+    /// One array of `columns.len()` values per record, held compactly.
+    pub rows: Table,
 }
 
 /// The predecessor's format: complete canonical feature vectors, no enrichment.
@@ -66,12 +71,86 @@ pub struct OutputBundle {
     pub model_version: String,
     /// Output column names: `id`, `label`, `score`, then reported lookup values (`issuer`).
     pub columns: Vec<String>,
-    /// One row per predicted record.
-    pub rows: Vec<Vec<Value>>,
+    /// One row per predicted record: `[id, label, score, reported...]` on the wire.
+    pub rows: Vec<OutputRow>,
     /// `[id, "stage: reason"]` per record that could not be predicted.
     pub errors: Vec<(String, String)>,
     /// Milliseconds spent per stage, for this bundle's batch.
     pub timing_ms: BTreeMap<String, f64>,
+}
+
+/// One predicted record of an answer. On the wire it is the array
+/// `[id, label, score, reported values...]`, in the answer's `columns` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRow {
+    /// The request's record id.
+    pub id: String,
+    /// The class name (`real` or `fake`).
+    pub label: Cow<'static, str>,
+    /// The SVM decision value; positive means class 1.
+    pub score: f64,
+    /// Reported lookup values (e.g. the issuer code), shared across the rows of a batch.
+    pub reported: SmallVec<[Arc<str>; 2]>,
+}
+
+impl OutputRow {
+    /// The reported value of an output column, given the answer's columns.
+    pub fn reported_value(&self, columns: &[String], name: &str) -> Option<&str> {
+        let i = columns.iter().position(|c| c == name)?.checked_sub(3)?;
+        self.reported.get(i).map(|v| &**v)
+    }
+}
+
+impl Serialize for OutputRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(3 + self.reported.len()))?;
+        seq.serialize_element(&self.id)?;
+        seq.serialize_element(&self.label)?;
+        seq.serialize_element(&self.score)?;
+        for v in &self.reported {
+            seq.serialize_element(&**v)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RowVisitor;
+        impl<'de> serde::de::Visitor<'de> for RowVisitor {
+            type Value = OutputRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an output row [id, label, score, reported values...]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OutputRow, A::Error> {
+                use serde::de::Error;
+                let id = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let label: String = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let score = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let mut reported = SmallVec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    reported.push(Arc::from(v));
+                }
+                Ok(OutputRow {
+                    id,
+                    label: label.into(),
+                    score,
+                    reported,
+                })
+            }
+        }
+        deserializer.deserialize_seq(RowVisitor)
+    }
 }
 
 /// A bundle as read from the queue, in either format.

@@ -4,11 +4,13 @@
 //! batch needs (`= ANY($1)`, `$in`), never once per record. A source that fails makes the whole
 //! batch retryable; a key that is simply absent becomes a per-record error later, in normalize.
 
+pub mod cache;
 pub mod mongo;
 pub mod postgres;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::spec::{DocumentSpec, LookupSpec};
 
@@ -26,14 +28,18 @@ pub enum FieldValue {
 pub struct ProviderDoc {
     /// The provider's name.
     pub provider: String,
-    /// Dotted path -> value, for the requested paths present in the document.
-    pub fields: Vec<(String, FieldValue)>,
+    /// Dotted path -> value, for the requested paths present in the document (the path text
+    /// is shared by every document of a batch).
+    pub fields: Vec<(Arc<str>, FieldValue)>,
 }
 
 impl ProviderDoc {
     /// The value at a dotted path, if the document has it.
     pub fn field(&self, path: &str) -> Option<&FieldValue> {
-        self.fields.iter().find(|(p, _)| p == path).map(|(_, v)| v)
+        self.fields
+            .iter()
+            .find(|(p, _)| &**p == path)
+            .map(|(_, v)| v)
     }
 }
 
@@ -63,7 +69,7 @@ pub trait ReferenceSource: Send + Sync {
     fn fetch(
         &self,
         lookups: &[LookupSpec],
-        keys: &[Vec<String>],
+        keys: &[&[String]],
     ) -> impl Future<Output = Result<Vec<HashMap<String, String>>, SourceError>> + Send;
 
     /// One cheap round trip that proves the source answers (readiness).

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use std::sync::Arc;
+
+use mongodb::bson::doc;
+use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::Database;
 
 use super::{DocumentSource, FieldValue, ProviderDoc, SourceError};
@@ -43,27 +46,19 @@ impl DocumentSource for MongoDocuments {
         for p in paths {
             projection.insert(p.as_str(), 1);
         }
+        // Raw documents: fields are read straight from the BSON bytes, with no tree built.
         let mut cursor = self
             .db
-            .collection::<Document>(&spec.collection)
+            .collection::<RawDocumentBuf>(&spec.collection)
             .find(filter)
             .projection(projection)
             .batch_size(keys.len().clamp(1, 10_000) as u32)
             .await?;
+        let paths: Vec<Arc<str>> = paths.iter().map(|p| Arc::from(p.as_str())).collect();
         while let Some(d) = cursor.try_next().await? {
-            let (Ok(key), Ok(provider)) =
-                (d.get_str(&spec.key_field), d.get_str(&spec.provider_field))
-            else {
-                continue;
-            };
-            let fields = paths
-                .iter()
-                .filter_map(|p| field_at(&d, p).map(|v| (p.clone(), v)))
-                .collect();
-            found.entry(key.to_owned()).or_default().push(ProviderDoc {
-                provider: provider.to_owned(),
-                fields,
-            });
+            if let Some((key, doc)) = read_document(spec, &paths, &d) {
+                found.entry(key.to_owned()).or_default().push(doc);
+            }
         }
         Ok(found)
     }
@@ -74,19 +69,41 @@ impl DocumentSource for MongoDocuments {
     }
 }
 
+/// A provider document's key and the requested fields, or None when it has no key or
+/// provider (such a document cannot answer any request).
+pub fn read_document<'d>(
+    spec: &DocumentSpec,
+    paths: &[Arc<str>],
+    doc: &'d RawDocument,
+) -> Option<(&'d str, ProviderDoc)> {
+    let key = doc.get_str(&spec.key_field).ok()?;
+    let provider = doc.get_str(&spec.provider_field).ok()?;
+    let fields = paths
+        .iter()
+        .filter_map(|p| field_at(doc, p).map(|v| (Arc::clone(p), v)))
+        .collect();
+    Some((
+        key,
+        ProviderDoc {
+            provider: provider.to_owned(),
+            fields,
+        },
+    ))
+}
+
 /// The value at a dotted path, as a number or a description of what is there instead.
-pub fn field_at(doc: &Document, path: &str) -> Option<FieldValue> {
+pub fn field_at(doc: &RawDocument, path: &str) -> Option<FieldValue> {
     let mut parts = path.split('.');
-    let mut current = doc.get(parts.next()?)?;
+    let mut current = doc.get(parts.next()?).ok()??;
     for part in parts {
-        current = current.as_document()?.get(part)?;
+        current = current.as_document()?.get(part).ok()??;
     }
     Some(match current {
-        Bson::Double(v) if v.is_finite() => FieldValue::Number(*v),
-        Bson::Int32(v) => FieldValue::Number(f64::from(*v)),
-        Bson::Int64(v) => FieldValue::Number(*v as f64),
-        Bson::Null => FieldValue::NotANumber("null".into()),
-        Bson::String(s) => FieldValue::NotANumber(format!(
+        RawBsonRef::Double(v) if v.is_finite() => FieldValue::Number(v),
+        RawBsonRef::Int32(v) => FieldValue::Number(f64::from(v)),
+        RawBsonRef::Int64(v) => FieldValue::Number(v as f64),
+        RawBsonRef::Null => FieldValue::NotANumber("null".into()),
+        RawBsonRef::String(s) => FieldValue::NotANumber(format!(
             "the text {:?}",
             crate::standardize::truncate_chars(s, 32)
         )),
@@ -100,7 +117,10 @@ mod tests {
 
     #[test]
     fn dotted_paths_reach_nested_numbers() {
-        let d = doc! {"scan": {"kurtosis": 1.5, "n": 3, "s": "x", "nan": f64::NAN}};
+        let d = RawDocumentBuf::from_document(
+            &doc! {"scan": {"kurtosis": 1.5, "n": 3, "s": "x", "nan": f64::NAN}},
+        )
+        .unwrap();
         assert_eq!(field_at(&d, "scan.kurtosis"), Some(FieldValue::Number(1.5)));
         assert_eq!(field_at(&d, "scan.n"), Some(FieldValue::Number(3.0)));
         assert!(matches!(

@@ -44,16 +44,16 @@ impl ReferenceSource for PgReference {
     async fn fetch(
         &self,
         lookups: &[LookupSpec],
-        keys: &[Vec<String>],
+        keys: &[&[String]],
     ) -> Result<Vec<HashMap<String, String>>, SourceError> {
         let mut found = vec![HashMap::new(); lookups.len()];
-        if lookups.is_empty() || keys.iter().all(Vec::is_empty) {
+        if lookups.is_empty() || keys.iter().all(|k| k.is_empty()) {
             return Ok(found);
         }
         // Safe: identifiers come from a validated spec (plain lowercase identifiers) and are quoted.
         let sql = sqlx::AssertSqlSafe(lookup_sql(lookups));
         let mut query = sqlx::query_as::<_, (i32, String, Option<String>)>(sql);
-        for k in keys {
+        for &k in keys {
             query = query.bind(k);
         }
         for (lookup, key, value) in query.fetch_all(&self.pool).await? {

@@ -180,7 +180,7 @@ pub async fn raw<R: ReferenceSource, D: DocumentSource>(
         bundle_id: format!("training:{source}"),
         model: None,
         columns,
-        rows: request_rows,
+        rows: request_rows.into(),
     });
     let prepared = prepare(spec, std::slice::from_ref(&bundle), enricher).await?;
     let plan = prepared

@@ -375,8 +375,10 @@ where
 }
 
 /// The production worker: real PostgreSQL and MongoDB sources.
-pub type ProductionWorker =
-    Worker<crate::enrich::postgres::PgReference, crate::enrich::mongo::MongoDocuments>;
+pub type ProductionWorker = Worker<
+    crate::enrich::cache::CachedReference<crate::enrich::postgres::PgReference>,
+    crate::enrich::mongo::MongoDocuments,
+>;
 
 /// Builds the worker from settings: connections, queues, the model holder.
 pub async fn build(settings: &crate::settings::Settings) -> anyhow::Result<ProductionWorker> {
@@ -391,6 +393,13 @@ pub async fn build(settings: &crate::settings::Settings) -> anyhow::Result<Produ
             .context("applying migrations")?;
     }
     let enricher = crate::cli::enricher(settings, &pool).await?;
+    let enricher = Enricher {
+        reference: crate::enrich::cache::CachedReference::new(
+            enricher.reference,
+            Duration::from_secs(settings.reference_cache_secs),
+        ),
+        documents: enricher.documents,
+    };
     // Above the long-poll wait, so a receive can never hang (aws-sdk-rust#1094).
     let sdk = crate::aws::sdk_config(Duration::from_secs(
         settings.wait_secs.clamp(0, 20) as u64 + 10,

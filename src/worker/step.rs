@@ -98,7 +98,7 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         let model = self.models.current();
         report.model_version = Some(model.version);
         let spec = &model.artifact.spec;
-        let prepared = match prepare(spec, &bundles, &self.enricher).await {
+        let mut prepared = match prepare(spec, &bundles, &self.enricher).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, messages = messages.len(), "enrichment source unavailable; batch left for redelivery");
@@ -112,9 +112,12 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         report.postgres = prepared.postgres;
         report.mongo = prepared.mongo;
         let t = Instant::now();
-        let scores = model.classifier.decision_values(prepared.matrix);
+        let scores = model
+            .classifier
+            .decision_values(std::mem::take(&mut prepared.matrix));
         report.timing_ms.insert("predict".into(), ms(t));
         report.predicted = scores.len();
+        let (postgres, mongo) = (prepared.postgres, prepared.mongo);
         for plan in prepared.plans.iter().flatten() {
             for slot in &plan.slots {
                 if let Slot::Failed(e) = slot {
@@ -126,7 +129,7 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         let mut timing = report.timing_ms.clone();
         timing.insert("total".into(), ms(started));
         let version = model.version.to_string();
-        let results = answers(spec, &bundles, prepared.plans, &scores, &version, &timing);
+        let results = answers(spec, &bundles, &prepared, &scores, &version, &timing);
 
         let mut to_send: Vec<(Message, Answer)> = Vec::new();
         for (message, result) in messages.into_iter().zip(results) {
@@ -173,15 +176,7 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         }
         if let Some(pool) = &self.aggregates {
             let answered: Vec<&Answer> = accepted.iter().map(|&i| &to_send[i].1).collect();
-            if let Err(e) = aggregates::record(
-                pool,
-                &spec.name,
-                &answered,
-                prepared.postgres,
-                prepared.mongo,
-            )
-            .await
-            {
+            if let Err(e) = aggregates::record(pool, &spec.name, &answered, postgres, mongo).await {
                 tracing::warn!(error = %e, "prediction aggregates not recorded for this batch");
             }
         }
@@ -473,12 +468,11 @@ mod tests {
                 model_version: "1".into(),
                 columns: vec!["id".into(), "label".into(), "score".into()],
                 rows: (0..rows)
-                    .map(|i| {
-                        vec![
-                            format!("r-{i:06}").into(),
-                            "real".into(),
-                            (i as f64 * 0.123_456_789).into(),
-                        ]
+                    .map(|i| crate::bundle::OutputRow {
+                        id: format!("r-{i:06}"),
+                        label: "real".into(),
+                        score: i as f64 * 0.123_456_789,
+                        reported: Default::default(),
                     })
                     .collect(),
                 errors: vec![],

@@ -29,7 +29,7 @@ impl<S: ReferenceSource> ReferenceSource for Counting<S> {
     async fn fetch(
         &self,
         lookups: &[LookupSpec],
-        keys: &[Vec<String>],
+        keys: &[&[String]],
     ) -> Result<Vec<HashMap<String, String>>, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch(lookups, keys).await
