@@ -50,7 +50,9 @@ pub struct Settings {
     pub pollers: usize,
     /// Most records in one batch. Default 5000.
     pub max_batch_records: usize,
-    /// How long to gather more bundles into a batch after the first, in milliseconds. Default 10.
+    /// How long to wait for more bundles after the first when none is in hand, in milliseconds.
+    /// Default 0: a batch takes what is in hand, and keeps gathering only while every batch slot
+    /// is busy, so batches grow with the load and a lone bundle is not held back.
     pub max_batch_wait_ms: u64,
     /// Batches processed at once. Default 2.
     pub max_concurrent_batches: usize,
@@ -106,7 +108,7 @@ impl Default for Settings {
             wait_secs: 20,
             pollers: 2,
             max_batch_records: 5_000,
-            max_batch_wait_ms: 10,
+            max_batch_wait_ms: 0,
             max_concurrent_batches: 2,
             visibility_timeout_secs: None,
             heartbeat_fraction: 0.5,

@@ -5,8 +5,11 @@
 //! finite numbers, never strings that look like numbers. A row that breaks a rule becomes a
 //! per-record error; nothing here panics on input.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
@@ -32,8 +35,10 @@ pub struct KeyTable<'b> {
     rules: Option<&'b [TextRule]>,
     /// Raw text -> its key id, or why it cannot be a key.
     by_raw: FastMap<&'b str, Result<u32, RecordError>>,
-    /// Standardized key -> its id (different raw texts can fold to one key).
-    by_key: FastMap<String, u32>,
+    /// The ids of `keys`, found by the key's hash (different raw texts can fold to one key);
+    /// the key text itself is stored once, in `keys`.
+    by_key: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     keys: Vec<String>,
 }
 
@@ -44,7 +49,8 @@ impl<'b> KeyTable<'b> {
             column,
             rules: spec.rules_for(column),
             by_raw: FastMap::default(),
-            by_key: FastMap::default(),
+            by_key: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             keys: Vec::new(),
         }
     }
@@ -64,14 +70,23 @@ impl<'b> KeyTable<'b> {
         if let Some(known) = self.by_raw.get(raw) {
             return known.clone();
         }
-        let id = standard_key(self.column, self.rules, raw).map(|key| {
-            let next = self.keys.len() as u32;
-            *self.by_key.entry(key).or_insert_with_key(|key| {
-                self.keys.push(key.clone());
-                next
-            })
-        });
+        let id = standard_key(self.column, self.rules, raw).map(|key| self.id_of(key));
         self.by_raw.insert(raw, id.clone());
+        id
+    }
+
+    /// The id of a standardized key, new or already seen.
+    fn id_of(&mut self, key: String) -> u32 {
+        let hash = self.hasher.hash_one(key.as_str());
+        let keys = &self.keys;
+        if let Some(&id) = self.by_key.find(hash, |&id| keys[id as usize] == key) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.by_key
+            .insert_unique(hash, id, |&id| hasher.hash_one(keys[id as usize].as_str()));
+        self.keys.push(key);
         id
     }
 
@@ -315,17 +330,53 @@ pub fn truncate_chars(text: &str, max: usize) -> String {
 
 /// Applies text rules in order.
 pub fn fold(text: &str, rules: &[TextRule]) -> String {
-    let mut out = text.to_owned();
+    // Each rule allocates only when it changes the text: most keys are already clean.
+    let mut out: Cow<'_, str> = Cow::Borrowed(text);
     for rule in rules {
-        out = match rule {
-            TextRule::Nfkc => out.nfkc().collect(),
-            TextRule::Lowercase => out.to_lowercase(),
-            TextRule::Trim => out.trim().to_owned(),
-            TextRule::CollapseWhitespace => out.split_whitespace().collect::<Vec<_>>().join(" "),
-            TextRule::StripPunctuation => out.replace(['.', ',', '\''], ""),
+        let changed: Option<String> = match rule {
+            TextRule::Nfkc => (!out.is_ascii()).then(|| out.nfkc().collect()),
+            TextRule::Lowercase if out.is_ascii() => out
+                .bytes()
+                .any(|b| b.is_ascii_uppercase())
+                .then(|| out.to_ascii_lowercase()),
+            TextRule::Lowercase => Some(out.to_lowercase()),
+            TextRule::Trim => {
+                out = match out {
+                    Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+                    Cow::Owned(s) if s.trim().len() == s.len() => Cow::Owned(s),
+                    Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+                };
+                None
+            }
+            TextRule::CollapseWhitespace => {
+                needs_collapse(&out).then(|| out.split_whitespace().collect::<Vec<_>>().join(" "))
+            }
+            TextRule::StripPunctuation => out
+                .contains(['.', ',', '\''])
+                .then(|| out.replace(['.', ',', '\''], "")),
         };
+        if let Some(changed) = changed {
+            out = Cow::Owned(changed);
+        }
     }
-    out
+    out.into_owned()
+}
+
+/// Whether collapsing whitespace would change the text: whitespace at an end, whitespace other
+/// than a plain space, or two whitespace characters in a row.
+fn needs_collapse(text: &str) -> bool {
+    let mut previous_space = true;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if previous_space || c != ' ' {
+                return true;
+            }
+            previous_space = true;
+        } else {
+            previous_space = false;
+        }
+    }
+    previous_space && !text.is_empty()
 }
 
 #[cfg(test)]
@@ -364,6 +415,10 @@ mod tests {
             fold("Bank of Japan", &rules),
             fold("Bank of Jamaica", &rules)
         );
+        assert_eq!(fold("  banque  de\tfrance ", &rules), "banque de france");
+        assert_eq!(fold("BANQUE DE FRANCE", &rules), "banque de france");
+        assert_eq!(fold("ÉCU Bank", &rules), "écu bank");
+        assert_eq!(fold("clean key", &rules), "clean key");
         // The ligature "ﬁ" becomes "fi" under NFKC, as a person would read it.
         assert_eq!(fold("Suomen Pankki ﬁ", &rules), "suomen pankki fi");
     }

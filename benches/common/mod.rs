@@ -4,10 +4,10 @@
 //! The in-memory sources stand in for PostgreSQL and MongoDB so that the benchmarks measure the
 //! CPU path of a batch and nothing of the network. They answer exactly what the loaded fixtures
 //! would: the same reference rows, the same provider documents, read field by field with the
-//! MongoDB source's own [`read_document`].
+//! MongoDB source's own [`FieldReader`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use mongodb::bson::raw::RawDocumentBuf;
 use ndarray::Array2;
@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 
 use ml_pipeline::batch::{answers, prepare};
 use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
-use ml_pipeline::enrich::mongo::read_document;
+use ml_pipeline::enrich::mongo::FieldReader;
 use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
 use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
 use ml_pipeline::model::artifact::TrainParams;
@@ -294,12 +294,12 @@ impl DocumentSource for InMemoryDocuments {
         keys: &[String],
     ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
         // The real source receives the documents as BSON bytes and reads them with
-        // `read_document`; here the same reading is all that is left.
-        let paths: Vec<Arc<str>> = paths.iter().map(|p| Arc::from(p.as_str())).collect();
+        // `FieldReader`; here the same reading is all that is left.
+        let reader = FieldReader::new(paths);
         let mut found: HashMap<String, Vec<ProviderDoc>> = HashMap::with_capacity(keys.len());
         for key in keys {
             for raw in self.by_key.get(key).into_iter().flatten() {
-                if let Some((key, doc)) = read_document(spec, &paths, raw) {
+                if let Some((key, doc)) = reader.read(spec, raw) {
                     found.entry(key.to_owned()).or_default().push(doc);
                 }
             }

@@ -18,7 +18,7 @@ pub mod chaos;
 pub mod load;
 pub mod process;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +126,11 @@ pub struct Report {
     pub cold_start_s: Option<f64>,
     /// The worker's peak RSS in MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Mean milliseconds per batch of each stage the worker times, from its own `/metrics`
+    /// (a worker the bench started; all runs together): what each number is made of.
+    pub stage_ms: BTreeMap<String, f64>,
+    /// Batches the worker processed, with the mean records per batch.
+    pub batches: Option<(u64, f64)>,
 }
 
 /// Median, min and max of a series.
@@ -152,6 +157,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
         ..Report::default()
     };
     let mut created = Vec::new();
+    let mut metrics_url = None;
     let outcome = async {
         if !args.skip_ceiling {
             for r in 0..args.runs {
@@ -224,7 +230,9 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
             let times =
                 load::send(&input, &warm, ContentEncoding::from(args.encoding), None, 1).await?;
             let started = Instant::now();
-            let child = spawn_worker(&input, &output)?;
+            let addr = free_loopback_addr()?;
+            let child = spawn_worker(&input, &output, &addr)?;
+            metrics_url = Some(format!("http://{addr}/metrics"));
             let arrivals = load::collect(
                 &sqs,
                 output.url(),
@@ -278,6 +286,12 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
         if let Some(pid) = pid {
             report.peak_rss_mib = Some(process::peak_rss(pid)? as f64 / (1 << 20) as f64);
         }
+        if let Some(url) = &metrics_url {
+            match crate::http::request("GET", url, None, Duration::from_secs(5)).await {
+                Ok(reply) => (report.stage_ms, report.batches) = stage_means(&reply.body),
+                Err(e) => println!("worker metrics not read: {e:#}"),
+            }
+        }
         if let Some(child) = child.as_mut() {
             stop(child);
         }
@@ -316,7 +330,11 @@ pub(crate) async fn create_queue(
     Ok(SqsQueue::resolve(sqs.clone(), &url).await?)
 }
 
-fn spawn_worker(input: &SqsQueue, output: &SqsQueue) -> anyhow::Result<std::process::Child> {
+fn spawn_worker(
+    input: &SqsQueue,
+    output: &SqsQueue,
+    metrics_addr: &str,
+) -> anyhow::Result<std::process::Child> {
     let log = std::env::temp_dir().join(format!(
         "ml-pipeline-bench-worker-{}.log",
         std::process::id()
@@ -324,12 +342,59 @@ fn spawn_worker(input: &SqsQueue, output: &SqsQueue) -> anyhow::Result<std::proc
     let env = [
         ("ML_PIPELINE_INPUT_QUEUE", input.url().to_owned()),
         ("ML_PIPELINE_OUTPUT_QUEUE", output.url().to_owned()),
+        ("ML_PIPELINE_HTTP_ADDR", metrics_addr.to_owned()),
     ];
     spawn_worker_with(&env, &log)
 }
 
+/// A free loopback address for the worker's `/metrics`.
+fn free_loopback_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Mean milliseconds per batch of each timed stage, and (batches, mean records per batch), read
+/// from the worker's Prometheus text.
+pub fn stage_means(metrics: &str) -> (BTreeMap<String, f64>, Option<(u64, f64)>) {
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut batch = (None, None);
+    for line in metrics.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let stage = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix("{stage=\""))
+                .and_then(|rest| rest.strip_suffix("\"}"))
+                .map(str::to_owned)
+        };
+        if let Some(stage) = stage("ml_pipeline_stage_seconds_sum") {
+            sums.entry(stage).or_default().0 = value;
+        } else if let Some(stage) = stage("ml_pipeline_stage_seconds_count") {
+            sums.entry(stage).or_default().1 = value;
+        } else if name == "ml_pipeline_batch_records_sum" {
+            batch.0 = Some(value);
+        } else if name == "ml_pipeline_batch_records_count" {
+            batch.1 = Some(value);
+        }
+    }
+    let means = sums
+        .into_iter()
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(stage, (sum, count))| (stage, sum / count * 1e3))
+        .collect();
+    let batches = match batch {
+        (Some(sum), Some(count)) if count > 0.0 => Some((count as u64, sum / count)),
+        _ => None,
+    };
+    (means, batches)
+}
+
 /// Starts `ml-pipeline worker` (this binary) with the environment plus `env`, its HTTP
-/// endpoints off, logging to `log`.
+/// endpoints off unless `env` sets `ML_PIPELINE_HTTP_ADDR`, logging to `log`.
 pub(crate) fn spawn_worker_with(
     env: &[(&str, String)],
     log: &std::path::Path,
@@ -337,8 +402,8 @@ pub(crate) fn spawn_worker_with(
     let exe = std::env::current_exe().context("locating the ml-pipeline binary")?;
     let child = std::process::Command::new(exe)
         .arg("worker")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("ML_PIPELINE_HTTP_ADDR", "off")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log)?)
@@ -559,8 +624,40 @@ fn print(report: &Report) {
     if let Some(c) = report.cold_start_s {
         println!("  cold start to 1st answer {c:.2} s");
     }
+    if let Some((batches, records)) = report.batches {
+        println!("  worker batches          {batches} (mean {records:.0} records per batch, cold-start bundle included)");
+    }
+    if !report.stage_ms.is_empty() {
+        let stages: Vec<String> = report
+            .stage_ms
+            .iter()
+            .map(|(stage, ms)| format!("{stage} {ms:.2}"))
+            .collect();
+        println!("  worker ms per batch     {}", stages.join(", "));
+    }
     println!(
         "  bundles: {} sent, {} answered, {} duplicated, {} lost",
         report.worker.sent, report.worker.answered, report.worker.duplicated, report.worker.lost
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_means_come_from_prometheus_sums_and_counts() {
+        let text = "# TYPE ml_pipeline_stage_seconds summary\n\
+            ml_pipeline_stage_seconds{stage=\"send\",quantile=\"0.5\"} 0.004\n\
+            ml_pipeline_stage_seconds_sum{stage=\"send\"} 0.12\n\
+            ml_pipeline_stage_seconds_count{stage=\"send\"} 20\n\
+            ml_pipeline_stage_seconds_sum{stage=\"idle\"} 0\n\
+            ml_pipeline_stage_seconds_count{stage=\"idle\"} 0\n\
+            ml_pipeline_batch_records_sum 2000\n\
+            ml_pipeline_batch_records_count 20\n";
+        let (means, batches) = stage_means(text);
+        assert_eq!(means.len(), 1);
+        assert!((means["send"] - 6.0).abs() < 1e-9);
+        assert_eq!(batches, Some((20, 100.0)));
+    }
 }

@@ -6,8 +6,9 @@ use futures::TryStreamExt;
 use std::sync::Arc;
 
 use mongodb::bson::doc;
-use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
 use mongodb::Database;
+use smallvec::SmallVec;
 
 use super::{DocumentSource, FieldValue, ProviderDoc, SourceError};
 use crate::spec::DocumentSpec;
@@ -54,9 +55,9 @@ impl DocumentSource for MongoDocuments {
             .projection(projection)
             .batch_size(keys.len().clamp(1, 10_000) as u32)
             .await?;
-        let paths: Vec<Arc<str>> = paths.iter().map(|p| Arc::from(p.as_str())).collect();
+        let reader = FieldReader::new(paths);
         while let Some(d) = cursor.try_next().await? {
-            if let Some((key, doc)) = read_document(spec, &paths, &d) {
+            if let Some((key, doc)) = reader.read(spec, &d) {
                 found.entry(key.to_owned()).or_default().push(doc);
             }
         }
@@ -69,26 +70,118 @@ impl DocumentSource for MongoDocuments {
     }
 }
 
-/// A provider document's key and the requested fields, or None when it has no key or
-/// provider (such a document cannot answer any request).
-pub fn read_document<'d>(
-    spec: &DocumentSpec,
-    paths: &[Arc<str>],
-    doc: &'d RawDocument,
-) -> Option<(&'d str, ProviderDoc)> {
-    let key = doc.get_str(&spec.key_field).ok()?;
-    let provider = doc.get_str(&spec.provider_field).ok()?;
-    let fields = paths
-        .iter()
-        .filter_map(|p| field_at(doc, p).map(|v| (Arc::clone(p), v)))
-        .collect();
-    Some((
-        key,
-        ProviderDoc {
-            provider: provider.to_owned(),
-            fields,
-        },
-    ))
+/// The fields a batch reads, arranged so that one pass over a document's BSON finds them all
+/// (instead of one scan from the start per path).
+#[derive(Debug, Clone)]
+pub struct FieldReader {
+    /// The dotted paths, shared by every document read.
+    paths: Vec<Arc<str>>,
+    /// Each path split at its dots.
+    segments: Vec<Vec<String>>,
+}
+
+impl FieldReader {
+    /// A reader of these dotted paths.
+    pub fn new(paths: &[String]) -> Self {
+        Self {
+            paths: paths.iter().map(|p| Arc::from(p.as_str())).collect(),
+            segments: paths
+                .iter()
+                .map(|p| p.split('.').map(str::to_owned).collect())
+                .collect(),
+        }
+    }
+
+    /// A provider document's key and the requested fields, or None when it has no key or
+    /// provider (such a document cannot answer any request).
+    pub fn read<'d>(
+        &self,
+        spec: &DocumentSpec,
+        doc: &'d RawDocument,
+    ) -> Option<(&'d str, ProviderDoc)> {
+        let mut values: SmallVec<[Option<FieldValue>; 8]> = SmallVec::new();
+        values.resize(self.paths.len(), None);
+        let all: SmallVec<[usize; 8]> = (0..self.paths.len()).collect();
+        let mut top = TopLevel {
+            spec,
+            key: None,
+            provider: None,
+        };
+        self.visit(doc, 0, &all, &mut values, &mut top);
+        let (key, provider) = (top.key?, top.provider?);
+        let fields = self
+            .paths
+            .iter()
+            .zip(values)
+            .filter_map(|(p, v)| v.map(|v| (Arc::clone(p), v)))
+            .collect();
+        Some((
+            key,
+            ProviderDoc {
+                provider: provider.to_owned(),
+                fields,
+            },
+        ))
+    }
+
+    /// Fills `values` for the `candidates` paths whose first `depth` segments led to `doc`.
+    /// The first occurrence of a key wins, as with `RawDocument::get`.
+    fn visit<'d>(
+        &self,
+        doc: &'d RawDocument,
+        depth: usize,
+        candidates: &[usize],
+        values: &mut [Option<FieldValue>],
+        top: &mut TopLevel<'_, 'd>,
+    ) {
+        for element in doc.iter_elements() {
+            let Ok(element) = element else {
+                return;
+            };
+            let name = element.key();
+            if depth == 0 {
+                top.read(name, &element);
+            }
+            let mut deeper: SmallVec<[usize; 8]> = SmallVec::new();
+            for &p in candidates {
+                let segments = &self.segments[p];
+                if segments[depth] != name {
+                    continue;
+                }
+                if segments.len() > depth + 1 {
+                    deeper.push(p);
+                } else if values[p].is_none() {
+                    values[p] = Some(match element.value() {
+                        Ok(v) => field_value(v),
+                        Err(e) => FieldValue::NotANumber(format!("unreadable BSON ({e})")),
+                    });
+                }
+            }
+            if !deeper.is_empty() {
+                if let Ok(RawBsonRef::Document(inner)) = element.value() {
+                    self.visit(inner, depth + 1, &deeper, values, top);
+                }
+            }
+        }
+    }
+}
+
+/// The document's key and provider, read during the same pass as the fields (first wins).
+struct TopLevel<'s, 'd> {
+    spec: &'s DocumentSpec,
+    key: Option<&'d str>,
+    provider: Option<&'d str>,
+}
+
+impl<'d> TopLevel<'_, 'd> {
+    fn read(&mut self, name: &str, element: &RawElement<'d>) {
+        let text = || element.value().ok().and_then(RawBsonRef::as_str);
+        if name == self.spec.key_field && self.key.is_none() {
+            self.key = text();
+        } else if name == self.spec.provider_field && self.provider.is_none() {
+            self.provider = text();
+        }
+    }
 }
 
 /// The value at a dotted path, as a number or a description of what is there instead.
@@ -98,7 +191,12 @@ pub fn field_at(doc: &RawDocument, path: &str) -> Option<FieldValue> {
     for part in parts {
         current = current.as_document()?.get(part).ok()??;
     }
-    Some(match current {
+    Some(field_value(current))
+}
+
+/// A BSON value as a number, or a description of what it is instead.
+fn field_value(value: RawBsonRef<'_>) -> FieldValue {
+    match value {
         RawBsonRef::Double(v) if v.is_finite() => FieldValue::Number(v),
         RawBsonRef::Int32(v) => FieldValue::Number(f64::from(v)),
         RawBsonRef::Int64(v) => FieldValue::Number(v as f64),
@@ -108,7 +206,7 @@ pub fn field_at(doc: &RawDocument, path: &str) -> Option<FieldValue> {
             crate::standardize::truncate_chars(s, 32)
         )),
         other => FieldValue::NotANumber(format!("a {:?} value", other.element_type())),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +230,27 @@ mod tests {
             Some(FieldValue::NotANumber(_))
         ));
         assert_eq!(field_at(&d, "scan.missing"), None);
+        let spec = crate::spec::PipelineSpec::banknote().documents.unwrap();
+        let paths = [
+            "scan.kurtosis",
+            "scan.n",
+            "scan.s",
+            "scan.missing",
+            "scan.kurtosis.deeper",
+        ]
+        .map(String::from);
+        let mut with_key = d.clone();
+        with_key.append("note_id", "SN-1");
+        with_key.append("provider", "aurum");
+        let (key, read) = FieldReader::new(&paths).read(&spec, &with_key).unwrap();
+        assert_eq!((key, read.provider.as_str()), ("SN-1", "aurum"));
+        for p in &paths {
+            assert_eq!(read.field(p), field_at(&d, p).as_ref(), "{p}");
+        }
+        assert!(
+            FieldReader::new(&paths).read(&spec, &d).is_none(),
+            "no key, no document"
+        );
         assert_eq!(field_at(&d, "scan.kurtosis.deeper"), None);
     }
 }

@@ -42,7 +42,9 @@ pub struct WorkerConfig {
     pub pollers: usize,
     /// Most records in one batch.
     pub max_batch_records: usize,
-    /// How long the batcher waits for more bundles after the first one.
+    /// How long the batcher waits for more bundles after the first one when none is in hand.
+    /// Zero (the default) waits only while every batch slot is busy: batches grow with the
+    /// load, and a lone bundle is not held back.
     pub max_batch_wait: Duration,
     /// Batches processed at once.
     pub max_concurrent_batches: usize,
@@ -73,7 +75,7 @@ impl Default for WorkerConfig {
             wait_secs: 20,
             pollers: 2,
             max_batch_records: 5_000,
-            max_batch_wait: Duration::from_millis(10),
+            max_batch_wait: Duration::ZERO,
             max_concurrent_batches: 2,
             visibility_timeout_secs: 60,
             heartbeat_fraction: 0.5,
@@ -294,22 +296,41 @@ where
             let mut batch = decode(first.messages);
             // Dropped when the batch's step returns: visibility kept until then.
             let mut held = vec![(first.heartbeat, first.in_flight)];
+            let records =
+                |batch: &Vec<Received>| batch.iter().map(Received::records).sum::<usize>();
+            // Gather what is already in hand, then (if configured) wait a little for more.
             let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
-            while batch.iter().map(Received::records).sum::<usize>() < self.config.max_batch_records
-            {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(more)) => {
+            while records(&batch) < self.config.max_batch_records {
+                let more = match rx.try_recv() {
+                    Ok(more) => Some(more),
+                    Err(_) if self.config.max_batch_wait.is_zero() => None,
+                    Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                let Some(more) = more else { break };
+                batch.extend(decode(more.messages));
+                held.push((more.heartbeat, more.in_flight));
+            }
+            // While every batch slot is busy, keep gathering: batches grow with the load and
+            // a lone bundle at low load starts at once.
+            let permit = loop {
+                if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+                    break permit;
+                }
+                let full = records(&batch) >= self.config.max_batch_records;
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => {
+                        break permit.expect("the semaphore is never closed");
+                    }
+                    Some(more) = rx.recv(), if !full => {
                         batch.extend(decode(more.messages));
                         held.push((more.heartbeat, more.in_flight));
                     }
-                    _ => break,
                 }
-            }
+            };
             crate::instruments::decoded(decoding);
-            let permit = Arc::clone(&permits)
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
             while let Some(done) = running.try_join_next() {
                 failures = self.account(&mut summary, done, failures);
             }
