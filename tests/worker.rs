@@ -495,3 +495,72 @@ async fn a_model_promoted_under_load_shows_up_without_restart() {
     assert_eq!(versions.len(), 2, "both versions served: {versions:?}");
     assert!(versions.contains(&v2.to_string()));
 }
+
+/// A lone bundle starts a batch at once; bundles that arrive while every batch slot is busy are
+/// gathered into the next batch, not one batch each.
+#[tokio::test]
+async fn bundles_arriving_while_every_slot_is_busy_share_the_next_batch() {
+    let t = TestWorker::new(30).await;
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let hook_release = Arc::clone(&release);
+    let hooks = Hooks {
+        // The first batch holds the only slot until the test releases it.
+        before_send: Some(Arc::new(move || {
+            let first = entered.lock().unwrap().take();
+            let release = Arc::clone(&hook_release);
+            Box::pin(async move {
+                if let Some(entered) = first {
+                    let _ = entered.send(());
+                    release.notified().await;
+                }
+            })
+        })),
+    };
+    let (token, handle) = t.spawn(
+        WorkerConfig {
+            max_concurrent_batches: 1,
+            ..t.config()
+        },
+        hooks,
+    );
+    let bundles: Vec<Value> = (0..7)
+        .map(|r| ml_pipeline::send::with_fresh_id(&fixture_bundles()[0], r + 1))
+        .collect();
+    t.send_json(&bundles[..1], ContentEncoding::Identity).await;
+    tokio::time::timeout(Duration::from_secs(30), entered_rx)
+        .await
+        .expect("the first bundle started a batch on its own")
+        .unwrap();
+    t.send_json(&bundles[1..], ContentEncoding::Identity).await;
+    // Wait until the worker holds all seven (SQS counts them in flight), plus a moment for the
+    // pollers to hand them over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_flight = t
+            .input
+            .attribute(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .await
+            .unwrap();
+        if in_flight.as_deref() == Some("7") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never held all 7 bundles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    release.notify_one();
+    let outs = t.drain(t.output.url(), 7, Duration::from_secs(30)).await;
+    token.cancel();
+    let summary = handle.await.unwrap();
+    assert_eq!(outs.len(), 7);
+    assert_eq!(
+        (summary.batches, summary.answered),
+        (2, 7),
+        "one batch for the first bundle, one for the six that waited"
+    );
+}

@@ -330,6 +330,12 @@ where
                     }
                 }
             };
+            // A slot is free: take what arrived meanwhile too.
+            while records(&batch) < self.config.max_batch_records {
+                let Ok(more) = rx.try_recv() else { break };
+                batch.extend(decode(more.messages));
+                held.push((more.heartbeat, more.in_flight));
+            }
             crate::instruments::decoded(decoding);
             while let Some(done) = running.try_join_next() {
                 failures = self.account(&mut summary, done, failures);
