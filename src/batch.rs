@@ -167,13 +167,7 @@ impl<'a, 'e> Assembly<'a, 'e> {
         bundles: &[InputBundle],
     ) -> Self {
         let normalizer = Normalizer::new(spec, standard, enrichment);
-        let reported_lookups: Vec<usize> = spec
-            .lookups
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.output_column.is_some())
-            .map(|(i, _)| i)
-            .collect();
+        let reported_lookups: Vec<usize> = normalizer.reported_lookups().collect();
         let reported_values = reported_lookups
             .iter()
             .map(|&l| {
