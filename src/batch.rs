@@ -171,18 +171,8 @@ impl<'a, 'e> Assembly<'a, 'e> {
         let reported_values = reported_lookups
             .iter()
             .map(|&l| {
-                standard.lookups[l]
-                    .keys()
-                    .iter()
-                    .map(|k| {
-                        Arc::from(
-                            enrichment
-                                .lookups
-                                .get(l)
-                                .and_then(|m| m.get(k))
-                                .map_or("", String::as_str),
-                        )
-                    })
+                (0..standard.lookups[l].keys().len() as u32)
+                    .map(|key| Arc::from(normalizer.lookup_value(l, key).unwrap_or_default()))
                     .collect()
             })
             .collect();
@@ -293,13 +283,15 @@ impl<'a, 'e> Assembly<'a, 'e> {
 pub fn answers(
     spec: &PipelineSpec,
     bundles: &[InputBundle],
-    prepared: &PreparedBatch,
+    mut prepared: PreparedBatch,
     scores: &[f64],
     model_version: &str,
     timing_ms: &BTreeMap<String, f64>,
 ) -> Vec<Result<Answer, DecodeError>> {
     let mut columns: Vec<String> = ["id", "label", "score"].map(String::from).to_vec();
     columns.extend(spec.lookups.iter().filter_map(|l| l.output_column.clone()));
+    // The plans are consumed: record ids move into the answers.
+    let plans = std::mem::take(&mut prepared.plans);
     let reported = |row: usize| {
         prepared
             .reported(row)
@@ -307,59 +299,55 @@ pub fn answers(
             .cloned()
             .collect::<SmallVec<_>>()
     };
-    let mut answers = Vec::with_capacity(bundles.len());
-    for (bundle, plan) in bundles.iter().zip(prepared.plans.iter()) {
-        let plan = match plan {
-            Ok(plan) => plan,
-            Err(e) => {
-                answers.push(Err(e.clone()));
-                continue;
-            }
-        };
-        answers.push(Ok(match bundle {
-            InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
-                batch_id: seed.batch_id.clone(),
-                subjects: seed.subjects.clone(),
-                input: seed.features.clone(),
-                output: plan
-                    .slots
-                    .iter()
-                    .map(|s| match s {
-                        Slot::Row { matrix_row } => class_name(scores[*matrix_row]).to_owned(),
-                        Slot::Failed(_) => unreachable!("seed records cannot fail"),
-                    })
-                    .collect(),
-            }),
-            InputBundle::Request(req) => {
-                let mut rows = Vec::with_capacity(plan.ids.len());
-                let mut errors = Vec::new();
-                for (id, slot) in plan.ids.iter().zip(&plan.slots) {
-                    match slot {
-                        Slot::Row { matrix_row } => {
-                            let score = scores[*matrix_row];
-                            rows.push(OutputRow {
-                                id: id.clone(),
-                                label: class_name(score).into(),
-                                score,
-                                reported: reported(*matrix_row),
-                            });
+    bundles
+        .iter()
+        .zip(plans)
+        .map(|(bundle, plan)| {
+            let plan = plan?;
+            Ok(match bundle {
+                InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
+                    batch_id: seed.batch_id.clone(),
+                    subjects: seed.subjects.clone(),
+                    input: seed.features.clone(),
+                    output: plan
+                        .slots
+                        .iter()
+                        .map(|s| match s {
+                            Slot::Row { matrix_row } => class_name(scores[*matrix_row]).to_owned(),
+                            Slot::Failed(_) => unreachable!("seed records cannot fail"),
+                        })
+                        .collect(),
+                }),
+                InputBundle::Request(req) => {
+                    let mut rows = Vec::with_capacity(plan.ids.len());
+                    let mut errors = Vec::new();
+                    for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
+                        match slot {
+                            Slot::Row { matrix_row } => {
+                                let score = scores[matrix_row];
+                                rows.push(OutputRow {
+                                    id,
+                                    label: class_name(score).into(),
+                                    score,
+                                    reported: reported(matrix_row),
+                                });
+                            }
+                            Slot::Failed(e) => errors.push((id, e.to_string())),
                         }
-                        Slot::Failed(e) => errors.push((id.clone(), e.to_string())),
                     }
+                    Answer::Request(OutputBundle {
+                        bundle_id: req.bundle_id.clone(),
+                        model: spec.name.clone(),
+                        model_version: model_version.to_owned(),
+                        columns: columns.clone(),
+                        rows,
+                        errors,
+                        timing_ms: timing_ms.clone(),
+                    })
                 }
-                Answer::Request(OutputBundle {
-                    bundle_id: req.bundle_id.clone(),
-                    model: spec.name.clone(),
-                    model_version: model_version.to_owned(),
-                    columns: columns.clone(),
-                    rows,
-                    errors,
-                    timing_ms: timing_ms.clone(),
-                })
-            }
-        }));
-    }
-    answers
+            })
+        })
+        .collect()
 }
 
 /// One record's input to normalization.

@@ -148,6 +148,11 @@ impl<'e> Normalizer<'e> {
         self.reported.iter().copied()
     }
 
+    /// The value lookup `lookup` found for key id `key`, if the key is known.
+    pub fn lookup_value(&self, lookup: usize, key: u32) -> Option<&'e str> {
+        self.lookups[lookup][key as usize].as_ref().ok().copied()
+    }
+
     /// Whether every lookup of the record found its key.
     pub fn all_lookups_found(&self, rec: &StandardRecord<'_>) -> bool {
         self.lookups

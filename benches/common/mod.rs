@@ -99,8 +99,8 @@ impl Workload {
             .block_on(prepare(&self.spec, &bundles, &self.enricher))
             .expect("in-memory sources always answer");
         let scores = model.decision_values(std::mem::take(&mut prepared.matrix));
-        let timing = &prepared.timing_ms;
-        answers(&self.spec, &bundles, &prepared, &scores, "bench", timing)
+        let timing = prepared.timing_ms.clone();
+        answers(&self.spec, &bundles, prepared, &scores, "bench", &timing)
             .into_iter()
             .map(|a| a.expect("fixture bundles are answered"))
             .collect()

@@ -263,44 +263,66 @@ impl<'de> DeserializeSeed<'de> for LenientRows {
     type Value = Option<Table>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(MaybeRows)
+        deserializer.deserialize_any(ArrayOr(self))
     }
 }
 
-struct MaybeRows;
-
-impl<'de> Visitor<'de> for MaybeRows {
+impl<'de> OnArray<'de> for LenientRows {
     type Value = Option<Table>;
+    const EXPECTING: &'static str = "an array of rows";
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of rows")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+    fn array<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         RowsVisitor.visit_seq(seq).map(Some)
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        IgnoredAny.visit_map(map).map(|_| None)
+    fn otherwise() -> Self::Value {
+        None
+    }
+}
+
+/// What to make of a JSON array; any other value is skipped and answered with `otherwise`.
+trait OnArray<'de>: Sized {
+    type Value;
+    const EXPECTING: &'static str;
+    fn array<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error>;
+    fn otherwise() -> Self::Value;
+}
+
+/// The visitor of an [`OnArray`]: arrays go to it, everything else is consumed and skipped.
+struct ArrayOr<T>(T);
+
+impl<'de, T: OnArray<'de>> Visitor<'de> for ArrayOr<T> {
+    type Value = T::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTING)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T::Value, A::Error> {
+        self.0.array(seq)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T::Value, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| T::otherwise())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+
+    fn visit_bool<E>(self, _: bool) -> Result<T::Value, E> {
+        Ok(T::otherwise())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_i64<E>(self, _: i64) -> Result<T::Value, E> {
+        Ok(T::otherwise())
     }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_u64<E>(self, _: u64) -> Result<T::Value, E> {
+        Ok(T::otherwise())
     }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_f64<E>(self, _: f64) -> Result<T::Value, E> {
+        Ok(T::otherwise())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<T::Value, E> {
+        Ok(T::otherwise())
+    }
+    fn visit_unit<E>(self) -> Result<T::Value, E> {
+        Ok(T::otherwise())
     }
 }
 
@@ -339,45 +361,23 @@ impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_any(self)
+        deserializer.deserialize_any(ArrayOr(self))
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed<'_> {
+impl<'de> OnArray<'de> for RowSeed<'_> {
     type Value = bool;
+    const EXPECTING: &'static str = "a row (an array of values)";
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a row (an array of values)")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+    fn array<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
         while let Some(cell) = seq.next_element_seed(CellSeed(self.0))? {
             self.0.cells.push(cell);
         }
         Ok(true)
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
-        IgnoredAny.visit_map(map).map(|_| false)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
+    fn otherwise() -> bool {
+        false
     }
 }
 

@@ -184,16 +184,6 @@ impl<'d> TopLevel<'_, 'd> {
     }
 }
 
-/// The value at a dotted path, as a number or a description of what is there instead.
-pub fn field_at(doc: &RawDocument, path: &str) -> Option<FieldValue> {
-    let mut parts = path.split('.');
-    let mut current = doc.get(parts.next()?).ok()??;
-    for part in parts {
-        current = current.as_document()?.get(part).ok()??;
-    }
-    Some(field_value(current))
-}
-
 /// A BSON value as a number, or a description of what it is instead.
 fn field_value(value: RawBsonRef<'_>) -> FieldValue {
     match value {
@@ -212,6 +202,17 @@ fn field_value(value: RawBsonRef<'_>) -> FieldValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value at one dotted path, looked up element by element: the reference that
+    /// [`FieldReader`]'s single pass is checked against.
+    fn field_at(doc: &RawDocument, path: &str) -> Option<FieldValue> {
+        let mut parts = path.split('.');
+        let mut current = doc.get(parts.next()?).ok()??;
+        for part in parts {
+            current = current.as_document()?.get(part).ok()??;
+        }
+        Some(field_value(current))
+    }
 
     #[test]
     fn dotted_paths_reach_nested_numbers() {

@@ -139,6 +139,53 @@ struct InHand {
     in_flight: InFlight,
 }
 
+/// The bundles gathered for one batch, with the guards that keep them visible and counted as
+/// in hand until its step returns.
+#[derive(Default)]
+struct Gathered {
+    batch: Vec<Received>,
+    held: Vec<(Heartbeat, InFlight)>,
+    records: usize,
+    decoding: Duration,
+}
+
+impl Gathered {
+    /// Decodes one poll's messages into the batch.
+    fn add(&mut self, more: InHand, limits: &Limits) {
+        let started = Instant::now();
+        let decoded = decode_all(more.messages, limits);
+        self.decoding += started.elapsed();
+        self.records += decoded.iter().map(Received::records).sum::<usize>();
+        self.batch.extend(decoded);
+        self.held.push((more.heartbeat, more.in_flight));
+    }
+
+    /// Adds what the pollers already handed over, up to `max` records; with a deadline, also
+    /// waits until then for more.
+    async fn take_in_hand(
+        &mut self,
+        rx: &mut mpsc::Receiver<InHand>,
+        max: usize,
+        limits: &Limits,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        while self.records < max {
+            let more = match (rx.try_recv(), deadline) {
+                (Ok(more), _) => Some(more),
+                (Err(_), Some(deadline)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                (Err(_), _) => None,
+            };
+            let Some(more) = more else { break };
+            self.add(more, limits);
+        }
+    }
+}
+
 /// What a whole run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
@@ -286,57 +333,31 @@ where
                     None => break,
                 },
             };
-            let mut decoding = Duration::ZERO;
-            let mut decode = |messages| {
-                let started = Instant::now();
-                let decoded = decode_all(messages, &self.config.limits);
-                decoding += started.elapsed();
-                decoded
-            };
-            let mut batch = decode(first.messages);
-            // Dropped when the batch's step returns: visibility kept until then.
-            let mut held = vec![(first.heartbeat, first.in_flight)];
-            let records =
-                |batch: &Vec<Received>| batch.iter().map(Received::records).sum::<usize>();
-            // Gather what is already in hand, then (if configured) wait a little for more.
+            let limits = &self.config.limits;
+            let max = self.config.max_batch_records;
+            let mut gathered = Gathered::default();
+            gathered.add(first, limits);
+            // What is already in hand, then (if configured) a short wait for more.
             let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
-            while records(&batch) < self.config.max_batch_records {
-                let more = match rx.try_recv() {
-                    Ok(more) => Some(more),
-                    Err(_) if self.config.max_batch_wait.is_zero() => None,
-                    Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                        .await
-                        .ok()
-                        .flatten(),
-                };
-                let Some(more) = more else { break };
-                batch.extend(decode(more.messages));
-                held.push((more.heartbeat, more.in_flight));
-            }
+            gathered
+                .take_in_hand(&mut rx, max, limits, Some(deadline))
+                .await;
             // While every batch slot is busy, keep gathering: batches grow with the load and
             // a lone bundle at low load starts at once.
             let permit = loop {
                 if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
                     break permit;
                 }
-                let full = records(&batch) >= self.config.max_batch_records;
                 tokio::select! {
                     permit = Arc::clone(&permits).acquire_owned() => {
                         break permit.expect("the semaphore is never closed");
                     }
-                    Some(more) = rx.recv(), if !full => {
-                        batch.extend(decode(more.messages));
-                        held.push((more.heartbeat, more.in_flight));
-                    }
+                    Some(more) = rx.recv(), if gathered.records < max => gathered.add(more, limits),
                 }
             };
             // A slot is free: take what arrived meanwhile too.
-            while records(&batch) < self.config.max_batch_records {
-                let Ok(more) = rx.try_recv() else { break };
-                batch.extend(decode(more.messages));
-                held.push((more.heartbeat, more.in_flight));
-            }
-            crate::instruments::decoded(decoding);
+            gathered.take_in_hand(&mut rx, max, limits, None).await;
+            crate::instruments::decoded(gathered.decoding);
             while let Some(done) = running.try_join_next() {
                 failures = self.account(&mut summary, done, failures);
             }
@@ -354,8 +375,8 @@ where
             }
             let worker = Arc::clone(&self);
             running.spawn(async move {
-                let report = worker.process(batch).await;
-                drop((permit, held));
+                let report = worker.process(gathered.batch).await;
+                drop((permit, gathered.held));
                 report
             });
         }

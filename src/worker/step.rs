@@ -129,7 +129,7 @@ impl<R: ReferenceSource, D: DocumentSource> Worker<R, D> {
         let mut timing = report.timing_ms.clone();
         timing.insert("total".into(), ms(started));
         let version = model.version.to_string();
-        let results = answers(spec, &bundles, &prepared, &scores, &version, &timing);
+        let results = answers(spec, &bundles, prepared, &scores, &version, &timing);
 
         let mut to_send: Vec<(Message, Answer)> = Vec::new();
         for (message, result) in messages.into_iter().zip(results) {
