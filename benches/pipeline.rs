@@ -34,7 +34,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use ndarray::Array2;
 use tokio::runtime::Runtime;
 
-use ml_pipeline::batch::{document_paths, prepare};
+use ml_pipeline::batch::prepare;
 use ml_pipeline::bundle::{decode, ContentEncoding, InputBundle, Limits};
 use ml_pipeline::enrich::{DocumentSource, Enrichment, ReferenceSource};
 use ml_pipeline::model::Classifier;
@@ -144,7 +144,7 @@ fn enrichment_of(w: &Workload, rt: &Runtime, batch: &StandardBatch<'_>) -> Enric
         .documents
         .as_ref()
         .expect("the banknote spec has documents");
-    let paths = document_paths(&w.spec);
+    let paths = w.spec.document_paths();
     Enrichment {
         lookups: rt
             .block_on(w.enricher.reference.fetch(&w.spec.lookups, &lookup_keys))

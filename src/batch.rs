@@ -11,17 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
-use smallvec::SmallVec;
 
-use crate::bundle::{
-    Answer, CellRef, DecodeError, InputBundle, OutputBundle, OutputRow, SeedAnswer,
-};
+use crate::bundle::decode::DecodeError;
+use crate::bundle::message::InputBundle;
+use crate::bundle::validate::{validate, Validated};
 use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource, SourceError};
-use crate::model::class_name;
 use crate::normalize::Normalizer;
 use crate::record::RecordError;
-use crate::spec::{PipelineSpec, Road};
-use crate::standardize::{cell_description, ColumnIndex, RecordIndex, StandardBatch};
+use crate::spec::PipelineSpec;
+use crate::standardize::{RecordIndex, StandardBatch};
 
 /// What became of one record of a bundle.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +79,6 @@ impl PreparedBatch {
     }
 }
 
-/// Enrichment, and the milliseconds each source took (they run concurrently).
-type Enriched = (Enrichment, f64, f64);
-
 /// Standardizes, enriches and normalizes a batch of bundles into one matrix.
 /// Fails only when a source is unavailable: then nothing is answered and the batch is retried.
 pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
@@ -100,7 +95,7 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     let t_standardize = ms_since(started);
 
     let started = Instant::now();
-    let (enrichment, t_postgres, t_mongo) = enrich(spec, &standard, enricher).await?;
+    let (enrichment, t_postgres, t_mongo) = enricher.enrich(spec, &standard).await?;
     let t_enrich = ms_since(started);
 
     let started = Instant::now();
@@ -279,77 +274,6 @@ impl<'a, 'e> Assembly<'a, 'e> {
     }
 }
 
-/// The answers of a predicted batch, one per input bundle, in input order.
-pub fn answers(
-    spec: &PipelineSpec,
-    bundles: &[InputBundle],
-    mut prepared: PreparedBatch,
-    scores: &[f64],
-    model_version: &str,
-    timing_ms: &BTreeMap<String, f64>,
-) -> Vec<Result<Answer, DecodeError>> {
-    let mut columns: Vec<String> = ["id", "label", "score"].map(String::from).to_vec();
-    columns.extend(spec.lookups.iter().filter_map(|l| l.output_column.clone()));
-    // The plans are consumed: record ids move into the answers.
-    let plans = std::mem::take(&mut prepared.plans);
-    let reported = |row: usize| {
-        prepared
-            .reported(row)
-            .iter()
-            .cloned()
-            .collect::<SmallVec<_>>()
-    };
-    bundles
-        .iter()
-        .zip(plans)
-        .map(|(bundle, plan)| {
-            let plan = plan?;
-            Ok(match bundle {
-                InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
-                    batch_id: seed.batch_id.clone(),
-                    subjects: seed.subjects.clone(),
-                    input: seed.features.clone(),
-                    output: plan
-                        .slots
-                        .iter()
-                        .map(|s| match s {
-                            Slot::Row { matrix_row } => class_name(scores[*matrix_row]).to_owned(),
-                            Slot::Failed(_) => unreachable!("seed records cannot fail"),
-                        })
-                        .collect(),
-                }),
-                InputBundle::Request(req) => {
-                    let mut rows = Vec::with_capacity(plan.ids.len());
-                    let mut errors = Vec::new();
-                    for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
-                        match slot {
-                            Slot::Row { matrix_row } => {
-                                let score = scores[matrix_row];
-                                rows.push(OutputRow {
-                                    id,
-                                    label: class_name(score).into(),
-                                    score,
-                                    reported: reported(matrix_row),
-                                });
-                            }
-                            Slot::Failed(e) => errors.push((id, e.to_string())),
-                        }
-                    }
-                    Answer::Request(OutputBundle {
-                        bundle_id: req.bundle_id.clone(),
-                        model: spec.name.clone(),
-                        model_version: model_version.to_owned(),
-                        columns: columns.clone(),
-                        rows,
-                        errors,
-                        timing_ms: timing_ms.clone(),
-                    })
-                }
-            })
-        })
-        .collect()
-}
-
 /// One record's input to normalization.
 enum Input {
     Request(Result<RecordIndex, RecordError>),
@@ -367,117 +291,16 @@ fn stage_bundle<'b>(
     bundle: &'b InputBundle,
     standard: &mut StandardBatch<'b>,
 ) -> Result<Staged, DecodeError> {
-    let refuse = |reason: String| DecodeError {
-        bundle_id: Some(bundle.id().to_owned()),
-        reason,
+    let Validated { ids, columns } = validate(spec, bundle)?;
+    let records = match (bundle, columns) {
+        (InputBundle::Request(req), Some(index)) => req
+            .rows
+            .iter()
+            .map(|row| Input::Request(standard.standardize_row(&index, row)))
+            .collect(),
+        _ => (0..bundle.len()).map(Input::Seed).collect(),
     };
-    match bundle {
-        InputBundle::Seed(seed) => {
-            let n = spec.features.len();
-            if let Some(row) = seed.features.iter().find(|r| r.len() != n) {
-                return Err(refuse(format!(
-                    "seed feature vectors have {} values; model {} takes {n} features ({})",
-                    row.len(),
-                    spec.name,
-                    spec.feature_names().join(", ")
-                )));
-            }
-            Ok(Staged {
-                ids: seed
-                    .subjects
-                    .iter()
-                    .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
-                    .collect(),
-                records: (0..seed.features.len()).map(Input::Seed).collect(),
-            })
-        }
-        InputBundle::Request(req) => {
-            if let Some(model) = req.model.as_deref().filter(|m| *m != spec.name) {
-                return Err(refuse(format!(
-                    "model '{model}' is not served by this worker (it serves {})",
-                    spec.name
-                )));
-            }
-            let index = ColumnIndex::new(spec, &req.columns).map_err(refuse)?;
-            let mut ids = Vec::with_capacity(req.rows.len());
-            let mut records = Vec::with_capacity(req.rows.len());
-            for (i, row) in req.rows.iter().enumerate() {
-                let id = row.get(index.id);
-                ids.push(record_id(id).ok_or_else(|| {
-                    refuse(format!(
-                        "row {i} has no usable id ({}); every row needs a text or integer id",
-                        cell_description(id)
-                    ))
-                })?);
-                records.push(Input::Request(standard.standardize_row(&index, row)));
-            }
-            Ok(Staged { ids, records })
-        }
-    }
-}
-
-fn record_id(cell: CellRef<'_>) -> Option<String> {
-    match cell {
-        CellRef::Text(s) if !s.is_empty() => Some(s.to_owned()),
-        CellRef::Int(n) => Some(n.to_string()),
-        CellRef::UInt(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// One round trip per source: every distinct key of the batch at once, both sources together.
-async fn enrich<R: ReferenceSource, D: DocumentSource>(
-    spec: &PipelineSpec,
-    standard: &StandardBatch<'_>,
-    enricher: &Enricher<R, D>,
-) -> Result<Enriched, SourceError> {
-    let lookup_keys: Vec<&[String]> = standard.lookups.iter().map(|t| t.keys()).collect();
-    let doc_keys: &[String] = standard
-        .documents
-        .as_ref()
-        .map(|t| t.keys())
-        .unwrap_or_default();
-    let paths = document_paths(spec);
-    let reference = async {
-        let started = Instant::now();
-        let found = if lookup_keys.iter().all(|k| k.is_empty()) {
-            vec![Default::default(); spec.lookups.len()]
-        } else {
-            enricher
-                .reference
-                .fetch(&spec.lookups, &lookup_keys)
-                .await?
-        };
-        Ok::<_, SourceError>((found, ms_since(started)))
-    };
-    let documents = async {
-        let started = Instant::now();
-        let found = match &spec.documents {
-            Some(docs) if !doc_keys.is_empty() => {
-                enricher.documents.fetch(docs, &paths, doc_keys).await?
-            }
-            _ => Default::default(),
-        };
-        Ok((found, ms_since(started)))
-    };
-    let ((lookups, t_postgres), (documents, t_mongo)) = tokio::try_join!(reference, documents)?;
-    Ok((Enrichment { lookups, documents }, t_postgres, t_mongo))
-}
-
-/// Every document field path the spec's features read.
-pub fn document_paths(spec: &PipelineSpec) -> Vec<String> {
-    let mut paths: Vec<String> = spec
-        .features
-        .iter()
-        .filter_map(|f| match &f.road {
-            Road::Document { providers } => Some(providers.values().map(|p| p.path.clone())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    paths.sort();
-    paths.dedup();
-    paths
+    Ok(Staged { ids, records })
 }
 
 fn ms_since(t: Instant) -> f64 {

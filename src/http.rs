@@ -1,112 +1,12 @@
-//! The worker's HTTP side: `/metrics` (Prometheus text), `/health` (liveness) and `/ready`
-//! (readiness), served with axum; and the small HTTP/1 client that `ml-pipeline healthcheck`
-//! and ECS task protection use (the image has no curl).
+//! The small HTTP/1 client that `ml-pipeline healthcheck` and ECS task protection use (the
+//! image has no curl). The worker's own endpoints are in `worker::endpoints`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::header;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
-
-use crate::enrich::{DocumentSource, ReferenceSource};
-use crate::worker::Worker;
-
-struct AppState<R, D> {
-    worker: Arc<Worker<R, D>>,
-    metrics: Option<PrometheusHandle>,
-}
-
-impl<R, D> Clone for AppState<R, D> {
-    fn clone(&self) -> Self {
-        Self {
-            worker: Arc::clone(&self.worker),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// The routes: `/metrics`, `/health`, `/ready`.
-pub fn router<R, D>(worker: Arc<Worker<R, D>>, metrics: Option<PrometheusHandle>) -> Router
-where
-    R: ReferenceSource + 'static,
-    D: DocumentSource + 'static,
-{
-    Router::new()
-        .route("/metrics", get(metrics_text::<R, D>))
-        .route("/health", get(health::<R, D>))
-        .route("/ready", get(ready::<R, D>))
-        .with_state(AppState { worker, metrics })
-}
-
-/// Serves `router` on `listener` until `stop` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-}
-
-async fn metrics_text<R, D>(State(state): State<AppState<R, D>>) -> Response {
-    match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            "no metrics recorder in this process (library use)",
-        )
-            .into_response(),
-    }
-}
-
-async fn health<R: ReferenceSource, D: DocumentSource>(
-    State(state): State<AppState<R, D>>,
-) -> Response {
-    let live = state.worker.liveness();
-    let status = if live.alive {
-        StatusCode::OK
-    } else {
-        tracing::warn!(
-            since_progress_s = live.since_progress_s,
-            in_flight = live.in_flight,
-            "liveness check failed: no receive or batch finished within the stall timeout"
-        );
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(live)).into_response()
-}
-
-async fn ready<R: ReferenceSource, D: DocumentSource>(
-    State(state): State<AppState<R, D>>,
-) -> Response {
-    let readiness = state.worker.readiness().await;
-    let status = if readiness.ready {
-        StatusCode::OK
-    } else {
-        let failed: Vec<String> = readiness
-            .checks
-            .iter()
-            .filter(|(_, c)| !c.ok)
-            .map(|(name, c)| format!("{name}: {}", c.detail))
-            .collect();
-        tracing::warn!(failed = failed.join("; "), "readiness check failed");
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(readiness)).into_response()
-}
 
 /// A response read by [`request`].
 #[derive(Debug, Clone, PartialEq)]

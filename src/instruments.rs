@@ -10,8 +10,6 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::worker::StepReport;
-
 /// Messages received from the input queue.
 pub const MESSAGES_RECEIVED: &str = "ml_pipeline_messages_received_total";
 /// Input messages deleted (answered or dead-lettered).
@@ -138,33 +136,48 @@ pub fn decoded(elapsed: Duration) {
     histogram!(STAGE_SECONDS, "stage" => "decode").record(elapsed.as_secs_f64());
 }
 
-/// Everything one step did.
-pub fn step(report: &StepReport) {
-    counter!(MESSAGES_DELETED).increment(report.deleted as u64);
-    counter!(MESSAGES_DEAD_LETTERED).increment(report.dead_lettered as u64);
-    counter!(MESSAGES_LEFT).increment(report.left as u64);
-    if report.retryable.is_some() {
-        counter!(BATCHES_RETRIED).increment(1);
-        return;
-    }
-    counter!(RECORDS_IN).increment(report.records as u64);
-    counter!(RECORDS_PREDICTED).increment(report.predicted as u64);
-    histogram!(BATCH_RECORDS).record(report.records as f64);
-    for (kind, count) in &report.error_kinds {
-        let (stage, reason) = kind.split_once(": ").unwrap_or(("", kind));
-        counter!(RECORD_ERRORS, "stage" => stage.to_owned(), "reason" => reason.to_owned())
-            .increment(*count);
-    }
-    for (source, coverage) in [("postgres", report.postgres), ("mongo", report.mongo)] {
-        counter!(ENRICHMENT, "source" => source, "result" => "hit").increment(coverage.hits);
-        counter!(ENRICHMENT, "source" => source, "result" => "miss").increment(coverage.misses);
-    }
-    for (stage, ms) in &report.timing_ms {
-        histogram!(STAGE_SECONDS, "stage" => stage.clone()).record(ms / 1e3);
-    }
+/// Input messages a step finished with: deleted, dead-lettered, left for redelivery.
+pub fn messages_finished(deleted: usize, dead_lettered: usize, left: usize) {
+    counter!(MESSAGES_DELETED).increment(deleted as u64);
+    counter!(MESSAGES_DEAD_LETTERED).increment(dead_lettered as u64);
+    counter!(MESSAGES_LEFT).increment(left as u64);
+}
+
+/// A batch was left for redelivery because a dependency did not answer.
+pub fn batch_retried() {
+    counter!(BATCHES_RETRIED).increment(1);
+}
+
+/// A batch of `records` was predicted, `predicted` of them by the model.
+pub fn batch_predicted(records: usize, predicted: usize) {
+    counter!(RECORDS_IN).increment(records as u64);
+    counter!(RECORDS_PREDICTED).increment(predicted as u64);
+    histogram!(BATCH_RECORDS).record(records as f64);
+}
+
+/// `count` records answered with an error of `kind` (`stage: reason words`).
+pub fn record_errors(kind: &str, count: u64) {
+    let (stage, reason) = kind.split_once(": ").unwrap_or(("", kind));
+    counter!(RECORD_ERRORS, "stage" => stage.to_owned(), "reason" => reason.to_owned())
+        .increment(count);
+}
+
+/// Per-record enrichment results of one source over a batch.
+pub fn enrichment(source: &'static str, hits: u64, misses: u64) {
+    counter!(ENRICHMENT, "source" => source, "result" => "hit").increment(hits);
+    counter!(ENRICHMENT, "source" => source, "result" => "miss").increment(misses);
+}
+
+/// One stage of a batch took `seconds`.
+pub fn stage_time(stage: &str, seconds: f64) {
+    histogram!(STAGE_SECONDS, "stage" => stage.to_owned()).record(seconds);
+}
+
+/// Seconds from each answered bundle's SentTimestamp to its answer being accepted.
+pub fn bundle_ages(seconds: impl Iterator<Item = f64>) {
     let age = histogram!(BUNDLE_AGE_SECONDS);
-    for ms in &report.bundle_age_ms {
-        age.record(ms / 1e3);
+    for s in seconds {
+        age.record(s);
     }
 }
 

@@ -1,41 +1,48 @@
 //! `ml-pipeline`: an SQS worker that answers bundles of banknote-inspection requests with SVM
 //! predictions, after standardizing, enriching (PostgreSQL, MongoDB) and normalizing them.
+//! The message formats, delivery guarantees and error reasons are in `docs/contract.md`.
 //!
 //! # Layout
 //!
-//! The modules follow the data, which flows one way:
-//! queue -> [`bundle`] decoding -> [`standardize`] -> [`enrich`] -> [`normalize`] -> [`batch`]
-//! -> [`model`] -> [`bundle`] encoding -> queue.
+//! The stages follow the data, which flows one way:
+//! [`queue`] -> [`bundle`] (decode, validate) -> [`standardize`] -> [`enrich`] -> [`normalize`]
+//! -> [`batch`] -> [`model`] -> [`bundle`] (answers, encode) -> [`queue`].
 //!
-//! - [`bundle`]: message formats (v1 and seed), compression, decoding with limits, encoding.
-//! - [`spec`]: the declarative pipeline spec: features, their roads, units, rules.
+//! - [`queue`]: the queue seam (receive, send a batch, delete a batch, change visibility), over
+//!   SQS or in memory, and delivery on top of it (batch limits, FIFO ids, per-entry retries).
+//! - [`bundle`]: message formats (v1 and seed), compression, decoding with limits, validation
+//!   against the spec; answers and their encoding.
 //! - [`standardize`]: business rules on request values (text folding, finite numbers).
 //! - [`enrich`]: one PostgreSQL and one MongoDB round trip per batch, behind narrow seams.
 //! - [`normalize`]: every feature in canonical units, written into its matrix row.
-//! - [`batch`]: many bundles -> one matrix -> one answer per bundle.
-//! - [`record`]: per-record errors, with their stage.
-//! - [`queue`]: the SQS seam (receive, batch send/delete, visibility).
-//! - [`worker`]: the main job: pollers, batching, the one step, heartbeat, shutdown, aggregates,
-//!   liveness and readiness, ECS task protection.
-//! - [`http`]: `/metrics`, `/health`, `/ready`, and the small client `healthcheck` uses.
-//! - [`instruments`]: every Prometheus metric, named and recorded in one place.
-//! - [`telemetry`]: logs (JSON lines off a terminal).
+//! - [`batch`]: many bundles -> one canonical feature matrix, with each record's fate.
+//! - [`model`]: the fitted scaler and SVM, their versioned artifact, the registry over a model
+//!   store (S3 or memory), and the holder that hot-swaps promoted versions.
+//! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
 //! - [`train`]: training with the worker's own preprocessing, evaluation, publishing.
-//! - [`aws`]: SDK clients from the default chain.
-//! - [`model`]: the fitted scaler and SVM and their versioned artifact.
-//! - [`db`]: the PostgreSQL pool and migrations; [`mongo`]: the MongoDB client and indexes.
-//! - [`fixtures`]: the deterministic banknote domain generator and loader.
+//!
+//! Beside the stages:
+//! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;
+//!   [`text`]: bounded descriptions for messages.
+//! - [`fixtures`]: the banknote fixture files, read and loaded.
+//! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs.
+//! - [`aws`], [`db`], [`mongo`], [`http`]: the outside systems' clients.
 //! - [`settings`]: typed configuration from environment variables.
-//! - [`cli`]: the command line.
-//! - [`bench`]: the end-to-end load generator (`ml-pipeline bench`) and its emulator ceiling.
+//!
+//! Entry points, above everything else:
+//! - [`startup`]: the wiring: clients, enricher, registry, model holder, the worker and its
+//!   side tasks.
+//! - [`commands`]: what each operator command does; [`cli`]: the command line, mapped to them.
+//!
+//! The load generator, chaos runner, fixture generator and demo are not here: they live in the
+//! `ml-pipeline-tools` crate (`tools/`) and use only this library's public API.
 
 pub mod aws;
 pub mod batch;
-pub mod bench;
 pub mod bundle;
 pub mod cli;
+pub mod commands;
 pub mod db;
-pub mod demo;
 pub mod enrich;
 pub mod fixtures;
 pub mod http;
@@ -45,10 +52,11 @@ pub mod mongo;
 pub mod normalize;
 pub mod queue;
 pub mod record;
-pub mod send;
 pub mod settings;
 pub mod spec;
 pub mod standardize;
+pub mod startup;
 pub mod telemetry;
+pub mod text;
 pub mod train;
 pub mod worker;

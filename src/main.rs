@@ -1,4 +1,5 @@
-//! `ml-pipeline`: parses the command line, sets up logging, runs the command.
+//! `ml-pipeline`: parses the command line, sets up logging, and runs the command with the
+//! shutdown signal passed in.
 
 use clap::Parser;
 
@@ -15,7 +16,7 @@ async fn main() -> std::process::ExitCode {
     }
     let cli = ml_pipeline::cli::Cli::parse();
     ml_pipeline::telemetry::init();
-    match ml_pipeline::cli::run(cli).await {
+    match ml_pipeline::cli::run(cli, ml_pipeline::startup::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Logged once: readable on a terminal, a JSON line (with the cause chain) otherwise.

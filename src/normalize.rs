@@ -321,8 +321,8 @@ fn factor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::validate::ColumnIndex;
     use crate::bundle::Table;
-    use crate::standardize::ColumnIndex;
     use serde_json::json;
     use std::collections::HashMap;
 

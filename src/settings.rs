@@ -12,6 +12,9 @@ use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::bundle::{ContentEncoding, Limits};
+use crate::worker::WorkerConfig;
+
 /// All settings of every command.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,7 +67,7 @@ pub struct Settings {
     /// How long SIGTERM waits for batches in hand, in seconds. Default 25 (ECS stops at 30).
     pub drain_timeout_secs: u64,
     /// Encoding of answers: identity, gzip or zstd. Default identity.
-    pub output_encoding: crate::bundle::ContentEncoding,
+    pub output_encoding: ContentEncoding,
     /// Largest decoded body, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
     /// Most rows per bundle. Default 10000.
@@ -89,7 +92,11 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The worker's defaults come from [`WorkerConfig::default`] and [`Limits::default`], so
+    /// each is written once.
     fn default() -> Self {
+        let worker = WorkerConfig::default();
+        let limits = Limits::default();
         Self {
             database_url: "postgres://ml_pipeline:ml_pipeline@127.0.0.1:5432/ml_pipeline".into(),
             mongodb_uri: "mongodb://127.0.0.1:27017".into(),
@@ -105,23 +112,23 @@ impl Default for Settings {
             migrate_on_start: false,
             database_max_connections: 8,
             s3_force_path_style: false,
-            receive_max: 10,
-            wait_secs: 20,
-            pollers: 2,
-            max_batch_records: 2_500,
-            max_batch_wait_ms: 0,
-            max_concurrent_batches: 4,
+            receive_max: worker.receive_max,
+            wait_secs: worker.wait_secs,
+            pollers: worker.pollers,
+            max_batch_records: worker.max_batch_records,
+            max_batch_wait_ms: worker.max_batch_wait.as_millis() as u64,
+            max_concurrent_batches: worker.max_concurrent_batches,
             visibility_timeout_secs: None,
-            heartbeat_fraction: 0.5,
-            drain_timeout_secs: 25,
-            output_encoding: crate::bundle::ContentEncoding::Identity,
-            max_body_bytes: 16 << 20,
-            max_rows: 10_000,
-            max_string_chars: 1024,
+            heartbeat_fraction: worker.heartbeat_fraction,
+            drain_timeout_secs: worker.drain_timeout.as_secs(),
+            output_encoding: worker.output_encoding,
+            max_body_bytes: limits.max_body_bytes,
+            max_rows: limits.max_rows,
+            max_string_chars: limits.max_string_chars,
             aggregates: true,
             reference_cache_secs: 60,
             http_addr: DEFAULT_HTTP_ADDR.into(),
-            stall_timeout_secs: 120,
+            stall_timeout_secs: worker.stall_timeout.as_secs(),
             task_protection: false,
         }
     }
@@ -159,26 +166,12 @@ impl Settings {
             .map_err(Box::new)
     }
 
-    /// The worker's behaviour; `queue_visibility` is the input queue's own visibility timeout.
-    pub fn worker_config(&self, queue_visibility: i32) -> crate::worker::WorkerConfig {
-        crate::worker::WorkerConfig {
-            receive_max: self.receive_max.clamp(1, 10),
-            wait_secs: self.wait_secs.clamp(0, 20),
-            pollers: self.pollers.max(1),
-            max_batch_records: self.max_batch_records.max(1),
-            max_batch_wait: std::time::Duration::from_millis(self.max_batch_wait_ms),
-            max_concurrent_batches: self.max_concurrent_batches.max(1),
-            visibility_timeout_secs: self.visibility_timeout_secs.unwrap_or(queue_visibility),
-            heartbeat_fraction: self.heartbeat_fraction,
-            drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
-            stall_timeout: std::time::Duration::from_secs(self.stall_timeout_secs.max(1)),
-            output_encoding: self.output_encoding,
-            limits: crate::bundle::Limits {
-                max_body_bytes: self.max_body_bytes,
-                max_rows: self.max_rows,
-                max_string_chars: self.max_string_chars,
-            },
-            ..crate::worker::WorkerConfig::default()
+    /// The decoding limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_rows: self.max_rows,
+            max_string_chars: self.max_string_chars,
         }
     }
 

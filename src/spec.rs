@@ -176,6 +176,22 @@ impl PipelineSpec {
         serde_json::from_str(include_str!("banknote_spec.json")).expect("built-in spec parses")
     }
 
+    /// Every document field path the spec's features read, sorted, each once.
+    pub fn document_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .features
+            .iter()
+            .filter_map(|f| match &f.road {
+                Road::Document { providers } => Some(providers.values().map(|p| p.path.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     /// Feature names in matrix column order.
     pub fn feature_names(&self) -> Vec<&str> {
         self.features.iter().map(|f| f.name.as_str()).collect()

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
-use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
-use crate::bundle::{CellRef, Row};
+use crate::bundle::table::{CellRef, Row};
+use crate::bundle::validate::ColumnIndex;
 
 use crate::record::{RecordError, Stage};
-use crate::spec::{PipelineSpec, Road, TextRule};
+use crate::spec::{PipelineSpec, TextRule};
 
 /// The longest key (note id, scanner, issuer text) accepted, in characters.
 pub const MAX_KEY_CHARS: usize = 256;
@@ -63,7 +63,7 @@ impl<'b> KeyTable<'b> {
                 format!(
                     "{} must be a text value, got {}",
                     self.column,
-                    cell_description(cell)
+                    cell.describe()
                 ),
             ));
         };
@@ -201,63 +201,6 @@ impl<'b> StandardBatch<'b> {
     }
 }
 
-/// Where the columns a spec needs sit in one bundle's rows.
-#[derive(Debug, Clone)]
-pub struct ColumnIndex {
-    /// The position of each lookup's key column.
-    lookup_keys: Vec<usize>,
-    /// The position of the document key column.
-    doc_key: Option<usize>,
-    /// Per feature read from the request: its column's position and name.
-    features: Vec<Option<(usize, String)>>,
-    /// The position of the id column.
-    pub id: usize,
-}
-
-impl ColumnIndex {
-    /// Maps the spec's request columns to positions in `columns`; names the first one missing.
-    pub fn new(spec: &PipelineSpec, columns: &[String]) -> Result<Self, String> {
-        let find = |name: &str| {
-            columns
-                .iter()
-                .position(|c| c == name)
-                .map(|i| (i, name.to_owned()))
-                .ok_or_else(|| {
-                    format!(
-                        "column '{name}' is missing; model {} needs columns {:?}",
-                        spec.name,
-                        spec.request_columns()
-                    )
-                })
-        };
-        let id = find(&spec.id_column)?.0;
-        let lookup_keys = spec
-            .lookups
-            .iter()
-            .map(|l| find(&l.key_from).map(|(i, _)| i))
-            .collect::<Result<_, _>>()?;
-        let doc_key = spec
-            .documents
-            .as_ref()
-            .map(|d| find(&d.key_from).map(|(i, _)| i))
-            .transpose()?;
-        let features = spec
-            .features
-            .iter()
-            .map(|f| match &f.road {
-                Road::Request { column, .. } => find(column).map(Some),
-                _ => Ok(None),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            lookup_keys,
-            doc_key,
-            features,
-            id,
-        })
-    }
-}
-
 /// A raw text's standardized key: folded by the rules, non-empty and not too long.
 fn standard_key(
     column: &str,
@@ -289,42 +232,8 @@ pub fn number_cell(column: &str, cell: CellRef<'_>) -> Result<f64, RecordError> 
         Some(v) if v.is_finite() => Ok(v),
         _ => Err(RecordError::new(
             Stage::Standardize,
-            format!(
-                "{column} must be a finite number, got {}",
-                cell_description(cell)
-            ),
+            format!("{column} must be a finite number, got {}", cell.describe()),
         )),
-    }
-}
-
-/// [`describe`] for a row's cell, without copying long text first.
-pub fn cell_description(cell: CellRef<'_>) -> String {
-    match cell {
-        CellRef::Text(s) => truncate_chars(&format!("the text {:?}", truncate_chars(s, 64)), 64),
-        CellRef::Json(s) if s.starts_with('[') => "an array".into(),
-        CellRef::Json(_) => "an object".into(),
-        other => describe(&other.to_value()),
-    }
-}
-
-/// A short, bounded description of a JSON value for error messages.
-pub fn describe(cell: &Value) -> String {
-    let text = match cell {
-        Value::Null => return "null".into(),
-        Value::Bool(b) => return format!("the boolean {b}"),
-        Value::Number(n) => return format!("the number {n}"),
-        Value::String(s) => format!("the text {s:?}"),
-        Value::Array(_) => return "an array".into(),
-        Value::Object(_) => return "an object".into(),
-    };
-    truncate_chars(&text, 64)
-}
-
-/// Cuts text to at most `max` characters, marking the cut.
-pub fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 
@@ -534,13 +443,5 @@ mod tests {
             err.to_string(),
             "standardize: note must be a text value, got an object"
         );
-    }
-
-    #[test]
-    fn long_text_is_cut_in_descriptions_on_a_char_boundary() {
-        let long = "é".repeat(10_000);
-        let d = describe(&json!(long));
-        assert!(d.chars().count() <= 66, "{}", d.chars().count());
-        assert_eq!(cell_description(CellRef::Text(&long)), d);
     }
 }

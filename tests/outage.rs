@@ -45,9 +45,9 @@ async fn postgres_stopped_mid_run_loses_nothing_and_the_worker_recovers() {
     let handle = tokio::spawn(worker.clone().run(token.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ml_pipeline::http::serve(
+    tokio::spawn(ml_pipeline::worker::endpoints::serve(
         listener,
-        ml_pipeline::http::router(worker, None),
+        ml_pipeline::worker::endpoints::router(worker, None),
         token.clone(),
     ));
     assert_eq!(get(&format!("{base}/ready")).await.0, 200);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use ml_pipeline::model::commands;
+use ml_pipeline::commands::models as commands;
 use ml_pipeline::model::holder::{ModelHolder, ModelSource, PollOutcome};
 use ml_pipeline::model::registry::version_key;
 use ml_pipeline::model::registry::Registry;

@@ -267,7 +267,7 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         .map(|n| n.note_id.clone())
         .chain(["SN-999999".to_owned()])
         .collect();
-    let paths = ml_pipeline::batch::document_paths(&spec);
+    let paths = spec.document_paths();
     let docs = loaded
         .enricher
         .documents

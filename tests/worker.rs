@@ -14,6 +14,7 @@ use ml_pipeline::batch::{prepare, Slot};
 use ml_pipeline::bundle::compression::ContentEncoding;
 use ml_pipeline::bundle::InputBundle;
 use ml_pipeline::fixtures::PoisonExpect;
+use ml_pipeline::queue::Queue;
 use ml_pipeline::spec::PipelineSpec;
 use ml_pipeline::worker::{decode_all, Hooks, WorkerConfig};
 use serde_json::Value;
@@ -343,7 +344,7 @@ async fn sigterm_under_load_drains_without_redelivery_or_duplicates() {
         .flat_map(|r| {
             fixture_bundles()
                 .iter()
-                .map(move |b| ml_pipeline::send::with_fresh_id(b, r + 1))
+                .map(move |b| ml_pipeline::commands::send::with_fresh_id(b, r + 1))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -475,7 +476,7 @@ async fn a_model_promoted_under_load_shows_up_without_restart() {
     let mut outs = t.outputs(10).await;
     let mut second = common::fixture_artifact();
     let v2 = t.registry.publish(&mut second).await.unwrap();
-    ml_pipeline::model::commands::promote(&t.registry, "banknote", v2, "production", false)
+    ml_pipeline::commands::models::promote(&t.registry, "banknote", v2, "production", false)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -526,7 +527,7 @@ async fn bundles_arriving_while_every_slot_is_busy_share_the_next_batch() {
         hooks,
     );
     let bundles: Vec<Value> = (0..7)
-        .map(|r| ml_pipeline::send::with_fresh_id(&fixture_bundles()[0], r + 1))
+        .map(|r| ml_pipeline::commands::send::with_fresh_id(&fixture_bundles()[0], r + 1))
         .collect();
     t.send_json(&bundles[..1], ContentEncoding::Identity).await;
     tokio::time::timeout(Duration::from_secs(30), entered_rx)

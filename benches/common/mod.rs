@@ -14,7 +14,8 @@ use ndarray::Array2;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
-use ml_pipeline::batch::{answers, prepare};
+use ml_pipeline::batch::prepare;
+use ml_pipeline::bundle::answers;
 use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
 use ml_pipeline::enrich::mongo::FieldReader;
 use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
@@ -175,18 +176,9 @@ pub fn body(bundle: &RequestBundle, encoding: ContentEncoding) -> String {
     encode(bundle, encoding)
 }
 
-/// The default `ml-pipeline train` hyperparameters for a kernel (the CLI's flag defaults; the
-/// library has no constructor for them, so this repeats them as `tests/common` does).
+/// The default `ml-pipeline train` hyperparameters for a kernel.
 pub fn default_params(kernel: &str) -> TrainParams {
-    TrainParams {
-        kernel: kernel.into(),
-        kernel_width: (kernel == "gaussian").then_some(4.0),
-        c: 10.0,
-        class_weights: (1.0, 1.0),
-        tolerance: 1e-3,
-        folds: 5,
-        seed: 42,
-    }
+    TrainParams::with_kernel(kernel.parse().expect("linear or gaussian"))
 }
 
 /// The fixture notes as canonical training rows, the way `train` reads them.

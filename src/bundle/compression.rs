@@ -46,7 +46,7 @@ impl FromStr for ContentEncoding {
             "zstd" => Ok(Self::Zstd),
             other => Err(format!(
                 "content-encoding '{}' is not one of gzip, zstd or identity",
-                crate::standardize::truncate_chars(other, 32)
+                crate::text::truncate_chars(other, 32)
             )),
         }
     }

@@ -11,9 +11,9 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::compression::{decompress, ContentEncoding};
+use super::message::{InputBundle, RequestBundle, SeedBundle};
 use super::table::{CellRef, LenientRows, Table};
-use super::{InputBundle, RequestBundle, SeedBundle};
-use crate::standardize::truncate_chars;
+use crate::text::truncate_chars;
 
 /// Size limits on what a bundle may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +318,7 @@ fn seed_row(i: usize, row: Value) -> Result<Vec<f64>, String> {
             c.as_f64().filter(|v| v.is_finite()).ok_or_else(|| {
                 format!(
                     "feature vector {i} holds {}, not a finite number",
-                    crate::standardize::describe(c)
+                    crate::text::describe(c)
                 )
             })
         })

@@ -1,9 +1,17 @@
-//! Encoding: answers become message bodies in the configured compression.
+//! Encoding: the model's scores become one answer per input bundle ([`answers`]), and each
+//! answer becomes a message body in the configured compression.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::compression::{compress, ContentEncoding};
-use super::{OutputBundle, SeedAnswer};
+use super::decode::DecodeError;
+use super::message::{InputBundle, OutputBundle, OutputRow, SeedAnswer};
+use crate::batch::{PreparedBatch, Slot};
+use crate::model::class_name;
+use crate::spec::PipelineSpec;
 
 /// The answer to one input bundle, in the format of its request.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,4 +60,75 @@ impl Answer {
 pub fn encode<T: Serialize>(value: &T, encoding: ContentEncoding) -> String {
     let json = serde_json::to_vec(value).expect("answers serialize: finite floats, string keys");
     compress(encoding, &json)
+}
+
+/// The answers of a predicted batch, one per input bundle, in input order.
+pub fn answers(
+    spec: &PipelineSpec,
+    bundles: &[InputBundle],
+    mut prepared: PreparedBatch,
+    scores: &[f64],
+    model_version: &str,
+    timing_ms: &BTreeMap<String, f64>,
+) -> Vec<Result<Answer, DecodeError>> {
+    let mut columns: Vec<String> = ["id", "label", "score"].map(String::from).to_vec();
+    columns.extend(spec.lookups.iter().filter_map(|l| l.output_column.clone()));
+    // The plans are consumed: record ids move into the answers.
+    let plans = std::mem::take(&mut prepared.plans);
+    let reported = |row: usize| {
+        prepared
+            .reported(row)
+            .iter()
+            .cloned()
+            .collect::<SmallVec<_>>()
+    };
+    bundles
+        .iter()
+        .zip(plans)
+        .map(|(bundle, plan)| {
+            let plan = plan?;
+            Ok(match bundle {
+                InputBundle::Seed(seed) => Answer::Seed(SeedAnswer {
+                    batch_id: seed.batch_id.clone(),
+                    subjects: seed.subjects.clone(),
+                    input: seed.features.clone(),
+                    output: plan
+                        .slots
+                        .iter()
+                        .map(|s| match s {
+                            Slot::Row { matrix_row } => class_name(scores[*matrix_row]).to_owned(),
+                            Slot::Failed(_) => unreachable!("seed records cannot fail"),
+                        })
+                        .collect(),
+                }),
+                InputBundle::Request(req) => {
+                    let mut rows = Vec::with_capacity(plan.ids.len());
+                    let mut errors = Vec::new();
+                    for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
+                        match slot {
+                            Slot::Row { matrix_row } => {
+                                let score = scores[matrix_row];
+                                rows.push(OutputRow {
+                                    id,
+                                    label: class_name(score).into(),
+                                    score,
+                                    reported: reported(matrix_row),
+                                });
+                            }
+                            Slot::Failed(e) => errors.push((id, e.to_string())),
+                        }
+                    }
+                    Answer::Request(OutputBundle {
+                        bundle_id: req.bundle_id.clone(),
+                        model: spec.name.clone(),
+                        model_version: model_version.to_owned(),
+                        columns: columns.clone(),
+                        rows,
+                        errors,
+                        timing_ms: timing_ms.clone(),
+                    })
+                }
+            })
+        })
+        .collect()
 }

@@ -14,6 +14,8 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
+use crate::text::{describe, truncate_chars};
+
 /// One cell of a row, as stored: text and nested JSON are byte ranges into the table's arena.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cell {
@@ -61,6 +63,19 @@ impl<'a> CellRef<'a> {
         match self {
             CellRef::Text(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// A short description for error messages ([`describe`] of the value), without copying
+    /// long text first.
+    pub fn describe(self) -> String {
+        match self {
+            CellRef::Text(s) => {
+                truncate_chars(&format!("the text {:?}", truncate_chars(s, 64)), 64)
+            }
+            CellRef::Json(s) if s.starts_with('[') => "an array".into(),
+            CellRef::Json(_) => "an object".into(),
+            other => describe(&other.to_value()),
         }
     }
 
@@ -470,5 +485,13 @@ mod tests {
             .deserialize(&mut serde_json::Deserializer::from_str(r#""many""#))
             .unwrap();
         assert!(not_rows.is_none());
+    }
+
+    #[test]
+    fn long_text_is_cut_in_descriptions_on_a_char_boundary() {
+        let long = "é".repeat(10_000);
+        let d = describe(&serde_json::json!(long));
+        assert!(d.chars().count() <= 66, "{}", d.chars().count());
+        assert_eq!(CellRef::Text(&long).describe(), d);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{ReferenceSource, SourceError};
+use super::source::{ReferenceSource, SourceError};
 use crate::spec::LookupSpec;
 use crate::standardize::FastMap;
 

@@ -10,7 +10,7 @@ use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
 use mongodb::Database;
 use smallvec::SmallVec;
 
-use super::{DocumentSource, FieldValue, ProviderDoc, SourceError};
+use super::source::{DocumentSource, FieldValue, ProviderDoc, SourceError};
 use crate::spec::DocumentSpec;
 
 /// Provider documents in a MongoDB database.
@@ -191,10 +191,9 @@ fn field_value(value: RawBsonRef<'_>) -> FieldValue {
         RawBsonRef::Int32(v) => FieldValue::Number(f64::from(v)),
         RawBsonRef::Int64(v) => FieldValue::Number(v as f64),
         RawBsonRef::Null => FieldValue::NotANumber("null".into()),
-        RawBsonRef::String(s) => FieldValue::NotANumber(format!(
-            "the text {:?}",
-            crate::standardize::truncate_chars(s, 32)
-        )),
+        RawBsonRef::String(s) => {
+            FieldValue::NotANumber(format!("the text {:?}", crate::text::truncate_chars(s, 32)))
+        }
         other => FieldValue::NotANumber(format!("a {:?} value", other.element_type())),
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use super::{ReferenceSource, SourceError};
+use super::source::{ReferenceSource, SourceError};
 use crate::spec::LookupSpec;
 
 /// Reference lookups against a PostgreSQL pool.

@@ -183,13 +183,8 @@ mod tests {
 
     fn params(kernel: &str) -> TrainParams {
         TrainParams {
-            kernel: kernel.into(),
-            kernel_width: (kernel == "gaussian").then_some(4.0),
-            c: 10.0,
-            class_weights: (1.0, 1.0),
-            tolerance: 1e-3,
-            folds: 5,
             seed: 1,
+            ..TrainParams::with_kernel(kernel.parse().unwrap())
         }
     }
 

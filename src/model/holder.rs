@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::artifact::ModelArtifact;
+use super::classifier::Classifier;
 use super::registry::{AliasPoll, Registry, RegistryError};
-use super::Classifier;
 
 /// A model ready to serve.
 #[derive(Debug)]
@@ -185,8 +185,13 @@ impl ModelHolder {
                 () = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = self.poll_once().await {
-                tracing::error!(model = %self.name, serving = self.current.load().version, error = %e, "model reload failed; the current version keeps serving");
+            // A poll in flight is abandoned at shutdown: the swap happens only at its end.
+            let polled = tokio::select! {
+                () = cancel.cancelled() => return,
+                polled = self.poll_once() => polled,
+            };
+            if let Err(e) = polled {
+                tracing::error!(model = %self.name, serving = self.current.load().version, error = %crate::text::error_chain(&e), "model reload failed; the current version keeps serving");
             }
         }
     }

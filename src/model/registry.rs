@@ -1,17 +1,19 @@
-//! The model registry in S3 (CONTRACT.md section 6).
+//! The model registry (docs/contract.md section 6), in S3 or any [`ModelStore`].
 //!
 //! - `models/<name>/versions/<n>/model.json`: one immutable artifact per version. Numbers are
 //!   taken with a conditional write (`If-None-Match: *`), so two publishers never share one.
 //! - `models/<name>/aliases/<alias>`: a small JSON record naming a version. The bucket's object
 //!   versioning keeps every write of it: that history is what `rollback` reads.
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_s3::primitives::ByteStream;
+use std::sync::Arc;
+
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::artifact::{ArtifactError, ModelArtifact};
+use super::s3_store::S3Store;
+use super::store::{Got, ModelStore, Put, StoreError};
 
 /// How many times a publisher retries after losing a version number to another publisher.
 const PUBLISH_ATTEMPTS: u32 = 32;
@@ -41,23 +43,14 @@ pub struct AliasState {
 /// Registry failures, naming the key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// S3 refused or could not be reached; retrying later may help.
-    #[error("S3 {op} on s3://{bucket}/{key} failed: {message}")]
-    S3 {
-        /// The operation.
-        op: &'static str,
-        /// The bucket.
-        bucket: String,
-        /// The key or prefix.
-        key: String,
-        /// The SDK's error with its cause chain.
-        message: String,
-    },
+    /// The store refused or could not be reached; retrying later may help.
+    #[error(transparent)]
+    Store(StoreError),
     /// The object does not exist.
-    #[error("s3://{bucket}/{key} does not exist")]
+    #[error("{location}/{key} does not exist")]
     NotFound {
-        /// The bucket.
-        bucket: String,
+        /// The store, e.g. `s3://bucket`.
+        location: String,
         /// The key.
         key: String,
     },
@@ -76,11 +69,19 @@ pub enum RegistryError {
     Invalid(String),
 }
 
-/// The registry over one bucket.
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { location, key } => RegistryError::NotFound { location, key },
+            other => RegistryError::Store(other),
+        }
+    }
+}
+
+/// The registry over one model store.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    s3: Client,
-    bucket: String,
+    store: Arc<dyn ModelStore>,
 }
 
 /// The key of a version's artifact.
@@ -94,29 +95,19 @@ pub fn alias_key(name: &str, alias: &str) -> String {
 }
 
 impl Registry {
-    /// A registry in `bucket`.
+    /// A registry in an S3 bucket.
     pub fn new(s3: Client, bucket: impl Into<String>) -> Self {
-        Self {
-            s3,
-            bucket: bucket.into(),
-        }
+        Self::with_store(Arc::new(S3Store::new(s3, bucket)))
+    }
+
+    /// A registry over any store (an in-memory one in unit tests).
+    pub fn with_store(store: Arc<dyn ModelStore>) -> Self {
+        Self { store }
     }
 
     /// The bucket name.
     pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    fn s3_error<E>(&self, op: &'static str, key: &str, e: E) -> RegistryError
-    where
-        E: std::error::Error + 'static,
-    {
-        RegistryError::S3 {
-            op,
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            message: DisplayErrorContext(e).to_string(),
-        }
+        self.store.bucket()
     }
 
     /// Publishes an artifact as the next version number and returns that number.
@@ -134,16 +125,12 @@ impl Registry {
             }
             artifact.version = Some(next);
             let key = version_key(&artifact.name, next);
-            self.s3
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .content_type("application/json")
-                .if_none_match("*")
-                .body(ByteStream::from(artifact.to_json()))
-                .send()
-                .await
-                .map_err(|e| self.s3_error("PutObject", &key, e))?;
+            if self.store.put(&key, artifact.to_json(), true).await? == Put::Exists {
+                return Err(RegistryError::Invalid(format!(
+                    "{}/{key} already exists although this publisher holds its claim",
+                    self.store.location()
+                )));
+            }
             return Ok(next);
         }
         Err(RegistryError::Invalid(format!(
@@ -158,79 +145,28 @@ impl Registry {
     /// the loser removes its own claim.
     async fn claim(&self, name: &str, n: u64) -> Result<bool, RegistryError> {
         let key = format!("models/{name}/versions/{n}/.claim");
-        let put = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .if_none_match("*")
-            .body(ByteStream::from(who().into_bytes()))
-            .send()
-            .await;
-        let ours = match put {
-            Ok(out) => out.version_id().map(str::to_owned),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("PreconditionFailed" | "ConditionalRequestConflict")
-                ) =>
-            {
-                return Ok(false)
-            }
-            Err(e) => return Err(self.s3_error("PutObject", &key, e)),
+        let ours = match self.store.put(&key, who().into_bytes(), true).await? {
+            Put::Exists => return Ok(false),
+            Put::Written(None) => return Ok(true),
+            Put::Written(Some(ours)) => ours,
         };
-        let Some(ours) = ours else { return Ok(true) };
-        let listed = self
-            .s3
-            .list_object_versions()
-            .bucket(&self.bucket)
-            .prefix(&key)
-            .send()
-            .await
-            .map_err(|e| self.s3_error("ListObjectVersions", &key, e))?;
-        // Listed newest first: the last version of the key is the first claim.
-        let first = listed
-            .versions()
-            .iter()
-            .filter(|v| v.key() == Some(key.as_str()))
-            .filter_map(|v| v.version_id())
-            .next_back();
-        if first == Some(ours.as_str()) {
+        let first = self.store.versions(&key).await?.into_iter().next();
+        if first.is_some_and(|v| v.version_id == ours) {
             return Ok(true);
         }
-        self.s3
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .version_id(&ours)
-            .send()
-            .await
-            .map_err(|e| self.s3_error("DeleteObject", &key, e))?;
+        self.store.delete_version(&key, &ours).await?;
         Ok(false)
     }
 
     /// Every published version number of a model, ascending.
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
         let prefix = format!("models/{name}/versions/");
-        let mut versions = Vec::new();
-        let mut pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
-            versions.extend(page.common_prefixes().iter().filter_map(|p| {
-                p.prefix()?
-                    .strip_prefix(&prefix)?
-                    .trim_end_matches('/')
-                    .parse::<u64>()
-                    .ok()
-            }));
-        }
+        let listing = self.store.list(&prefix, Some("/")).await?;
+        let mut versions: Vec<u64> = listing
+            .folders
+            .iter()
+            .filter_map(|p| p.strip_prefix(&prefix)?.trim_end_matches('/').parse().ok())
+            .collect();
         versions.sort_unstable();
         Ok(versions)
     }
@@ -238,20 +174,9 @@ impl Registry {
     /// Every alias of a model with the version it points at, by alias name.
     pub async fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
         let prefix = format!("models/{name}/aliases/");
-        let page = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .send()
-            .await
-            .map_err(|e| self.s3_error("ListObjectsV2", &prefix, e))?;
+        let listing = self.store.list(&prefix, None).await?;
         let mut out = Vec::new();
-        for alias in page
-            .contents()
-            .iter()
-            .filter_map(|o| o.key()?.strip_prefix(&prefix))
-        {
+        for alias in listing.keys.iter().filter_map(|k| k.strip_prefix(&prefix)) {
             if let Some(state) = self.alias(name, alias).await? {
                 out.push((alias.to_owned(), state.record.version));
             }
@@ -275,8 +200,8 @@ impl Registry {
             })?;
         if artifact.name != name {
             return Err(RegistryError::Invalid(format!(
-                "s3://{}/{} holds model '{}', not '{name}'",
-                self.bucket,
+                "{}/{} holds model '{}', not '{name}'",
+                self.store.location(),
                 version_key(name, version),
                 artifact.name
             )));
@@ -285,28 +210,9 @@ impl Registry {
     }
 
     async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Vec<u8>, RegistryError> {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version_id.map(str::to_owned))
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(out
-                .body
-                .collect()
-                .await
-                .map_err(|e| self.s3_error("GetObject", key, e))?
-                .to_vec()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                Err(RegistryError::NotFound {
-                    bucket: self.bucket.clone(),
-                    key: key.to_owned(),
-                })
-            }
-            Err(e) => Err(self.s3_error("GetObject", key, e)),
+        match self.store.get(key, version_id, None).await? {
+            Got::Object { bytes, .. } => Ok(bytes),
+            Got::NotModified => unreachable!("no ETag was given"),
         }
     }
 
@@ -332,36 +238,13 @@ impl Registry {
         etag: Option<&str>,
     ) -> Result<AliasPoll, RegistryError> {
         let key = alias_key(name, alias);
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .set_if_none_match(etag.map(str::to_owned))
-            .send()
-            .await;
-        let out = match out {
-            Ok(out) => out,
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => {
-                return Ok(AliasPoll::Unchanged)
+        match self.store.get(&key, None, etag).await? {
+            Got::NotModified => Ok(AliasPoll::Unchanged),
+            Got::Object { bytes, etag } => {
+                let record = parse_alias(self.store.location(), &key, &bytes)?;
+                Ok(AliasPoll::Changed(AliasState { record, etag }))
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(RegistryError::NotFound {
-                    bucket: self.bucket.clone(),
-                    key,
-                });
-            }
-            Err(e) => return Err(self.s3_error("GetObject", &key, e)),
-        };
-        let etag = out.e_tag().unwrap_or_default().to_owned();
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.s3_error("GetObject", &key, e))?
-            .to_vec();
-        let record = parse_alias(&self.bucket, &key, &bytes)?;
-        Ok(AliasPoll::Changed(AliasState { record, etag }))
+        }
     }
 
     /// Points an alias at a version (the caller has validated it).
@@ -379,61 +262,24 @@ impl Registry {
             at: Utc::now(),
             by: who(),
         };
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(
-                serde_json::to_vec(&record).expect("alias records serialize"),
-            ))
-            .send()
-            .await
-            .map_err(|e| self.s3_error("PutObject", &key, e))?;
+        let body = serde_json::to_vec(&record).expect("alias records serialize");
+        self.store.put(&key, body, false).await?;
         Ok(record)
     }
 
-    /// Every write of an alias, oldest first, from the bucket's object versions.
+    /// Every write of an alias, oldest first, from the store's object versions.
     pub async fn alias_history(
         &self,
         name: &str,
         alias: &str,
     ) -> Result<Vec<AliasRecord>, RegistryError> {
         let key = alias_key(name, alias);
-        let mut entries = Vec::new();
-        let mut req = self
-            .s3
-            .list_object_versions()
-            .bucket(&self.bucket)
-            .prefix(&key);
-        loop {
-            let page = req
-                .clone()
-                .send()
-                .await
-                .map_err(|e| self.s3_error("ListObjectVersions", &key, e))?;
-            entries.extend(
-                page.versions()
-                    .iter()
-                    .filter(|v| v.key() == Some(key.as_str()))
-                    .filter_map(|v| {
-                        Some((v.last_modified().copied()?, v.version_id()?.to_owned()))
-                    }),
-            );
-            match (
-                page.is_truncated(),
-                page.next_key_marker(),
-                page.next_version_id_marker(),
-            ) {
-                (Some(true), Some(k), Some(v)) => req = req.key_marker(k).version_id_marker(v),
-                _ => break,
-            }
-        }
-        entries.sort_by_key(|e| e.0);
+        let mut entries = self.store.versions(&key).await?;
+        entries.sort_by_key(|v| v.last_modified_ms);
         let mut records = Vec::with_capacity(entries.len());
-        for (_, version_id) in entries {
-            let bytes = self.get(&key, Some(&version_id)).await?;
-            records.push(parse_alias(&self.bucket, &key, &bytes)?);
+        for v in entries {
+            let bytes = self.get(&key, Some(&v.version_id)).await?;
+            records.push(parse_alias(self.store.location(), &key, &bytes)?);
         }
         // Same-second writes share a LastModified; the records' own times order them.
         records.sort_by_key(|r| r.at);
@@ -481,9 +327,9 @@ pub fn replay(history: &[AliasRecord]) -> Vec<u64> {
     stack
 }
 
-fn parse_alias(bucket: &str, key: &str, bytes: &[u8]) -> Result<AliasRecord, RegistryError> {
+fn parse_alias(location: &str, key: &str, bytes: &[u8]) -> Result<AliasRecord, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        RegistryError::Invalid(format!("s3://{bucket}/{key} is not an alias record: {e}"))
+        RegistryError::Invalid(format!("{location}/{key} is not an alias record: {e}"))
     })
 }
 

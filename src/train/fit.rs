@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::artifact::{Metrics, TrainParams};
+use crate::model::artifact::{Kernel, Metrics, TrainParams};
 use crate::model::Classifier;
 
 /// The kernel matrix budget: fits whose n x n matrix would exceed it are refused up front.
@@ -74,7 +74,7 @@ pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifi
         .pos_neg_weights(params.c * w_real, params.c * w_fake)
         .eps(params.tolerance);
     let base = match params.kernel_width {
-        Some(width) if params.kernel == "gaussian" => base.gaussian_kernel(width),
+        Some(width) if params.kernel == Kernel::Gaussian => base.gaussian_kernel(width),
         _ => base.linear_kernel(),
     };
     let svm = base.fit(&scaled)?;
@@ -266,13 +266,10 @@ mod tests {
     fn one_class_is_refused() {
         let x = Array2::zeros((4, 2));
         let params = TrainParams {
-            kernel: "linear".into(),
-            kernel_width: None,
             c: 1.0,
-            class_weights: (1.0, 1.0),
-            tolerance: 1e-3,
             folds: 2,
             seed: 1,
+            ..TrainParams::with_kernel(Kernel::Linear)
         };
         assert!(matches!(
             fit(&x, &[true; 4], &params),

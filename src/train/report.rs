@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{skipped_by_kind, TrainingData};
 use super::fit::EvalTimes;
-use crate::model::artifact::{Metrics, ModelArtifact, TrainParams};
+use crate::model::artifact::{Kernel, Metrics, ModelArtifact, TrainParams};
 
 /// Seconds per phase of a training job.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -105,8 +105,8 @@ impl fmt::Display for TrainReport {
         }
         writeln!(f, "  features   {}", self.features.join(", "))?;
         let kernel = match p.kernel_width {
-            Some(w) if p.kernel == "gaussian" => format!("gaussian (width {w})"),
-            _ => p.kernel.clone(),
+            Some(w) if p.kernel == Kernel::Gaussian => format!("gaussian (width {w})"),
+            _ => p.kernel.to_string(),
         };
         writeln!(
             f,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::queue::SqsQueue;
+use crate::queue::delivery::change_visibility_all;
+use crate::queue::Queue;
 
 /// Extends visibility until dropped.
 #[derive(Debug)]
@@ -15,8 +16,8 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Every `fraction` of `visibility_secs`, resets the messages' visibility to `visibility_secs`.
-    pub fn start(
-        queue: SqsQueue,
+    pub fn start<Q: Queue + 'static>(
+        queue: Q,
         receipts: Vec<String>,
         visibility_secs: i32,
         fraction: f64,
@@ -32,19 +33,10 @@ impl Heartbeat {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                for chunk in receipts.chunks(10) {
-                    let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                    match queue.extend_visibility(&refs, visibility_secs).await {
-                        Ok(failed) if failed.is_empty() => {}
-                        Ok(failed) => tracing::warn!(
-                            failed = failed.len(),
-                            "visibility not extended for some messages"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "visibility heartbeat failed"),
-                    }
-                }
+                let extended = change_visibility_all(&queue, &receipts, visibility_secs).await;
                 tracing::debug!(
                     messages = receipts.len(),
+                    extended,
                     visibility_secs,
                     "visibility extended"
                 );

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::health::WorkerState;
+use super::state::WorkerState;
 
 /// How long one protection request lasts; renewed well before it runs out.
 pub const EXPIRES: Duration = Duration::from_secs(15 * 60);

@@ -12,7 +12,7 @@ use ml_pipeline::enrich::mongo::MongoDocuments;
 use ml_pipeline::enrich::postgres::PgReference;
 use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
 use ml_pipeline::model::holder::{ModelHolder, ModelSource};
-use ml_pipeline::queue::SqsQueue;
+use ml_pipeline::queue::{Queue, SqsQueue};
 use ml_pipeline::spec::{DocumentSpec, LookupSpec};
 use ml_pipeline::worker::{Hooks, RunSummary, Worker, WorkerConfig};
 use serde_json::Value;

@@ -194,15 +194,7 @@ pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOp
 
 /// The CLI's default hyperparameters for a kernel.
 pub fn params(kernel: &str) -> ml_pipeline::model::artifact::TrainParams {
-    ml_pipeline::model::artifact::TrainParams {
-        kernel: kernel.into(),
-        kernel_width: (kernel == "gaussian").then_some(4.0),
-        c: 10.0,
-        class_weights: (1.0, 1.0),
-        tolerance: 1e-3,
-        folds: 5,
-        seed: 42,
-    }
+    ml_pipeline::model::artifact::TrainParams::with_kernel(kernel.parse().unwrap())
 }
 
 /// A Gaussian model fitted once per test binary on the default notes' canonical features.

@@ -1,48 +1,13 @@
-//! The `models` subcommands: what a data scientist runs to compare, promote and roll back.
+//! The `models` commands: what a data scientist runs to list, compare, promote and roll back
+//! model versions. Each returns the text to print.
 
 use std::fmt::Write as _;
 
 use anyhow::Context;
 use serde_json::Value;
 
-use super::artifact::ModelArtifact;
-use super::registry::Registry;
-use crate::cli::ModelsCommand;
-use crate::settings::Settings;
-
-/// Runs one `models` subcommand and prints its result.
-pub async fn run(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<()> {
-    let registry = crate::cli::registry(settings).await?;
-    let default_name = || settings.model_name.clone();
-    let out = match cmd {
-        ModelsCommand::List { name } => list(&registry, &name.unwrap_or_else(default_name)).await?,
-        ModelsCommand::Show { version, name } => show(
-            &registry
-                .load(&name.unwrap_or_else(default_name), version)
-                .await?,
-        ),
-        ModelsCommand::Promote {
-            name,
-            version,
-            alias,
-            require_better,
-            force,
-        } => promote(&registry, &name, version, &alias, require_better && !force).await?,
-        ModelsCommand::Rollback { name, alias } => {
-            let (from, to) = registry.rollback(&name, &alias).await?;
-            format!("{name}: alias {alias} rolled back from version {from} to version {to}")
-        }
-        ModelsCommand::Diff { a, b, name } => {
-            let name = name.unwrap_or_else(default_name);
-            diff(
-                &registry.load(&name, a).await?,
-                &registry.load(&name, b).await?,
-            )
-        }
-    };
-    println!("{}", out.trim_end());
-    Ok(())
-}
+use crate::model::artifact::ModelArtifact;
+use crate::model::registry::Registry;
 
 /// A table of versions with metrics and aliases.
 pub async fn list(registry: &Registry, name: &str) -> anyhow::Result<String> {
@@ -135,7 +100,11 @@ pub fn diff(a: &ModelArtifact, b: &ModelArtifact) -> String {
         format!("version {vb}")
     );
     let rows: [(&str, String, String); 8] = [
-        ("kernel", a.params.kernel.clone(), b.params.kernel.clone()),
+        (
+            "kernel",
+            a.params.kernel.to_string(),
+            b.params.kernel.to_string(),
+        ),
         ("C", a.params.c.to_string(), b.params.c.to_string()),
         (
             "cv accuracy",

@@ -1,4 +1,4 @@
-//! `demo`: the whole job end to end on the local services, with a summary a person can check.
+//! `ml-pipeline-tools demo`: the whole job end to end on the local services, with a summary a person can check.
 //!
 //! Fixtures loaded, a model trained and promoted, the worker started, the fixture bundles sent,
 //! the answers read back, and a summary printed: records, errors by reason, time per stage, and
@@ -12,45 +12,39 @@ use ndarray::Array2;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::compression::{decompress, ContentEncoding};
-use crate::fixtures::FixtureSet;
-use crate::model::holder::LoadedModel;
-use crate::settings::Settings;
+use ml_pipeline::bundle::compression::{decompress, ContentEncoding};
+use ml_pipeline::fixtures::FixtureSet;
+use ml_pipeline::model::artifact::TrainParams;
+use ml_pipeline::model::holder::LoadedModel;
+use ml_pipeline::queue::Queue;
+use ml_pipeline::settings::Settings;
 
 /// Runs the demo: `prepare` loads, trains and promotes; then the worker answers the fixtures.
 pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()> {
-    let set = crate::fixtures::read_set(fixtures_dir)?;
-    let registry = crate::cli::registry(settings).await?;
-    let pool = crate::db::connect_migrated(&settings.database_url, 4).await?;
-    let enricher = crate::cli::enricher(settings, &pool).await?;
-    let mongo = crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database).await?;
-    let spec = crate::spec::PipelineSpec::banknote();
-    let loaded = crate::fixtures::load::load(&set, &spec, &pool, &mongo, "default").await?;
+    let set = ml_pipeline::fixtures::read_set(fixtures_dir)?;
+    let registry = ml_pipeline::startup::registry(settings).await?;
+    let pool = ml_pipeline::startup::postgres_migrated(settings, 4).await?;
+    let enricher = ml_pipeline::startup::enricher(settings, &pool).await?;
+    let mongo = ml_pipeline::startup::mongo(settings).await?;
+    let spec = ml_pipeline::spec::PipelineSpec::banknote();
+    let loaded = ml_pipeline::fixtures::load::load(&set, &spec, &pool, &mongo, "default").await?;
     println!(
         "1. fixtures loaded: {} reference rows, {} training examples, {} provider documents",
         loaded.reference_rows, loaded.training_rows, loaded.documents
     );
 
-    let opts = crate::train::TrainOptions {
+    let opts = ml_pipeline::train::TrainOptions {
         spec,
-        source: crate::train::DataSource::Postgres {
+        source: ml_pipeline::train::DataSource::Postgres {
             dataset: "default".into(),
         },
-        params: crate::model::artifact::TrainParams {
-            kernel: "gaussian".into(),
-            kernel_width: Some(4.0),
-            c: 10.0,
-            class_weights: (1.0, 1.0),
-            tolerance: 1e-3,
-            folds: 5,
-            seed: 42,
-        },
+        params: TrainParams::default(),
         kernel_budget_bytes: 4 << 30,
         dry_run: false,
     };
-    let (report, _) = crate::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
+    let (report, _) = ml_pipeline::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
     let version = report.version.expect("published");
-    crate::model::commands::promote(
+    ml_pipeline::commands::models::promote(
         &registry,
         &settings.model_name,
         version,
@@ -64,23 +58,28 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
         report.metrics.support_vectors
     );
 
-    let worker = crate::worker::build(settings).await?;
+    let worker = ml_pipeline::startup::build_worker(settings).await?;
     let model = worker.models.current();
     let output = worker.output.clone();
     let input = worker.input.clone();
     let shutdown = CancellationToken::new();
-    let options = crate::worker::ServeOptions {
+    let options = ml_pipeline::startup::ServeOptions {
         poll: Duration::from_secs(settings.model_poll_secs.max(1)),
         http: None,
         metrics: None,
         task_protection: None,
     };
-    let running = tokio::spawn(crate::worker::serve(worker, options, shutdown.clone()));
+    let running = tokio::spawn(ml_pipeline::startup::serve(
+        worker,
+        options,
+        shutdown.clone().cancelled_owned(),
+    ));
     println!("3. worker started on {}", input.url());
 
-    let bundles = crate::send::read_bundles(fixtures_dir)?;
+    let bundles = ml_pipeline::commands::send::read_bundles(fixtures_dir)?;
     let started = Instant::now();
-    let sent = crate::send::send(&input, &bundles, ContentEncoding::Gzip, None).await?;
+    let sent =
+        ml_pipeline::commands::send::send(&input, &bundles, ContentEncoding::Gzip, None).await?;
     println!("4. sent {sent} bundles (gzip) to the input queue");
     let wanted: HashSet<String> = bundles
         .iter()
@@ -113,7 +112,7 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
 
 /// Reads (and deletes) answers until every wanted bundle id has one, ignoring others.
 async fn read_answers(
-    output: &crate::queue::SqsQueue,
+    output: &ml_pipeline::queue::SqsQueue,
     wanted: &HashSet<String>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Value>> {
@@ -154,7 +153,7 @@ async fn read_answers(
 
 /// The demo's summary table.
 fn summarize(set: &FixtureSet, answers: &[Value], model: &LoadedModel) -> String {
-    let notes: HashMap<&str, &crate::fixtures::Note> =
+    let notes: HashMap<&str, &ml_pipeline::fixtures::Note> =
         set.notes.iter().map(|n| (n.note_id.as_str(), n)).collect();
     let (mut records, mut predicted, mut agree, mut planted_ok) = (0usize, 0usize, 0usize, 0usize);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -190,7 +189,7 @@ fn summarize(set: &FixtureSet, answers: &[Value], model: &LoadedModel) -> String
             records += 1;
             let reason = err[1].as_str().unwrap_or_default();
             *reasons
-                .entry(crate::record::reason_kind(reason))
+                .entry(ml_pipeline::record::reason_kind(reason))
                 .or_default() += 1;
             let planted = err[0]
                 .as_str()

@@ -1,11 +1,8 @@
-//! The SQS seam: receive, send in batches, delete in batches, extend visibility.
-//!
-//! Batch calls report per entry; the caller retries only the entries that failed. Every call is
-//! bounded by the SDK's operation timeout (set in [`crate::aws::sdk_config`]).
+//! The queue seam over `aws-sdk-sqs`. Every call is bounded by the SDK's operation timeout (set
+//! where the client is built, in `startup`).
 
 use std::collections::HashMap;
 
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -13,52 +10,8 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
+use super::seam::{EntryFailures, Message, Outgoing, Queue, QueueError};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
-
-/// The message attribute carrying the bundle id on outputs.
-pub const BUNDLE_ID_ATTRIBUTE: &str = "bundle_id";
-
-/// A message as received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// SQS's message id.
-    pub message_id: String,
-    /// The handle to delete it or change its visibility.
-    pub receipt_handle: String,
-    /// The body as sent.
-    pub body: String,
-    /// The `content-encoding` attribute, if any.
-    pub content_encoding: Option<String>,
-    /// When it was first sent, in milliseconds since the epoch.
-    pub sent_timestamp_ms: Option<u64>,
-    /// How many times it has been received, this time included.
-    pub receive_count: u32,
-}
-
-/// A message to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outgoing {
-    /// The body.
-    pub body: String,
-    /// String message attributes.
-    pub attributes: Vec<(String, String)>,
-    /// FIFO queues: the deduplication id (the bundle id).
-    pub dedup_id: Option<String>,
-    /// FIFO queues: the message group.
-    pub group_id: Option<String>,
-}
-
-/// A queue call that failed as a whole; the caller backs off and retries later.
-#[derive(Debug, thiserror::Error)]
-#[error("SQS {op} on {queue} failed: {message}")]
-pub struct QueueError {
-    /// The operation.
-    pub op: &'static str,
-    /// The queue URL.
-    pub queue: String,
-    /// The SDK's error with its cause chain.
-    pub message: String,
-}
 
 /// One SQS queue.
 #[derive(Debug, Clone)]
@@ -85,18 +38,50 @@ impl SqsQueue {
         Ok(Self { client, url })
     }
 
-    /// The queue URL.
+    /// The queue URL (also [`Queue::url`]).
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Whether it is a FIFO queue (needs dedup and group ids).
-    pub fn is_fifo(&self) -> bool {
-        self.url.ends_with(".fifo")
+    /// The SDK client, for callers that need a call outside the seam.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
-    /// Long-polls for up to `max` messages, waiting up to `wait_secs`.
-    pub async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
+    /// A queue attribute (VisibilityTimeout, RedrivePolicy...).
+    pub async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(name.clone())
+            .send()
+            .await
+            .map_err(|e| error("GetQueueAttributes", &self.url, e))?;
+        Ok(out.attributes.and_then(|mut a| a.remove(&name)))
+    }
+
+    /// The dead-letter queue named by this queue's RedrivePolicy, if it has one.
+    pub async fn dead_letter_queue(&self) -> Result<Option<SqsQueue>, QueueError> {
+        let Some(policy) = self.attribute(QueueAttributeName::RedrivePolicy).await? else {
+            return Ok(None);
+        };
+        let arn = serde_json::from_str::<serde_json::Value>(&policy)
+            .ok()
+            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
+        let Some(name) = arn.as_deref().and_then(|a| a.rsplit(':').next()) else {
+            return Ok(None);
+        };
+        Ok(Some(SqsQueue::resolve(self.client.clone(), name).await?))
+    }
+}
+
+impl Queue for SqsQueue {
+    fn url(&self) -> &str {
+        SqsQueue::url(self)
+    }
+
+    async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
         let out = self
             .client
             .receive_message()
@@ -133,11 +118,7 @@ impl SqsQueue {
             .collect())
     }
 
-    /// Sends up to 10 messages; returns the indexes that failed, with SQS's reason.
-    pub async fn send_batch(
-        &self,
-        messages: &[Outgoing],
-    ) -> Result<Vec<(usize, String)>, QueueError> {
+    async fn send_batch(&self, messages: &[Outgoing]) -> Result<EntryFailures, QueueError> {
         let entries = messages
             .iter()
             .enumerate()
@@ -172,11 +153,7 @@ impl SqsQueue {
         ))
     }
 
-    /// Deletes up to 10 messages; returns the indexes that failed.
-    pub async fn delete_batch(
-        &self,
-        receipts: &[&str],
-    ) -> Result<Vec<(usize, String)>, QueueError> {
+    async fn delete_batch(&self, receipts: &[&str]) -> Result<EntryFailures, QueueError> {
         let entries = receipts
             .iter()
             .enumerate()
@@ -201,12 +178,11 @@ impl SqsQueue {
         ))
     }
 
-    /// Sets the visibility timeout of up to 10 messages; returns the indexes that failed.
-    pub async fn extend_visibility(
+    async fn change_visibility(
         &self,
         receipts: &[&str],
         seconds: i32,
-    ) -> Result<Vec<(usize, String)>, QueueError> {
+    ) -> Result<EntryFailures, QueueError> {
         let entries = receipts
             .iter()
             .enumerate()
@@ -232,31 +208,11 @@ impl SqsQueue {
         ))
     }
 
-    /// A queue attribute (VisibilityTimeout, RedrivePolicy...).
-    pub async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>, QueueError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(name.clone())
-            .send()
-            .await
-            .map_err(|e| error("GetQueueAttributes", &self.url, e))?;
-        Ok(out.attributes.and_then(|mut a| a.remove(&name)))
-    }
-
-    /// The dead-letter queue named by this queue's RedrivePolicy, if it has one.
-    pub async fn dead_letter_queue(&self) -> Result<Option<SqsQueue>, QueueError> {
-        let Some(policy) = self.attribute(QueueAttributeName::RedrivePolicy).await? else {
-            return Ok(None);
-        };
-        let arn = serde_json::from_str::<serde_json::Value>(&policy)
-            .ok()
-            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
-        let Some(name) = arn.as_deref().and_then(|a| a.rsplit(':').next()) else {
-            return Ok(None);
-        };
-        Ok(Some(SqsQueue::resolve(self.client.clone(), name).await?))
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        let visible = self
+            .attribute(QueueAttributeName::ApproximateNumberOfMessages)
+            .await?;
+        Ok(visible.and_then(|v| v.parse().ok()))
     }
 }
 
@@ -288,10 +244,14 @@ fn failed_entries<'a>(
         .collect()
 }
 
-fn error<E: std::error::Error + 'static>(op: &'static str, queue: &str, e: E) -> QueueError {
+fn error<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    queue: &str,
+    e: E,
+) -> QueueError {
     QueueError {
         op,
         queue: queue.to_owned(),
-        message: DisplayErrorContext(e).to_string(),
+        source: Box::new(e),
     }
 }

@@ -1,4 +1,4 @@
-//! `ml-pipeline bench`: the end-to-end load generator.
+//! `ml-pipeline-tools bench`: the end-to-end load generator.
 //!
 //! It sends N bundles of M fixture requests (so enrichment does real PostgreSQL and MongoDB
 //! round trips) to a worker's input queue, paced or as fast as possible, reads the answers back,
@@ -27,10 +27,10 @@ use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use serde::Serialize;
 
-use crate::bundle::compression::ContentEncoding;
-use crate::queue::SqsQueue;
-use crate::settings::Settings;
 use load::Tally;
+use ml_pipeline::bundle::compression::ContentEncoding;
+use ml_pipeline::queue::SqsQueue;
+use ml_pipeline::settings::Settings;
 
 /// Options of `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,7 +52,7 @@ pub struct BenchArgs {
     pub senders: usize,
     /// Encoding of the bundles sent.
     #[arg(long, value_enum, default_value = "identity")]
-    pub encoding: crate::cli::EncodingArg,
+    pub encoding: crate::EncodingArg,
     /// The fixture set whose requests fill the bundles (loaded into the databases).
     #[arg(long, default_value = "fixtures/default")]
     pub fixtures: PathBuf,
@@ -145,10 +145,10 @@ pub fn median_range(values: &[f64]) -> Option<(f64, f64, f64)> {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report> {
-    let set = crate::fixtures::read_set(&args.fixtures)
+    let set = ml_pipeline::fixtures::read_set(&args.fixtures)
         .with_context(|| format!("reading the fixtures in {}", args.fixtures.display()))?;
-    let sdk = crate::aws::sdk_config(Duration::from_secs(30)).await;
-    let sqs = crate::aws::sqs(&sdk);
+    let sdk = ml_pipeline::aws::sdk_config(Duration::from_secs(30)).await;
+    let sqs = ml_pipeline::aws::sqs(&sdk);
     let run_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut report = Report {
         bundles: args.bundles,
@@ -287,7 +287,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
             report.peak_rss_mib = Some(process::peak_rss(pid)? as f64 / (1 << 20) as f64);
         }
         if let Some(url) = &metrics_url {
-            match crate::http::request("GET", url, None, Duration::from_secs(5)).await {
+            match ml_pipeline::http::request("GET", url, None, Duration::from_secs(5)).await {
                 Ok(reply) => (report.stage_ms, report.batches) = stage_means(&reply.body),
                 Err(e) => println!("worker metrics not read: {e:#}"),
             }
@@ -393,13 +393,29 @@ pub fn stage_means(metrics: &str) -> (BTreeMap<String, f64>, Option<(u64, f64)>)
     (means, batches)
 }
 
-/// Starts `ml-pipeline worker` (this binary) with the environment plus `env`, its HTTP
-/// endpoints off unless `env` sets `ML_PIPELINE_HTTP_ADDR`, logging to `log`.
+/// The `ml-pipeline` binary: `ML_PIPELINE_BIN`, or the one built beside this tool (`cargo
+/// build --release --workspace` builds both into the same directory).
+pub fn worker_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ML_PIPELINE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe().context("locating this tool's binary")?;
+    let beside = me.with_file_name(format!("ml-pipeline{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        beside.exists(),
+        "{} does not exist: build the worker with `cargo build --release --workspace`, or set ML_PIPELINE_BIN",
+        beside.display()
+    );
+    Ok(beside)
+}
+
+/// Starts `ml-pipeline worker` with the environment plus `env`, its HTTP endpoints off unless
+/// `env` sets `ML_PIPELINE_HTTP_ADDR`, logging to `log`.
 pub(crate) fn spawn_worker_with(
     env: &[(&str, String)],
     log: &std::path::Path,
 ) -> anyhow::Result<std::process::Child> {
-    let exe = std::env::current_exe().context("locating the ml-pipeline binary")?;
+    let exe = worker_binary()?;
     let child = std::process::Command::new(exe)
         .arg("worker")
         .env("ML_PIPELINE_HTTP_ADDR", "off")

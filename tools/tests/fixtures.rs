@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use ml_pipeline::fixtures::{self, GenerateOptions};
+use ml_pipeline::fixtures;
 use ml_pipeline::spec::PipelineSpec;
+use ml_pipeline_tools::generator::generate::{generate, GenerateOptions};
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
@@ -21,7 +22,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn generate_into(dir: &Path, opts: &GenerateOptions) {
-    fixtures::write_set(&fixtures::generate(&PipelineSpec::banknote(), opts), dir).unwrap();
+    fixtures::write_set(&generate(&PipelineSpec::banknote(), opts), dir).unwrap();
 }
 
 #[test]
@@ -71,7 +72,7 @@ fn the_committed_default_set_is_what_seed_42_generates() {
 #[test]
 fn a_written_set_reads_back_equal() {
     let tmp = std::env::temp_dir().join(format!("fixtures-{}", uuid::Uuid::new_v4()));
-    let set = fixtures::generate(
+    let set = generate(
         &PipelineSpec::banknote(),
         &GenerateOptions {
             notes: 200,

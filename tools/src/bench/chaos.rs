@@ -19,9 +19,9 @@ use rand::Rng;
 
 use super::load::{self, Tally};
 use super::{create_queue, spawn_worker_with, stop};
-use crate::bundle::compression::ContentEncoding;
-use crate::fixtures::PoisonExpect;
-use crate::queue::{Outgoing, SqsQueue};
+use ml_pipeline::bundle::compression::ContentEncoding;
+use ml_pipeline::fixtures::PoisonExpect;
+use ml_pipeline::queue::{send_all, Outgoing, Retry, SqsQueue};
 
 /// The fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,10 +67,10 @@ pub struct ChaosArgs {
 
 /// Runs one scenario and prints its counts.
 pub async fn run(args: &ChaosArgs) -> anyhow::Result<Tally> {
-    let set = crate::fixtures::read_set(&args.fixtures)
+    let set = ml_pipeline::fixtures::read_set(&args.fixtures)
         .with_context(|| format!("reading the fixtures in {}", args.fixtures.display()))?;
-    let sdk = crate::aws::sdk_config(Duration::from_secs(30)).await;
-    let sqs = crate::aws::sqs(&sdk);
+    let sdk = ml_pipeline::aws::sdk_config(Duration::from_secs(30)).await;
+    let sqs = ml_pipeline::aws::sqs(&sdk);
     let run_id = format!("chaos-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut created = Vec::new();
     let vis = args.visibility_secs.to_string();
@@ -184,9 +184,8 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<Tally> {
                 let sender = async {
                     let half = bundles.len() / 2;
                     let times = load::send(&input, &bundles[..half], ContentEncoding::Identity, None, 2).await?;
-                    for chunk in poison.chunks(10) {
-                        anyhow::ensure!(input.send_batch(chunk).await?.is_empty(), "poison refused by SQS");
-                    }
+                    let accepted = send_all(&input, &poison, &Retry::default()).await;
+                    anyhow::ensure!(accepted.len() == poison.len(), "poison refused by SQS");
                     let rest = load::send(&input, &bundles[half..], ContentEncoding::Identity, None, 2).await?;
                     times.lock().await.extend(rest.lock().await.drain());
                     anyhow::Ok(times)

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::bundle::compression::{compress, ContentEncoding, CONTENT_ENCODING_ATTRIBUTE};
-use crate::queue::{Outgoing, SqsQueue};
+use crate::queue::{send_all, Outgoing, Queue, Retry};
 
 /// Reads bundles to send: a fixture directory (v1 and seed bundles) or a .json/.jsonl file.
 pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
@@ -31,8 +31,8 @@ pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Sends bundles in batches of 10, at most `rate` bundles per second (None: as fast as possible).
-pub async fn send(
-    queue: &SqsQueue,
+pub async fn send<Q: Queue>(
+    queue: &Q,
     bundles: &[Value],
     encoding: ContentEncoding,
     rate: Option<f64>,
@@ -52,17 +52,16 @@ pub async fn send(
                     .map(|a| (CONTENT_ENCODING_ATTRIBUTE.to_owned(), a.to_owned()))
                     .into_iter()
                     .collect(),
-                dedup_id: queue.is_fifo().then(|| uuid::Uuid::new_v4().to_string()),
-                group_id: queue.is_fifo().then(|| "send".to_owned()),
+                dedup_id: Some(uuid::Uuid::new_v4().to_string()),
+                group_id: Some("send".to_owned()),
             })
             .collect();
-        let failed = queue.send_batch(&messages).await?;
+        let accepted = send_all(queue, &messages, &Retry::default()).await;
         anyhow::ensure!(
-            failed.is_empty(),
-            "SQS refused {} of {} messages: {:?}",
-            failed.len(),
-            messages.len(),
-            failed
+            accepted.len() == messages.len(),
+            "SQS did not accept {} of {} messages after retries (see the warnings above)",
+            messages.len() - accepted.len(),
+            messages.len()
         );
         sent += messages.len();
         if let Some(rate) = rate.filter(|r| *r > 0.0) {
@@ -82,4 +81,33 @@ pub fn with_fresh_id(bundle: &Value, round: usize) -> Value {
         }
     }
     b
+}
+
+/// `send`: the bundles at `from` to the settings' input queue, `repeat` times (fresh bundle ids
+/// after the first); returns what to print.
+pub async fn send_from(
+    settings: &crate::settings::Settings,
+    from: &Path,
+    encoding: ContentEncoding,
+    rate: Option<f64>,
+    repeat: usize,
+) -> anyhow::Result<String> {
+    let bundles = read_bundles(from)?;
+    let sqs = crate::startup::sqs(Duration::from_secs(30)).await;
+    let queue = crate::startup::queue(
+        &sqs,
+        settings.input_queue.as_deref(),
+        "ML_PIPELINE_INPUT_QUEUE",
+    )
+    .await?;
+    let mut total = 0;
+    for round in 0..repeat.max(1) {
+        let batch: Vec<Value> = if round == 0 {
+            bundles.clone()
+        } else {
+            bundles.iter().map(|b| with_fresh_id(b, round)).collect()
+        };
+        total += send(&queue, &batch, encoding, rate).await?;
+    }
+    Ok(format!("sent {total} bundles to {}", queue.url()))
 }

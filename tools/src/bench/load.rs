@@ -10,10 +10,10 @@ use aws_sdk_sqs::Client;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
-use crate::bundle::compression::{compress, ContentEncoding, CONTENT_ENCODING_ATTRIBUTE};
-use crate::bundle::RequestBundle;
-use crate::fixtures::FixtureSet;
-use crate::queue::{Outgoing, SqsQueue, BUNDLE_ID_ATTRIBUTE};
+use ml_pipeline::bundle::compression::{compress, ContentEncoding, CONTENT_ENCODING_ATTRIBUTE};
+use ml_pipeline::bundle::RequestBundle;
+use ml_pipeline::fixtures::FixtureSet;
+use ml_pipeline::queue::{send_all, Outgoing, Retry, SqsQueue, BUNDLE_ID_ATTRIBUTE};
 
 /// One bundle ready to send.
 #[derive(Debug, Clone)]
@@ -97,8 +97,13 @@ pub async fn send(
         let ids: Vec<String> = chunk.iter().map(|p| p.bundle_id.clone()).collect();
         async move {
             let at = Instant::now();
-            let failed = queue.send_batch(&messages).await?;
-            anyhow::ensure!(failed.is_empty(), "SQS refused entries: {failed:?}");
+            let accepted = send_all(queue, &messages, &Retry::default()).await;
+            anyhow::ensure!(
+                accepted.len() == messages.len(),
+                "SQS did not accept {} of {} bundles after retries",
+                messages.len() - accepted.len(),
+                messages.len()
+            );
             let mut t = times.lock().await;
             for id in ids {
                 t.insert(id, at);

@@ -1,0 +1,65 @@
+//! `train`: the spec and data named on the command line, fitted, evaluated, recorded and
+//! published (or not, with `--dry-run`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::model::artifact::TrainParams;
+use crate::settings::Settings;
+use crate::spec::PipelineSpec;
+use crate::train::{DataSource, TrainOptions};
+
+/// One `train` run as asked for.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// A pipeline spec JSON file; None: the built-in banknote spec.
+    pub spec_file: Option<PathBuf>,
+    /// Keep only these features, in this order; empty: all of the spec's.
+    pub features: Vec<String>,
+    /// Where the labelled rows come from.
+    pub source: DataSource,
+    /// Hyperparameters.
+    pub params: TrainParams,
+    /// Refuse data whose n x n kernel matrix exceeds this many GiB.
+    pub kernel_budget_gib: f64,
+    /// Where the JSON report is written.
+    pub report: PathBuf,
+    /// Fit and evaluate, record the job, publish nothing.
+    pub dry_run: bool,
+}
+
+/// Runs the job; returns the report text to print.
+pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String> {
+    let mut spec = match &job.spec_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a pipeline spec", path.display()))?
+        }
+        None => PipelineSpec::banknote(),
+    };
+    if !job.features.is_empty() {
+        let names: Vec<&str> = job.features.iter().map(String::as_str).collect();
+        spec = spec.with_features(&names)?;
+    }
+    let opts = TrainOptions {
+        spec,
+        source: job.source,
+        params: job.params,
+        kernel_budget_bytes: (job.kernel_budget_gib * f64::from(1u32 << 30)) as u64,
+        dry_run: job.dry_run,
+    };
+    let pool = crate::startup::postgres_migrated(settings, 2).await?;
+    let enricher = crate::startup::enricher(settings, &pool).await?;
+    let registry = if job.dry_run {
+        None
+    } else {
+        Some(crate::startup::registry(settings).await?)
+    };
+    let (report, _) = crate::train::train(&opts, &pool, &enricher, registry.as_ref()).await?;
+    std::fs::write(&job.report, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", job.report.display()))?;
+    Ok(format!("{report}\n  report     {}", job.report.display()))
+}

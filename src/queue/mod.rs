@@ -1,0 +1,13 @@
+//! The queues: a narrow seam ([`Queue`]: receive, send a batch, delete a batch, change
+//! visibility), its SQS implementation, an in-memory one for unit tests, and the delivery rules
+//! built once on top of it (batch limits, FIFO ids, per-entry retries).
+
+pub mod delivery;
+pub mod memory;
+pub mod seam;
+pub mod sqs;
+
+pub use delivery::{delete_all, send_all, Retry};
+pub use memory::MemoryQueue;
+pub use seam::{EntryFailures, Message, Outgoing, Queue, QueueError, BUNDLE_ID_ATTRIBUTE};
+pub use sqs::SqsQueue;

@@ -1,0 +1,96 @@
+//! The queue seam: the handful of calls the worker, the operator's commands and the tools make
+//! on a queue. [`super::sqs::SqsQueue`] implements it over `aws-sdk-sqs`,
+//! [`super::memory::MemoryQueue`] in memory for unit tests; [`super::delivery`] builds chunking,
+//! FIFO ids and per-entry retries on top, once for both.
+
+use std::future::Future;
+
+/// The message attribute carrying the bundle id on outputs.
+pub const BUNDLE_ID_ATTRIBUTE: &str = "bundle_id";
+
+/// A message as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// SQS's message id.
+    pub message_id: String,
+    /// The handle to delete it or change its visibility.
+    pub receipt_handle: String,
+    /// The body as sent.
+    pub body: String,
+    /// The `content-encoding` attribute, if any.
+    pub content_encoding: Option<String>,
+    /// When it was first sent, in milliseconds since the epoch.
+    pub sent_timestamp_ms: Option<u64>,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+    /// FIFO queues: the deduplication key (the bundle id); [`super::delivery::send_all`] makes
+    /// it a valid id on a FIFO queue and drops it on a standard one.
+    pub dedup_id: Option<String>,
+    /// FIFO queues: the message group; dropped on a standard queue.
+    pub group_id: Option<String>,
+}
+
+/// Per-entry failures of one batch call: the entry's index in the call, and SQS's reason.
+pub type EntryFailures = Vec<(usize, String)>;
+
+/// A queue call that failed as a whole; the caller backs off and retries later.
+#[derive(Debug, thiserror::Error)]
+#[error("SQS {op} on {queue} failed")]
+pub struct QueueError {
+    /// The operation.
+    pub op: &'static str,
+    /// The queue URL.
+    pub queue: String,
+    /// What the client reported, with its own cause chain.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// One queue. Batch calls take at most 10 entries and report failures per entry.
+pub trait Queue: Send + Sync {
+    /// The queue URL, for logs and errors.
+    fn url(&self) -> &str;
+
+    /// Whether it is a FIFO queue (needs dedup and group ids).
+    fn is_fifo(&self) -> bool {
+        self.url().ends_with(".fifo")
+    }
+
+    /// Long-polls for up to `max` messages, waiting up to `wait_secs`.
+    fn receive(
+        &self,
+        max: i32,
+        wait_secs: i32,
+    ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send;
+
+    /// Sends up to 10 messages.
+    fn send_batch(
+        &self,
+        messages: &[Outgoing],
+    ) -> impl Future<Output = Result<EntryFailures, QueueError>> + Send;
+
+    /// Deletes up to 10 messages by receipt handle.
+    fn delete_batch(
+        &self,
+        receipts: &[&str],
+    ) -> impl Future<Output = Result<EntryFailures, QueueError>> + Send;
+
+    /// Sets the visibility timeout of up to 10 messages, in seconds.
+    fn change_visibility(
+        &self,
+        receipts: &[&str],
+        seconds: i32,
+    ) -> impl Future<Output = Result<EntryFailures, QueueError>> + Send;
+
+    /// About how many messages are visible: one cheap call that proves the queue answers.
+    fn depth(&self) -> impl Future<Output = Result<Option<u64>, QueueError>> + Send;
+}

@@ -1,0 +1,308 @@
+//! Startup: the wiring. Everything that builds a client or connects two parts lives here: the
+//! AWS, PostgreSQL and MongoDB clients, the enricher, the model registry and holder, the worker
+//! and the tasks that run beside it. The commands and the tools call in here; the stages below
+//! never do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_sqs::types::QueueAttributeName;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::enrich::cache::CachedReference;
+use crate::enrich::mongo::MongoDocuments;
+use crate::enrich::postgres::PgReference;
+use crate::enrich::Enricher;
+use crate::model::holder::{ModelHolder, ModelSource};
+use crate::model::registry::Registry;
+use crate::queue::SqsQueue;
+use crate::settings::Settings;
+use crate::worker::{Hooks, RunSummary, Worker, WorkerConfig};
+
+/// The production worker: real queues, PostgreSQL (cached) and MongoDB sources.
+pub type ProductionWorker = Worker<CachedReference<PgReference>, MongoDocuments>;
+
+/// A PostgreSQL pool for the settings' database, with at most `max_connections`.
+pub async fn postgres(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
+    crate::db::connect(&settings.database_url, max_connections)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// A PostgreSQL pool with the migrations applied.
+pub async fn postgres_migrated(
+    settings: &Settings,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    crate::db::connect_migrated(&settings.database_url, max_connections).await
+}
+
+/// The MongoDB database holding the provider documents.
+pub async fn mongo(settings: &Settings) -> anyhow::Result<mongodb::Database> {
+    crate::mongo::connect(&settings.mongodb_uri, &settings.mongodb_database)
+        .await
+        .context("connecting to MongoDB")
+}
+
+/// The enrichment sources named by the settings, uncached (training and tools).
+pub async fn enricher(
+    settings: &Settings,
+    pool: &PgPool,
+) -> anyhow::Result<Enricher<PgReference, MongoDocuments>> {
+    Ok(Enricher {
+        reference: PgReference::new(pool.clone()),
+        documents: MongoDocuments::new(mongo(settings).await?),
+    })
+}
+
+/// An SQS client whose calls end within `operation_timeout`.
+pub async fn sqs(operation_timeout: Duration) -> aws_sdk_sqs::Client {
+    crate::aws::sqs(&crate::aws::sdk_config(operation_timeout).await)
+}
+
+/// A queue by URL or name; `variable` names the setting, for the error.
+pub async fn queue(
+    sqs: &aws_sdk_sqs::Client,
+    url_or_name: Option<&str>,
+    variable: &str,
+) -> anyhow::Result<SqsQueue> {
+    let name = url_or_name.with_context(|| format!("set {variable} (a queue URL or name)"))?;
+    Ok(SqsQueue::resolve(sqs.clone(), name).await?)
+}
+
+/// The model registry named by the settings.
+pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
+    let config = crate::aws::sdk_config(Duration::from_secs(30)).await;
+    Ok(Registry::new(
+        crate::aws::s3(&config, settings.s3_force_path_style),
+        settings.require_bucket()?,
+    ))
+}
+
+/// The worker's behaviour from the settings; `queue_visibility` is the input queue's own
+/// visibility timeout. Out-of-range values are brought into range.
+pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig {
+    WorkerConfig {
+        receive_max: settings.receive_max.clamp(1, 10),
+        wait_secs: settings.wait_secs.clamp(0, 20),
+        pollers: settings.pollers.max(1),
+        max_batch_records: settings.max_batch_records.max(1),
+        max_batch_wait: Duration::from_millis(settings.max_batch_wait_ms),
+        max_concurrent_batches: settings.max_concurrent_batches.max(1),
+        visibility_timeout_secs: settings.visibility_timeout_secs.unwrap_or(queue_visibility),
+        heartbeat_fraction: settings.heartbeat_fraction,
+        drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
+        stall_timeout: Duration::from_secs(settings.stall_timeout_secs.max(1)),
+        output_encoding: settings.output_encoding,
+        limits: settings.limits(),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Builds the worker from settings: connections, queues, the model holder.
+pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorker> {
+    let pool = postgres(settings, settings.database_max_connections).await?;
+    if settings.migrate_on_start {
+        crate::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+    }
+    let sources = enricher(settings, &pool).await?;
+    let enricher = Enricher {
+        reference: CachedReference::new(
+            sources.reference,
+            Duration::from_secs(settings.reference_cache_secs),
+        ),
+        documents: sources.documents,
+    };
+    // Above the long-poll wait, so a receive can never hang (aws-sdk-rust#1094).
+    let sqs = sqs(Duration::from_secs(
+        settings.wait_secs.clamp(0, 20) as u64 + 10,
+    ))
+    .await;
+    let input = queue(
+        &sqs,
+        settings.input_queue.as_deref(),
+        "ML_PIPELINE_INPUT_QUEUE",
+    )
+    .await?;
+    let output = queue(
+        &sqs,
+        settings.output_queue.as_deref(),
+        "ML_PIPELINE_OUTPUT_QUEUE",
+    )
+    .await?;
+    let dlq = match &settings.input_dlq {
+        Some(q) => Some(SqsQueue::resolve(sqs.clone(), q).await?),
+        None => input.dead_letter_queue().await?,
+    };
+    let visibility = input
+        .attribute(QueueAttributeName::VisibilityTimeout)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let source = match settings.model_version {
+        Some(v) => ModelSource::Pinned(v),
+        None => ModelSource::Alias(settings.model_alias.clone()),
+    };
+    let registry = registry(settings).await?;
+    let models = Arc::new(ModelHolder::load(registry, &settings.model_name, source).await?);
+    Ok(Worker {
+        input,
+        output,
+        dlq,
+        enricher,
+        models,
+        aggregates: settings.aggregates.then_some(pool),
+        config: worker_config(settings, visibility),
+        hooks: Hooks::default(),
+        state: Arc::default(),
+    })
+}
+
+/// What runs beside a built worker's loops.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// How often the model alias is polled.
+    pub poll: Duration,
+    /// Where `/metrics`, `/health` and `/ready` are served; None serves nothing.
+    pub http: Option<tokio::net::TcpListener>,
+    /// The Prometheus recorder's handle, for `/metrics` and its upkeep.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The ECS agent URI, when task scale-in protection is on.
+    pub task_protection: Option<String>,
+}
+
+/// Runs a built worker with its side tasks (model polling, HTTP endpoints, task protection,
+/// metrics upkeep) until `shutdown` completes and what was in hand is drained; then stops the
+/// side tasks and waits for them.
+pub async fn serve(
+    worker: ProductionWorker,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> RunSummary {
+    let worker = Arc::new(worker);
+    let stop_receiving = CancellationToken::new();
+    // Side tasks outlive `stop_receiving`: health answers during the drain.
+    let stop_side = CancellationToken::new();
+    let mut side = JoinSet::new();
+    side.spawn(Arc::clone(&worker.models).run(options.poll, stop_side.clone()));
+    let http_addr = options.http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = options.http {
+        let router = crate::worker::endpoints::router(Arc::clone(&worker), options.metrics.clone());
+        let stop = stop_side.clone();
+        side.spawn(async move {
+            if let Err(e) = crate::worker::endpoints::serve(listener, router, stop).await {
+                tracing::error!(error = %e, "HTTP endpoints stopped; /metrics, /health and /ready no longer answer");
+            }
+        });
+    }
+    if let Some(handle) = options.metrics {
+        side.spawn(metrics_upkeep(handle, stop_side.clone()));
+    }
+    if let Some(agent) = options.task_protection {
+        side.spawn(crate::worker::protection::run(
+            agent,
+            Arc::clone(&worker.state),
+            stop_side.clone(),
+        ));
+    }
+    tracing::info!(
+        input = worker.input.url(),
+        output = worker.output.url(),
+        dlq = worker.dlq.as_ref().map(|q| q.url()),
+        visibility_s = worker.config.visibility_timeout_secs,
+        model_version = worker.models.current().version,
+        http = http_addr.map(|a| a.to_string()),
+        "worker started"
+    );
+    let running = tokio::spawn(Arc::clone(&worker).run(stop_receiving.clone()));
+    shutdown.await;
+    stop_receiving.cancel();
+    let summary = running.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the worker loop panicked; unfinished bundles stay on the queue");
+        RunSummary::default()
+    });
+    stop_side.cancel();
+    while let Some(done) = side.join_next().await {
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "a side task ended abnormally");
+        }
+    }
+    summary
+}
+
+/// Keeps the Prometheus histograms' windows current until `stop`.
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Builds the worker from settings and runs it until `shutdown` completes (main passes
+/// [`shutdown_signal`]), then drains.
+pub async fn run_worker(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunSummary> {
+    let http = match settings.http_addr()? {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding the HTTP endpoints to {addr} (ML_PIPELINE_HTTP_ADDR; `off` disables them)"
+            )
+        })?),
+        None => None,
+    };
+    // Installed before the model loads, so the model gauge is recorded.
+    let metrics = match &http {
+        Some(_) => Some(crate::instruments::install()?),
+        None => None,
+    };
+    let task_protection = match (settings.task_protection, std::env::var("ECS_AGENT_URI")) {
+        (true, Ok(uri)) => Some(uri),
+        (true, Err(_)) => {
+            tracing::warn!("ML_PIPELINE_TASK_PROTECTION is set but ECS_AGENT_URI is not (not on ECS?); task protection is off");
+            None
+        }
+        (false, _) => None,
+    };
+    let worker = build_worker(settings).await?;
+    let options = ServeOptions {
+        poll: Duration::from_secs(settings.model_poll_secs.max(1)),
+        http,
+        metrics,
+        task_protection,
+    };
+    Ok(serve(worker, options, shutdown).await)
+}
+
+/// Completes on SIGTERM (how ECS stops a task) or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

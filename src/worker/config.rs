@@ -1,0 +1,102 @@
+//! How the worker receives, batches, retries and stops; and the test hooks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bundle::{ContentEncoding, Limits};
+use crate::queue::Retry;
+
+/// How the worker receives, batches, retries and stops.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Messages per receive call (1..=10).
+    pub receive_max: i32,
+    /// Long-poll wait per receive call, in seconds (0..=20).
+    pub wait_secs: i32,
+    /// Concurrent pollers.
+    pub pollers: usize,
+    /// Most records in one batch.
+    pub max_batch_records: usize,
+    /// How long the batcher waits for more bundles after the first one when none is in hand.
+    /// Zero (the default) waits only while every batch slot is busy: batches grow with the
+    /// load, and a lone bundle is not held back.
+    pub max_batch_wait: Duration,
+    /// Batches processed at once.
+    pub max_concurrent_batches: usize,
+    /// The visibility the heartbeat keeps extending to, in seconds.
+    pub visibility_timeout_secs: i32,
+    /// The heartbeat period as a fraction of the visibility timeout.
+    pub heartbeat_fraction: f64,
+    /// How long shutdown waits for batches in hand.
+    pub drain_timeout: Duration,
+    /// `/health` fails when no receive returned and no batch finished for this long.
+    pub stall_timeout: Duration,
+    /// The encoding of answers.
+    pub output_encoding: ContentEncoding,
+    /// Decoding limits.
+    pub limits: Limits,
+    /// Attempts per batch call before its entries are left for redelivery.
+    pub send_attempts: u32,
+    /// First back-off delay.
+    pub backoff_base: Duration,
+    /// Longest back-off delay.
+    pub backoff_max: Duration,
+}
+
+impl WorkerConfig {
+    /// How failed queue calls are retried.
+    pub fn retry(&self) -> Retry {
+        Retry {
+            attempts: self.send_attempts,
+            base: self.backoff_base,
+            max: self.backoff_max,
+        }
+    }
+
+    /// The delay before retry number `attempt` of a failed batch or receive.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.retry().delay(attempt)
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            receive_max: 10,
+            wait_secs: 20,
+            pollers: 2,
+            max_batch_records: 2_500,
+            max_batch_wait: Duration::ZERO,
+            max_concurrent_batches: 4,
+            visibility_timeout_secs: 60,
+            heartbeat_fraction: 0.5,
+            drain_timeout: Duration::from_secs(25),
+            stall_timeout: Duration::from_secs(120),
+            output_encoding: ContentEncoding::Identity,
+            limits: Limits::default(),
+            send_attempts: Retry::default().attempts,
+            backoff_base: Retry::default().base,
+            backoff_max: Retry::default().max,
+        }
+    }
+}
+
+/// A future a test hook returns.
+pub type HookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Points where tests can slow the worker down; production leaves them empty.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs after prediction, before answers are sent.
+    pub before_send: Option<Arc<dyn Fn() -> HookFuture + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("before_send", &self.before_send.is_some())
+            .finish()
+    }
+}

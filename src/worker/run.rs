@@ -1,0 +1,247 @@
+//! The loop around the one step: pollers long-poll the input queue, a batcher gathers the
+//! bundles in hand into one batch, and [`Worker::process`] answers it. The loop owns
+//! concurrency, back-off and shutdown.
+//!
+//! Memory is bounded: the pollers hand messages over a bounded channel, and at most
+//! `max_concurrent_batches` batches are processed at once. Messages stay invisible to other
+//! workers from receipt until their step returns: a heartbeat starts at the poller.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::gather::{Gathered, InHand};
+use super::heartbeat::Heartbeat;
+use super::service::Worker;
+use super::step::StepReport;
+use crate::enrich::{DocumentSource, ReferenceSource};
+use crate::queue::Queue;
+
+/// What a whole run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    /// Batches processed.
+    pub batches: usize,
+    /// Messages handled.
+    pub messages: usize,
+    /// Answers accepted.
+    pub answered: usize,
+    /// Messages dead-lettered.
+    pub dead_lettered: usize,
+    /// Messages left for redelivery.
+    pub left: usize,
+    /// Whether shutdown finished within the drain timeout.
+    pub drained: bool,
+}
+
+impl<R, D, Q> Worker<R, D, Q>
+where
+    R: ReferenceSource + 'static,
+    D: DocumentSource + 'static,
+    Q: Queue + Clone + 'static,
+{
+    /// Runs until `shutdown` is cancelled, then drains what it holds within the drain timeout.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> RunSummary {
+        let (tx, rx) = mpsc::channel::<InHand>(self.config.pollers.max(1) * 2);
+        let mut pollers = JoinSet::new();
+        for n in 0..self.config.pollers.max(1) {
+            pollers.spawn(Arc::clone(&self).poll(n, tx.clone(), shutdown.clone()));
+        }
+        drop(tx);
+        let batcher = tokio::spawn(Arc::clone(&self).batch_loop(rx));
+        shutdown.cancelled().await;
+        tracing::info!(
+            drain_timeout_s = self.config.drain_timeout.as_secs_f64(),
+            "shutting down: receiving stopped, draining batches in hand"
+        );
+        let deadline = Instant::now() + self.config.drain_timeout;
+        while pollers.join_next().await.is_some() {}
+        let abort = batcher.abort_handle();
+        match tokio::time::timeout_at(deadline.into(), batcher).await {
+            Ok(Ok(mut summary)) => {
+                summary.drained = true;
+                tracing::info!(?summary, "worker stopped");
+                summary
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "batch loop failed");
+                RunSummary::default()
+            }
+            Err(_) => {
+                abort.abort();
+                tracing::warn!(
+                    "drain timeout reached: unfinished batches stay on the queue for redelivery"
+                );
+                RunSummary {
+                    drained: false,
+                    ..RunSummary::default()
+                }
+            }
+        }
+    }
+
+    async fn poll(
+        self: Arc<Self>,
+        n: usize,
+        tx: mpsc::Sender<InHand>,
+        shutdown: CancellationToken,
+    ) {
+        let mut failures = 0;
+        loop {
+            let started = Instant::now();
+            let received = tokio::select! {
+                // Cancelling drops the in-flight long poll instead of waiting it out.
+                () = shutdown.cancelled() => return,
+                r = self.input.receive(self.config.receive_max, self.config.wait_secs) => r,
+            };
+            self.state.beat();
+            match received {
+                Ok(messages) if messages.is_empty() => {
+                    failures = 0;
+                    crate::instruments::received(0, started.elapsed());
+                }
+                Ok(messages) => {
+                    failures = 0;
+                    crate::instruments::received(messages.len(), started.elapsed());
+                    let in_flight = self.state.hold(messages.len());
+                    // Visibility is kept from receipt on: messages may wait behind a slow batch.
+                    let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+                    let heartbeat = Heartbeat::start(
+                        self.input.clone(),
+                        receipts,
+                        self.config.visibility_timeout_secs,
+                        self.config.heartbeat_fraction,
+                    );
+                    // Messages in hand are always handed over, even during shutdown.
+                    if tx
+                        .send(InHand {
+                            messages,
+                            heartbeat,
+                            in_flight,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let delay = self.config.backoff(failures);
+                    failures += 1;
+                    crate::instruments::receive_failed();
+                    tracing::warn!(poller = n, error = %crate::text::error_chain(&e), retry_in_ms = delay.as_millis() as u64, "receive failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gathers received messages into batches and processes them, at most
+    /// `max_concurrent_batches` at once; ends when the pollers are gone and all is processed.
+    async fn batch_loop(self: Arc<Self>, mut rx: mpsc::Receiver<InHand>) -> RunSummary {
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrent_batches.max(1)));
+        let mut running: JoinSet<StepReport> = JoinSet::new();
+        let mut summary = RunSummary::default();
+        let mut failures = 0u32;
+        loop {
+            // Finished batches are accounted as soon as they finish, not when the next arrives.
+            let first = tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    failures = self.account(&mut summary, done, failures);
+                    continue;
+                }
+                received = rx.recv() => match received {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            let limits = &self.config.limits;
+            let max = self.config.max_batch_records;
+            let mut gathered = Gathered::default();
+            gathered.add(first, limits);
+            // What is already in hand, then (if configured) a short wait for more.
+            let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
+            gathered
+                .take_in_hand(&mut rx, max, limits, Some(deadline))
+                .await;
+            // While every batch slot is busy, keep gathering: batches grow with the load and
+            // a lone bundle at low load starts at once.
+            let permit = loop {
+                if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+                    break permit;
+                }
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => {
+                        break permit.expect("the semaphore is never closed");
+                    }
+                    Some(more) = rx.recv(), if gathered.records < max => gathered.add(more, limits),
+                }
+            };
+            // A slot is free: take what arrived meanwhile too.
+            gathered.take_in_hand(&mut rx, max, limits, None).await;
+            crate::instruments::decoded(gathered.decoding);
+            while let Some(done) = running.try_join_next() {
+                failures = self.account(&mut summary, done, failures);
+            }
+            if failures > 0 {
+                let delay = self.config.backoff(failures - 1);
+                tracing::info!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "backing off after a dependency failure"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            let worker = Arc::clone(&self);
+            running.spawn(async move {
+                let report = worker.process(gathered.batch).await;
+                drop((permit, gathered.held));
+                report
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            self.account(&mut summary, done, 0);
+        }
+        summary
+    }
+
+    fn account(
+        &self,
+        summary: &mut RunSummary,
+        done: Result<StepReport, tokio::task::JoinError>,
+        failures: u32,
+    ) -> u32 {
+        self.state.beat();
+        let Ok(report) = done else {
+            tracing::error!("a batch task panicked; its messages stay on the queue for redelivery");
+            return failures + 1;
+        };
+        report.record_metrics();
+        summary.batches += 1;
+        summary.messages += report.messages;
+        summary.answered += report.answered;
+        summary.dead_lettered += report.dead_lettered;
+        summary.left += report.left;
+        tracing::info!(
+            model_version = report.model_version,
+            messages = report.messages,
+            records = report.records,
+            predicted = report.predicted,
+            record_errors = report.record_errors,
+            answered = report.answered,
+            dead_lettered = report.dead_lettered,
+            left = report.left,
+            "batch done"
+        );
+        if report.retryable.is_some() {
+            failures + 1
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The worker: everything it talks to. Its one step is in [`super::step`], its loop in
+//! [`super::run`], its health answers in [`super::health`].
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use super::config::{Hooks, WorkerConfig};
+use super::state::WorkerState;
+use crate::enrich::Enricher;
+use crate::model::holder::ModelHolder;
+use crate::queue::SqsQueue;
+
+/// Everything the worker talks to.
+#[derive(Debug)]
+pub struct Worker<R, D, Q = SqsQueue> {
+    /// The input queue.
+    pub input: Q,
+    /// The output queue.
+    pub output: Q,
+    /// The input's dead-letter queue, for unreadable bundles.
+    pub dlq: Option<Q>,
+    /// Enrichment sources.
+    pub enricher: Enricher<R, D>,
+    /// The served model.
+    pub models: Arc<ModelHolder>,
+    /// Where prediction aggregates go; None disables them.
+    pub aggregates: Option<PgPool>,
+    /// Behaviour.
+    pub config: WorkerConfig,
+    /// Test hooks.
+    pub hooks: Hooks,
+    /// Progress and messages in hand, for health and task protection.
+    pub state: Arc<WorkerState>,
+}
