@@ -35,11 +35,12 @@ use ndarray::Array2;
 use tokio::runtime::Runtime;
 
 use ml_pipeline::batch::prepare;
+use ml_pipeline::bundle::ColumnIndex;
 use ml_pipeline::bundle::{decode, ContentEncoding, InputBundle, Limits};
 use ml_pipeline::enrich::{DocumentSource, Enrichment, ReferenceSource};
 use ml_pipeline::model::Classifier;
 use ml_pipeline::normalize::Normalizer;
-use ml_pipeline::standardize::{ColumnIndex, StandardBatch};
+use ml_pipeline::standardize::StandardBatch;
 
 use common::{body, runtime, workload, Workload};
 

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod enricher;
+pub mod memory;
 pub mod mongo;
 pub mod postgres;
 pub mod source;

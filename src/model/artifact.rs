@@ -236,3 +236,35 @@ impl ModelArtifact {
         Ok(())
     }
 }
+
+/// A small linear model of the banknote spec, fitted on two separable blobs of four features:
+/// vectors near (1, 1, 1, 1) are "real", near (-1, -1, -1, -1) "fake". For unit tests.
+#[cfg(test)]
+pub(crate) fn test_artifact() -> ModelArtifact {
+    let n = 60;
+    let x = ndarray::Array2::from_shape_fn((n, 4), |(i, j)| {
+        let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+        sign * (1.0 + (i * 7 + j * 3) as f64 % 5.0 / 10.0)
+    });
+    let y: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
+    let params = TrainParams {
+        folds: 2,
+        ..TrainParams::with_kernel(Kernel::Linear)
+    };
+    let classifier = crate::train::fit::fit(&x, &y, &params).expect("separable data fits");
+    ModelArtifact {
+        format: ARTIFACT_FORMAT,
+        name: "banknote".into(),
+        version: None,
+        spec: PipelineSpec::banknote(),
+        scaler: classifier.scaler,
+        svm: classifier.svm,
+        class_names: [(0, "fake".to_owned()), (1, "real".to_owned())].into(),
+        params,
+        metrics: Default::default(),
+        data_fingerprint: "sha256:unit-test".into(),
+        data_source: "unit test".into(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: chrono::Utc::now(),
+    }
+}

@@ -12,5 +12,8 @@ pub mod registry;
 pub mod s3_store;
 pub mod store;
 
+#[cfg(test)]
+mod tests;
+
 pub use artifact::{ArtifactError, ModelArtifact, ARTIFACT_FORMAT};
 pub use classifier::{class_name, Classifier};

@@ -20,6 +20,9 @@ pub mod service;
 pub mod state;
 pub mod step;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::{HookFuture, Hooks, WorkerConfig};
 pub use run::RunSummary;
 pub use service::Worker;

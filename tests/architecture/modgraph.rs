@@ -513,13 +513,4 @@ mod tests {
         ];
         assert_eq!(cycles("sibling", &files), sccs(&[&["p::s1", "p::s2"]]));
     }
-
-    /// Checks a real crate: `MODCHECK_SRC=/path/to/crate/src cargo test -- --ignored`.
-    #[test]
-    #[ignore]
-    fn crate_from_env_is_acyclic() {
-        assert_acyclic(Path::new(
-            &std::env::var("MODCHECK_SRC").expect("MODCHECK_SRC"),
-        ));
-    }
 }

@@ -1,0 +1,71 @@
+//! Enrichment sources in memory, for unit tests of the stages above them: reference values and
+//! provider documents held in maps, answering exactly as the real sources do (absent keys are
+//! simply missing), and counting their round trips.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::source::{DocumentSource, ProviderDoc, ReferenceSource, SourceError};
+use crate::spec::{DocumentSpec, LookupSpec};
+
+/// Reference values by lookup table, then key.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReference {
+    /// Table name -> key -> value.
+    pub tables: HashMap<String, HashMap<String, String>>,
+    /// Round trips made.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl ReferenceSource for MemoryReference {
+    async fn fetch(
+        &self,
+        lookups: &[LookupSpec],
+        keys: &[&[String]],
+    ) -> Result<Vec<HashMap<String, String>>, SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(lookups
+            .iter()
+            .zip(keys)
+            .map(|(lookup, keys)| {
+                let table = self.tables.get(&lookup.table);
+                keys.iter()
+                    .filter_map(|k| Some((k.clone(), table?.get(k)?.clone())))
+                    .collect()
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Provider documents by key.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDocuments {
+    /// Key -> its providers' documents.
+    pub documents: HashMap<String, Vec<ProviderDoc>>,
+    /// Round trips made.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl DocumentSource for MemoryDocuments {
+    async fn fetch(
+        &self,
+        _spec: &DocumentSpec,
+        _paths: &[String],
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(keys
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.documents.get(k)?.clone())))
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}

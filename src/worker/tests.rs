@@ -1,0 +1,210 @@
+//! The one step and the heartbeat, driven through queue failures with the in-memory queue,
+//! sources and model store: partial `SendMessageBatch` and `DeleteMessageBatch` failures, a
+//! failed dead-letter send, a failed visibility change. (The same flow against LocalStack is in
+//! `tests/worker.rs`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::{Hooks, WorkerConfig};
+use super::heartbeat::Heartbeat;
+use super::service::Worker;
+use super::step::decode_all;
+use crate::enrich::memory::{MemoryDocuments, MemoryReference};
+use crate::enrich::Enricher;
+use crate::model::artifact::test_artifact;
+use crate::model::holder::{ModelHolder, ModelSource};
+use crate::model::memory_store::MemoryStore;
+use crate::model::registry::Registry;
+use crate::queue::memory::{Fault, MemoryQueue, Op};
+use crate::queue::Queue;
+
+type TestWorker = Worker<MemoryReference, MemoryDocuments, MemoryQueue>;
+
+/// The test model, published to an in-memory registry and served from its `production` alias.
+async fn holder() -> Arc<ModelHolder> {
+    let registry = Registry::with_store(Arc::new(MemoryStore::new("models")));
+    let v = registry.publish(&mut test_artifact()).await.unwrap();
+    registry
+        .set_alias("banknote", "production", v, "promote")
+        .await
+        .unwrap();
+    let source = ModelSource::Alias("production".into());
+    Arc::new(
+        ModelHolder::load(registry, "banknote", source)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn worker(send_attempts: u32) -> TestWorker {
+    Worker {
+        input: MemoryQueue::new("memory://input"),
+        output: MemoryQueue::new("memory://output"),
+        dlq: Some(MemoryQueue::new("memory://input-dlq")),
+        enricher: Enricher {
+            reference: MemoryReference::default(),
+            documents: MemoryDocuments::default(),
+        },
+        models: holder().await,
+        aggregates: None,
+        config: WorkerConfig {
+            send_attempts,
+            ..WorkerConfig::default()
+        },
+        hooks: Hooks::default(),
+        state: Arc::default(),
+    }
+}
+
+/// A seed-format bundle: complete feature vectors, no enrichment.
+fn seed_bundle(id: &str) -> String {
+    serde_json::json!({
+        "batch_id": id,
+        "subjects": ["a", "b"],
+        "features": [[1.2, 1.1, 1.3, 1.0], [-1.2, -1.1, -1.3, -1.0]],
+    })
+    .to_string()
+}
+
+/// Pushes bodies to the input, receives them all, and runs one step on them.
+async fn step_on(w: &TestWorker, bodies: &[String]) -> super::StepReport {
+    for body in bodies {
+        w.input.push(body.clone(), None);
+    }
+    let messages = w.input.receive(10, 0).await.unwrap();
+    assert_eq!(messages.len(), bodies.len());
+    w.process(decode_all(messages, &w.config.limits)).await
+}
+
+fn answered_ids(q: &MemoryQueue) -> Vec<String> {
+    let mut ids: Vec<String> = q
+        .accepted()
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+            v["batch_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_refused_once_is_sent_again_alone_and_every_input_is_deleted() {
+    let w = worker(5).await;
+    w.output.fail_next(Fault::Entries(Op::Send, vec![1]));
+    let report = step_on(
+        &w,
+        &[seed_bundle("b-0"), seed_bundle("b-1"), seed_bundle("b-2")],
+    )
+    .await;
+    assert_eq!((report.answered, report.deleted, report.left), (3, 3, 0));
+    assert_eq!(answered_ids(&w.output), ["b-0", "b-1", "b-2"]);
+    assert_eq!(
+        w.output.calls(Op::Send),
+        2,
+        "one batch call, then entry 1 alone"
+    );
+    assert_eq!(w.input.in_flight(), 0);
+    let labels: serde_json::Value = serde_json::from_str(&w.output.accepted()[0].body).unwrap();
+    assert_eq!(labels["output"], serde_json::json!(["real", "fake"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_refused_on_every_attempt_leaves_only_its_input_for_redelivery() {
+    let w = worker(2).await;
+    w.output.fail_next(Fault::Entries(Op::Send, vec![1]));
+    w.output.fail_next(Fault::Entries(Op::Send, vec![0]));
+    let report = step_on(
+        &w,
+        &[seed_bundle("b-0"), seed_bundle("b-1"), seed_bundle("b-2")],
+    )
+    .await;
+    assert_eq!((report.answered, report.deleted, report.left), (2, 2, 1));
+    assert_eq!(answered_ids(&w.output), ["b-0", "b-2"]);
+    assert_eq!(
+        w.input.in_flight(),
+        1,
+        "b-1's input is neither answered nor deleted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_delete_entry_is_retried_and_a_delete_that_never_succeeds_is_counted_as_left() {
+    let w = worker(5).await;
+    w.input.fail_next(Fault::Entries(Op::Delete, vec![0]));
+    let report = step_on(&w, &[seed_bundle("b-0"), seed_bundle("b-1")]).await;
+    assert_eq!((report.answered, report.deleted, report.left), (2, 2, 0));
+    assert_eq!(w.input.calls(Op::Delete), 2);
+
+    let w = worker(2).await;
+    w.input.fail_next(Fault::Call(Op::Delete));
+    w.input.fail_next(Fault::Call(Op::Delete));
+    let report = step_on(&w, &[seed_bundle("b-0"), seed_bundle("b-1")]).await;
+    assert_eq!(report.answered, 2, "the answers were accepted");
+    assert_eq!(
+        (report.deleted, report.left),
+        (0, 2),
+        "SQS will redeliver both"
+    );
+    assert_eq!(w.input.in_flight(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dead_letter_send_keeps_the_bad_message_and_still_answers_the_good_ones() {
+    let w = worker(2).await;
+    let dlq = w.dlq.clone().unwrap();
+    dlq.fail_next(Fault::Call(Op::Send));
+    dlq.fail_next(Fault::Call(Op::Send));
+    let report = step_on(&w, &["not json".to_owned(), seed_bundle("b-1")]).await;
+    assert_eq!(report.answered, 1);
+    assert_eq!(report.dead_lettered, 0);
+    assert_eq!(
+        report.left, 1,
+        "the unreadable message stays for a later try"
+    );
+    assert!(dlq.accepted().is_empty());
+    assert_eq!(w.input.in_flight(), 1);
+
+    let w = worker(2).await;
+    let report = step_on(&w, &["not json".to_owned()]).await;
+    assert_eq!(
+        (report.dead_lettered, report.deleted, report.left),
+        (1, 1, 0)
+    );
+    let copy = &w.dlq.as_ref().unwrap().accepted()[0];
+    assert_eq!(copy.body, "not json");
+    assert!(copy
+        .attributes
+        .iter()
+        .any(|(k, v)| k == "error-stage" && v == "decode"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_keeps_beating_after_a_failed_visibility_change() {
+    let q = MemoryQueue::new("memory://input");
+    q.push("x", None);
+    let receipt = q.receive(1, 0).await.unwrap().remove(0).receipt_handle;
+    q.fail_next(Fault::Call(Op::ChangeVisibility));
+    q.fail_next(Fault::Entries(Op::ChangeVisibility, vec![0]));
+    let heartbeat = Heartbeat::start(q.clone(), vec![receipt.clone()], 10, 0.5);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    drop(heartbeat);
+    assert_eq!(
+        q.calls(Op::ChangeVisibility),
+        3,
+        "a beat every 5 s, failures included"
+    );
+    assert_eq!(
+        q.visibility_changes(),
+        [(receipt, 10)],
+        "the third beat went through"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        q.calls(Op::ChangeVisibility),
+        3,
+        "no beat after the batch let go"
+    );
+}
