@@ -15,7 +15,8 @@ WORKDIR /app
 
 FROM chef AS planner
 # The context is only what the build needs (see .dockerignore): the manifests, src/,
-# migrations/, and the bench and test sources (declared targets must exist for cargo-chef).
+# migrations/, the bench and test sources (declared targets must exist for cargo-chef), and the
+# tools/ crate (a workspace member: cargo reads its manifest even when it is not built).
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
@@ -25,7 +26,8 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 # migrations/ is embedded by sqlx::migrate!, src/banknote_spec.json by include_str!.
-RUN cargo build --release --locked --bin ml-pipeline
+# The tools crate (ml-pipeline-tools) is not built into the image, only the worker's binary.
+RUN cargo build --release --locked -p ml-pipeline --bin ml-pipeline
 
 # debian:bookworm-slim rather than distroless/cc: the same Debian release as the builder, so the
 # glibc the binary was linked against is the one it runs on; ca-certificates comes from Debian

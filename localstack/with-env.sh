@@ -2,7 +2,7 @@
 # Run a command with the environment of the local stack: <state>/stack.env written by
 # localstack/up.sh (queue URLs, bucket, AWS endpoint and keys, DATABASE_URL, MONGODB_URI).
 #
-#   localstack/with-env.sh cargo test --locked
+#   localstack/with-env.sh cargo test --release --workspace --locked
 set -euo pipefail
 SVC=with-env
 # shellcheck source=localstack/lib.sh

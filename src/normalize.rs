@@ -6,7 +6,7 @@
 //! fitted at training time is applied afterwards, to the whole matrix, by the model.
 
 use crate::enrich::{Enrichment, FieldValue, ProviderDoc};
-use crate::record::{RecordError, Stage};
+use crate::record::{RecordError, RecordErrorKind, Stage};
 use crate::spec::{PipelineSpec, Road, UnitSource};
 use crate::standardize::{StandardBatch, StandardRecord};
 
@@ -65,6 +65,9 @@ impl<'e> Normalizer<'e> {
                             .ok_or_else(|| {
                                 RecordError::new(
                                     Stage::EnrichPostgres,
+                                    RecordErrorKind::UnknownKey {
+                                        lookup: l.name.clone(),
+                                    },
                                     format!(
                                         "unknown {} '{key}': no row in {} has {} = '{key}'",
                                         l.name, l.table, l.key_column
@@ -181,7 +184,9 @@ fn plan_feature(
         Road::Request {
             column,
             unit: UnitSource::Fixed(unit),
-        } => FeaturePlan::RequestFixed(factor(spec, unit, || format!("{column} is in"))),
+        } => FeaturePlan::RequestFixed(factor(spec, unit, || {
+            (column.clone(), format!("{column} is in"))
+        })),
         Road::Request {
             column,
             unit: UnitSource::FromLookup(name),
@@ -191,9 +196,12 @@ fn plan_feature(
                 .iter()
                 .zip(batch.lookups[lookup].keys())
                 .map(|(value, key)| match value {
-                    Ok(unit) => {
-                        factor(spec, unit, || format!("{name} '{key}' reports {column} in"))
-                    }
+                    Ok(unit) => factor(spec, unit, || {
+                        (
+                            name.to_string(),
+                            format!("{name} '{key}' reports {column} in"),
+                        )
+                    }),
                     Err(e) => Err(e.clone()),
                 })
                 .collect();
@@ -213,10 +221,15 @@ fn plan_feature(
                         .ok_or_else(|| {
                             RecordError::new(
                                 Stage::EnrichPostgres,
+                                RecordErrorKind::BadReferenceValue {
+                                    lookup: name.to_string(),
+                                },
                                 format!("{name} value '{text}' for '{key}' is not a finite number"),
                             )
                         })?;
-                    Ok(v * factor(spec, unit, || format!("lookup {name} is in"))?)
+                    Ok(v * factor(spec, unit, || {
+                        (format!("lookup {name}"), format!("lookup {name} is in"))
+                    })?)
                 })
                 .collect();
             FeaturePlan::Lookup { lookup, values }
@@ -245,6 +258,9 @@ fn document_value(
     let Some(field) = providers.get(&doc.provider) else {
         return Err(RecordError::new(
             Stage::EnrichMongo,
+            RecordErrorKind::NoFieldForFeature {
+                provider: doc.provider.clone(),
+            },
             format!(
                 "provider {} has no field for {feature} (note '{key}')",
                 doc.provider
@@ -256,6 +272,9 @@ fn document_value(
         Some(FieldValue::NotANumber(what)) => {
             return Err(RecordError::new(
                 Stage::EnrichMongo,
+                RecordErrorKind::FieldNotANumber {
+                    provider: doc.provider.clone(),
+                },
                 format!(
                     "provider {} field {} of note '{key}' holds {what}, not a finite number",
                     doc.provider, field.path
@@ -265,6 +284,9 @@ fn document_value(
         None => {
             return Err(RecordError::new(
                 Stage::EnrichMongo,
+                RecordErrorKind::MissingField {
+                    provider: doc.provider.clone(),
+                },
                 format!(
                     "provider {} document for note '{key}' has no field {}",
                     doc.provider, field.path
@@ -273,7 +295,8 @@ fn document_value(
         }
     };
     Ok(v * factor(spec, &field.unit, || {
-        format!("provider {} field {} is in", doc.provider, field.path)
+        let of = format!("provider {} field {}", doc.provider, field.path);
+        (of.clone(), format!("{of} is in"))
     })?)
 }
 
@@ -294,23 +317,27 @@ fn preferred_doc<'e>(
         .ok_or_else(|| {
             RecordError::new(
                 Stage::EnrichMongo,
+                RecordErrorKind::UnknownNote,
                 format!("unknown note '{key}': no provider has a scan document for it"),
             )
         })
 }
 
+/// The factor of `unit`; `who` names what reports in it: (its kind for counting, the words
+/// that start the reason).
 fn factor(
     spec: &PipelineSpec,
     unit: &str,
-    who: impl FnOnce() -> String,
+    who: impl FnOnce() -> (String, String),
 ) -> Result<f64, RecordError> {
     spec.units.get(unit).copied().ok_or_else(|| {
         let known: Vec<&str> = spec.units.keys().map(String::as_str).collect();
+        let (of, words) = who();
         RecordError::new(
             Stage::Normalize,
+            RecordErrorKind::UnknownUnit { of },
             format!(
-                "{} unit '{unit}', which pipeline spec {} does not know (it knows {}); add the unit to the spec or fix the reference data",
-                who(),
+                "{words} unit '{unit}', which pipeline spec {} does not know (it knows {}); add the unit to the spec or fix the reference data",
                 spec.name,
                 known.join(", ")
             ),

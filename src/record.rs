@@ -30,33 +30,114 @@ impl Stage {
     }
 }
 
+/// What class of problem stopped a record, with the name it concerns (a column, a lookup, a
+/// provider): the part of an error that metrics and summaries count by, without its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecordErrorKind {
+    /// A key column holds something other than text.
+    NotText {
+        /// The column.
+        column: String,
+    },
+    /// A key column is empty once standardized.
+    Empty {
+        /// The column.
+        column: String,
+    },
+    /// A key column is longer than a key may be.
+    TooLong {
+        /// The column.
+        column: String,
+    },
+    /// A number column holds something other than a finite number.
+    NotFinite {
+        /// The column.
+        column: String,
+    },
+    /// No reference row has the record's key.
+    UnknownKey {
+        /// The lookup (`scanner`, `issuer`).
+        lookup: String,
+    },
+    /// A reference value that should be a number is not one.
+    BadReferenceValue {
+        /// The lookup.
+        lookup: String,
+    },
+    /// A provider document has no field for a feature the spec reads from it.
+    NoFieldForFeature {
+        /// The provider.
+        provider: String,
+    },
+    /// A provider document's field holds something other than a finite number.
+    FieldNotANumber {
+        /// The provider.
+        provider: String,
+    },
+    /// A provider document lacks a field the spec reads.
+    MissingField {
+        /// The provider.
+        provider: String,
+    },
+    /// No provider has a document for the record's note.
+    UnknownNote,
+    /// A value comes in a unit the spec does not know.
+    UnknownUnit {
+        /// What reports in that unit (`scanner`, a column, `lookup <name>`, a provider field).
+        of: String,
+    },
+}
+
+impl RecordErrorKind {
+    /// The kind in words, e.g. `unknown scanner`, `variance must be a finite number`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::NotText { column } => format!("{column} must be a text value"),
+            Self::Empty { column } => format!("{column} is empty"),
+            Self::TooLong { column } => format!("{column} is too long"),
+            Self::NotFinite { column } => format!("{column} must be a finite number"),
+            Self::UnknownKey { lookup } => format!("unknown {lookup}"),
+            Self::BadReferenceValue { lookup } => format!("{lookup} value"),
+            Self::NoFieldForFeature { provider } => format!("provider {provider} has no field for"),
+            Self::FieldNotANumber { provider } => format!("provider {provider} field not a number"),
+            Self::MissingField { provider } => format!("provider {provider} document for note"),
+            Self::UnknownNote => "unknown note".to_owned(),
+            Self::UnknownUnit { of } => of.clone(),
+        }
+    }
+}
+
 /// A per-record failure: it lands in the bundle's `errors`, never fails the bundle.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}: {reason}", stage.as_str())]
 pub struct RecordError {
     /// The stage that refused the record.
     pub stage: Stage,
+    /// The class of problem, for counting.
+    pub kind: RecordErrorKind,
     /// What is wrong, naming the key or column involved.
     pub reason: String,
 }
 
 impl RecordError {
-    /// A record error from a stage and a reason.
-    pub fn new(stage: Stage, reason: impl Into<String>) -> Self {
+    /// A record error from a stage, its kind and a reason.
+    pub fn new(stage: Stage, kind: RecordErrorKind, reason: impl Into<String>) -> Self {
         Self {
             stage,
+            kind,
             reason: reason.into(),
         }
     }
 
-    /// A short reason class for metrics and summaries (`enrich.mongo: unknown note`).
+    /// The stage and kind for metrics and summaries (`enrich.mongo: unknown note`).
     pub fn kind(&self) -> String {
-        reason_kind(&self.to_string())
+        format!("{}: {}", self.stage, self.kind.label())
     }
 }
 
-/// The class of a `"stage: reason"` text: the stage and the reason's first words before any
-/// quoted key or number (`enrich.postgres: unknown scanner`).
+/// The class of a `"stage: reason"` text read back from an answer (the demo's summary, a
+/// training report): the stage and the reason's first words before any quoted key or number
+/// (`enrich.postgres: unknown scanner`). Errors in hand have [`RecordError::kind`].
 pub fn reason_kind(text: &str) -> String {
     let (stage, reason) = text.split_once(": ").unwrap_or(("", text));
     let head: Vec<&str> = reason
@@ -88,9 +169,40 @@ mod tests {
     fn kinds_drop_keys_and_keep_the_words() {
         let e = RecordError::new(
             Stage::EnrichMongo,
+            RecordErrorKind::UnknownNote,
             "unknown note 'SN-912345': no provider has a scan document for it",
         );
         assert_eq!(e.kind(), "enrich.mongo: unknown note");
+        assert_eq!(
+            reason_kind(&e.to_string()),
+            e.kind(),
+            "texts read back agree"
+        );
+        for e in [
+            RecordError::new(
+                Stage::EnrichPostgres,
+                RecordErrorKind::UnknownKey {
+                    lookup: "scanner".into(),
+                },
+                "unknown scanner 'sc-99': no row in scanners has scanner_id = 'sc-99'",
+            ),
+            RecordError::new(
+                Stage::EnrichMongo,
+                RecordErrorKind::MissingField {
+                    provider: "aurum".into(),
+                },
+                "provider aurum document for note 'SN-000007' has no field scan.curtosis",
+            ),
+            RecordError::new(
+                Stage::Normalize,
+                RecordErrorKind::UnknownUnit {
+                    of: "scanner".into(),
+                },
+                "scanner 'sc-13' reports variance in unit 'micro', which spec banknote does not know",
+            ),
+        ] {
+            assert_eq!(reason_kind(&e.to_string()), e.kind());
+        }
         assert_eq!(
             reason_kind("normalize: scanner 'sc-13' reports variance in unit 'micro'"),
             "normalize: scanner"

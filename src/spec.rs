@@ -171,7 +171,7 @@ pub enum SpecError {
 }
 
 impl PipelineSpec {
-    /// The spec of the banknote fixture domain (CONTRACT.md section 5).
+    /// The spec of the banknote fixture domain (docs/contract.md section 5).
     pub fn banknote() -> Self {
         serde_json::from_str(include_str!("banknote_spec.json")).expect("built-in spec parses")
     }

@@ -15,7 +15,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::bundle::table::{CellRef, Row};
 use crate::bundle::validate::ColumnIndex;
 
-use crate::record::{RecordError, Stage};
+use crate::record::{RecordError, RecordErrorKind, Stage};
 use crate::spec::{PipelineSpec, TextRule};
 
 /// The longest key (note id, scanner, issuer text) accepted, in characters.
@@ -60,6 +60,9 @@ impl<'b> KeyTable<'b> {
         let CellRef::Text(raw) = cell else {
             return Err(RecordError::new(
                 Stage::Standardize,
+                RecordErrorKind::NotText {
+                    column: self.column.to_string(),
+                },
                 format!(
                     "{} must be a text value, got {}",
                     self.column,
@@ -214,12 +217,18 @@ fn standard_key(
     if key.is_empty() {
         return Err(RecordError::new(
             Stage::Standardize,
+            RecordErrorKind::Empty {
+                column: column.to_owned(),
+            },
             format!("{column} is empty"),
         ));
     }
     if key.len() > MAX_KEY_CHARS && key.chars().count() > MAX_KEY_CHARS {
         return Err(RecordError::new(
             Stage::Standardize,
+            RecordErrorKind::TooLong {
+                column: column.to_owned(),
+            },
             format!("{column} is longer than {MAX_KEY_CHARS} characters"),
         ));
     }
@@ -232,6 +241,9 @@ pub fn number_cell(column: &str, cell: CellRef<'_>) -> Result<f64, RecordError> 
         Some(v) if v.is_finite() => Ok(v),
         _ => Err(RecordError::new(
             Stage::Standardize,
+            RecordErrorKind::NotFinite {
+                column: column.to_owned(),
+            },
             format!("{column} must be a finite number, got {}", cell.describe()),
         )),
     }

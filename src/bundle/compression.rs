@@ -1,4 +1,4 @@
-//! Body compression (CONTRACT.md section 4): plain, or gzip/zstd then base64, as the
+//! Body compression (docs/contract.md section 4): plain, or gzip/zstd then base64, as the
 //! `content-encoding` message attribute says.
 
 use std::borrow::Cow;

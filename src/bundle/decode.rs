@@ -36,7 +36,7 @@ impl Default for Limits {
     }
 }
 
-/// The longest bundle id, in characters (CONTRACT.md section 1).
+/// The longest bundle id, in characters (docs/contract.md section 1).
 pub const MAX_BUNDLE_ID_CHARS: usize = 128;
 
 /// Why a bundle cannot be read; it goes to the dead-letter queue with this reason.

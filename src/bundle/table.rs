@@ -5,7 +5,7 @@
 //! Decoding appends every cell of every row to [`Table::cells`] and every text value to one
 //! `String`, so a 1 000-record bundle costs a handful of allocations, not thousands. Cells keep
 //! what the JSON said (null, boolean, integer, float, text); a nested array or object in a row
-//! is kept as its JSON text, untouched and ignored by the model (CONTRACT.md section 1).
+//! is kept as its JSON text, untouched and ignored by the model (docs/contract.md section 1).
 
 use std::fmt;
 

@@ -443,7 +443,7 @@ fn bundle_span(
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 - 4 * 1024;
 
 /// Encodes an answer; a plain answer too large for one message is sent gzip-compressed instead
-/// (consumers read all three forms, CONTRACT.md section 4).
+/// (consumers read all three forms, docs/contract.md section 4).
 fn encode_within_limit(answer: &Answer, configured: ContentEncoding) -> (String, ContentEncoding) {
     let body = answer.encode(configured);
     if body.len() <= MAX_MESSAGE_BYTES || configured != ContentEncoding::Identity {

@@ -63,7 +63,7 @@ fn the_committed_default_set_is_what_seed_42_generates() {
     let committed = files(&fixtures::files::default_dir());
     let fresh = files(&tmp);
     for ((name, want), (_, got)) in fresh.iter().zip(&committed) {
-        assert!(want == got, "fixtures/default/{name} differs from a fresh `ml-pipeline fixtures generate --seed 42`: regenerate it");
+        assert!(want == got, "fixtures/default/{name} differs from a fresh `ml-pipeline-tools fixtures generate --seed 42`: regenerate it");
     }
     assert_eq!(committed.len(), fresh.len());
     std::fs::remove_dir_all(tmp).unwrap();

@@ -1,4 +1,4 @@
-//! `ml-pipeline chaos`: fault runs under load, each ending in counts of bundles sent, answered,
+//! `ml-pipeline-tools chaos`: fault runs under load, each ending in counts of bundles sent, answered,
 //! duplicated and lost. Each run gets its own queues and starts its own worker processes.
 //!
 //! - `kill9`: SIGKILL the worker at random moments while a load runs, restarting it each time.
