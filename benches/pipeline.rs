@@ -153,6 +153,7 @@ fn enrichment_of(w: &Workload, rt: &Runtime, batch: &StandardBatch<'_>) -> Enric
         documents: rt
             .block_on(w.enricher.documents.fetch(docs, &paths, doc_keys))
             .unwrap(),
+        refused: Default::default(),
     }
 }
 

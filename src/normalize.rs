@@ -57,6 +57,9 @@ impl<'e> Normalizer<'e> {
                     .keys()
                     .iter()
                     .map(|key| {
+                        if let Some(answer) = enrichment.refused.lookup(i, key) {
+                            return Err(refused(Stage::EnrichPostgres, &l.name, key, answer));
+                        }
                         enrichment
                             .lookups
                             .get(i)
@@ -300,12 +303,34 @@ fn document_value(
     })?)
 }
 
+/// The error of a record whose key the source refused while answering the rest of the batch.
+fn refused(stage: Stage, what: &str, key: &str, answer: &str) -> RecordError {
+    let source = match stage {
+        Stage::EnrichPostgres => "PostgreSQL",
+        _ => "MongoDB",
+    };
+    RecordError::new(
+        stage,
+        RecordErrorKind::SourceRefused {
+            what: what.to_owned(),
+        },
+        format!(
+            "{source} refused to look up {what} {:?}: {}",
+            crate::text::truncate_chars(key, 64),
+            crate::text::truncate_chars(answer, 300)
+        ),
+    )
+}
+
 /// The document of the first provider, in the spec's preference order, that has one.
 fn preferred_doc<'e>(
     providers: &[String],
     key: &str,
     enrichment: &'e Enrichment,
 ) -> Result<&'e ProviderDoc, RecordError> {
+    if let Some(answer) = enrichment.refused.documents.get(key) {
+        return Err(refused(Stage::EnrichMongo, "note", key, answer));
+    }
     let docs = enrichment
         .documents
         .get(key)
@@ -390,6 +415,7 @@ mod tests {
         Enrichment {
             lookups: vec![scanners, issuers],
             documents: docs,
+            refused: Default::default(),
         }
     }
 

@@ -44,6 +44,11 @@ pub enum RecordErrorKind {
         /// The column.
         column: String,
     },
+    /// A key column holds a control character (NUL, a line break...).
+    ControlCharacter {
+        /// The column.
+        column: String,
+    },
     /// A key column is longer than a key may be.
     TooLong {
         /// The column.
@@ -81,6 +86,11 @@ pub enum RecordErrorKind {
     },
     /// No provider has a document for the record's note.
     UnknownNote,
+    /// The source answered the batch but refused this record's key.
+    SourceRefused {
+        /// What the key names (`scanner`, `note`...).
+        what: String,
+    },
     /// A value comes in a unit the spec does not know.
     UnknownUnit {
         /// What reports in that unit (`scanner`, a column, `lookup <name>`, a provider field).
@@ -94,6 +104,9 @@ impl RecordErrorKind {
         match self {
             Self::NotText { column } => format!("{column} must be a text value"),
             Self::Empty { column } => format!("{column} is empty"),
+            Self::ControlCharacter { column } => {
+                format!("{column} contains the control character")
+            }
             Self::TooLong { column } => format!("{column} is too long"),
             Self::NotFinite { column } => format!("{column} must be a finite number"),
             Self::UnknownKey { lookup } => format!("unknown {lookup}"),
@@ -102,6 +115,7 @@ impl RecordErrorKind {
             Self::FieldNotANumber { provider } => format!("provider {provider} field not a number"),
             Self::MissingField { provider } => format!("provider {provider} document for note"),
             Self::UnknownNote => "unknown note".to_owned(),
+            Self::SourceRefused { what } => format!("{what} refused by the source"),
             Self::UnknownUnit { of } => of.clone(),
         }
     }

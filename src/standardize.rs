@@ -223,6 +223,21 @@ fn standard_key(
             format!("{column} is empty"),
         ));
     }
+    // PostgreSQL refuses NUL in text and no reference key holds a control character: such a
+    // key is the record's own problem, never the source's (one record must not fail a batch).
+    if let Some((at, c)) = key.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Err(RecordError::new(
+            Stage::Standardize,
+            RecordErrorKind::ControlCharacter {
+                column: column.to_owned(),
+            },
+            format!(
+                "{column} contains the control character U+{:04X} at character {}; a key must be printable text",
+                u32::from(c),
+                at + 1
+            ),
+        ));
+    }
     if key.len() > MAX_KEY_CHARS && key.chars().count() > MAX_KEY_CHARS {
         return Err(RecordError::new(
             Stage::Standardize,
@@ -454,6 +469,33 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "standardize: note must be a text value, got an object"
+        );
+    }
+
+    #[test]
+    fn keys_with_control_characters_are_refused_per_record_with_the_character_named() {
+        let spec = PipelineSpec::banknote();
+        let table = Table::from(vec![vec![
+            json!("sc-01\u{0000}"),
+            json!("SN-0\n1"),
+            json!("sc-01"),
+        ]]);
+        let mut scanners = KeyTable::new(&spec, "scanner");
+        let err = scanners.intern(table.row(0).get(0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "standardize: scanner contains the control character U+0000 at character 6; a key must be printable text"
+        );
+        assert_eq!(
+            err.kind(),
+            "standardize: scanner contains the control character"
+        );
+        let mut notes = KeyTable::new(&spec, "note");
+        assert!(notes.intern(table.row(0).get(1)).is_err());
+        assert_eq!(
+            scanners.intern(table.row(0).get(2)).unwrap(),
+            0,
+            "a clean key still passes"
         );
     }
 }

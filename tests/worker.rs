@@ -565,3 +565,51 @@ async fn bundles_arriving_while_every_slot_is_busy_share_the_next_batch() {
         "one batch for the first bundle, one for the six that waited"
     );
 }
+
+/// A record whose scanner ends in NUL (PostgreSQL refuses NUL in text) is that record's error,
+/// not an outage: every good bundle of the same batch is answered on its first receive.
+#[tokio::test]
+async fn a_nul_in_one_key_fails_one_record_and_every_bundle_is_answered_first_time() {
+    let t = TestWorker::new(30).await;
+    let worker = t.worker(t.config(), Hooks::default());
+    let mut bundles: Vec<Value> = fixture_bundles()[..5].to_vec();
+    let bad_id = bundles[2]["rows"][0][0].as_str().unwrap().to_owned();
+    bundles[2]["rows"][0][3] = Value::from("sc-01\u{0000}");
+    t.send_json(&bundles, ContentEncoding::Identity).await;
+    let mut messages = Vec::new();
+    while messages.len() < 5 {
+        messages.extend(t.input.receive(10, 1).await.unwrap());
+    }
+    assert!(messages.iter().all(|m| m.receive_count == 1));
+    let report = worker
+        .process(decode_all(messages, &worker.config.limits))
+        .await;
+    assert_eq!(report.retryable, None, "{report:?}");
+    assert_eq!(
+        (
+            report.answered,
+            report.deleted,
+            report.left,
+            report.dead_lettered
+        ),
+        (5, 5, 0, 0)
+    );
+    let answers = t.outputs(5).await;
+    let bad = answers
+        .iter()
+        .find(|a| a["bundle_id"] == bundles[2]["bundle_id"])
+        .expect("the bundle with the bad record is answered");
+    let error = bad["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[0] == bad_id.as_str())
+        .expect("the bad record has its own error");
+    assert!(
+        error[1]
+            .as_str()
+            .unwrap()
+            .contains("control character U+0000"),
+        "{error}"
+    );
+}

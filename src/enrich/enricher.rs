@@ -1,9 +1,14 @@
-//! The enricher: both sources of a batch, asked once each, concurrently.
+//! The enricher: both sources of a batch, asked once each, concurrently. When a source answers
+//! with an error that is not an outage, the keys at fault are found by asking again in halves,
+//! so one bad key never holds back the rest of the batch.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use super::source::{DocumentSource, Enrichment, ReferenceSource, SourceError};
-use crate::spec::PipelineSpec;
+use super::source::{
+    DocumentSource, Enrichment, ProviderDoc, ReferenceSource, Refused, SourceError,
+};
+use crate::spec::{DocumentSpec, LookupSpec, PipelineSpec};
 use crate::standardize::StandardBatch;
 
 /// Both sources a batch is enriched from.
@@ -15,10 +20,16 @@ pub struct Enricher<R, D> {
     pub documents: D,
 }
 
+/// Reference values per lookup, and the keys refused per lookup.
+type LookupAnswer = (Vec<HashMap<String, String>>, Vec<HashMap<String, String>>);
+
+/// Documents per key, and the keys refused.
+type DocumentAnswer = (HashMap<String, Vec<ProviderDoc>>, HashMap<String, String>);
+
 impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
     /// One round trip per source: every distinct key of the batch at once, both sources
     /// together. Returns what they found and the milliseconds each took (they run
-    /// concurrently).
+    /// concurrently). Fails only when a source is down.
     pub async fn enrich(
         &self,
         spec: &PipelineSpec,
@@ -34,9 +45,10 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
         let reference = async {
             let started = Instant::now();
             let found = if lookup_keys.iter().all(|k| k.is_empty()) {
-                vec![Default::default(); spec.lookups.len()]
+                let none = vec![HashMap::new(); spec.lookups.len()];
+                (none.clone(), none)
             } else {
-                self.reference.fetch(&spec.lookups, &lookup_keys).await?
+                self.lookups(&spec.lookups, &lookup_keys).await?
             };
             Ok::<_, SourceError>((found, ms_since(started)))
         };
@@ -44,17 +56,188 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
             let started = Instant::now();
             let found = match &spec.documents {
                 Some(docs) if !doc_keys.is_empty() => {
-                    self.documents.fetch(docs, &paths, doc_keys).await?
+                    self.provider_documents(docs, &paths, doc_keys).await?
                 }
                 _ => Default::default(),
             };
             Ok((found, ms_since(started)))
         };
-        let ((lookups, t_postgres), (documents, t_mongo)) = tokio::try_join!(reference, documents)?;
-        Ok((Enrichment { lookups, documents }, t_postgres, t_mongo))
+        let (((lookups, refused_lookups), t_postgres), ((documents, refused_documents), t_mongo)) =
+            tokio::try_join!(reference, documents)?;
+        let enrichment = Enrichment {
+            lookups,
+            documents,
+            refused: Refused {
+                lookups: refused_lookups,
+                documents: refused_documents,
+            },
+        };
+        Ok((enrichment, t_postgres, t_mongo))
     }
+
+    /// The reference values of every key; on an error that is not an outage, the keys at fault.
+    async fn lookups(
+        &self,
+        lookups: &[LookupSpec],
+        keys: &[&[String]],
+    ) -> Result<LookupAnswer, SourceError> {
+        let first = match self.reference.fetch(lookups, keys).await {
+            Ok(found) => return Ok((found, vec![HashMap::new(); lookups.len()])),
+            Err(e) if e.is_outage() => return Err(e),
+            Err(e) => e,
+        };
+        let pairs: Vec<(usize, &String)> = keys
+            .iter()
+            .enumerate()
+            .flat_map(|(l, keys)| keys.iter().map(move |k| (l, k)))
+            .collect();
+        warn_isolating(&first, pairs.len());
+        let mut found = vec![HashMap::new(); lookups.len()];
+        let mut refused = vec![HashMap::new(); lookups.len()];
+        // The whole set failed already: start from its halves.
+        let mut parts = halves(&pairs);
+        while let Some(part) = parts.pop() {
+            let mut asked = vec![Vec::new(); lookups.len()];
+            for &(l, k) in part {
+                asked[l].push(k.clone());
+            }
+            let asked: Vec<&[String]> = asked.iter().map(Vec::as_slice).collect();
+            match self.reference.fetch(lookups, &asked).await {
+                Ok(answer) => {
+                    for (into, from) in found.iter_mut().zip(answer) {
+                        into.extend(from);
+                    }
+                }
+                Err(e) if e.is_outage() => return Err(e),
+                Err(e) if part.len() == 1 => {
+                    let (l, k) = part[0];
+                    refused[l].insert(k.clone(), crate::text::error_chain(&e));
+                }
+                Err(_) => parts.extend(halves(part)),
+            }
+        }
+        // Every key refused alone: the source refuses everything, which is no key's fault.
+        if refused.iter().map(HashMap::len).sum::<usize>() == pairs.len() {
+            return Err(first);
+        }
+        Ok((found, refused))
+    }
+
+    /// The documents of every key; on an error that is not an outage, the keys at fault.
+    async fn provider_documents(
+        &self,
+        spec: &DocumentSpec,
+        paths: &[String],
+        keys: &[String],
+    ) -> Result<DocumentAnswer, SourceError> {
+        let first = match self.documents.fetch(spec, paths, keys).await {
+            Ok(found) => return Ok((found, HashMap::new())),
+            Err(e) if e.is_outage() => return Err(e),
+            Err(e) => e,
+        };
+        warn_isolating(&first, keys.len());
+        let mut found = HashMap::new();
+        let mut refused = HashMap::new();
+        let mut parts = halves(keys);
+        while let Some(part) = parts.pop() {
+            match self.documents.fetch(spec, paths, part).await {
+                Ok(answer) => found.extend(answer),
+                Err(e) if e.is_outage() => return Err(e),
+                Err(e) if part.len() == 1 => {
+                    refused.insert(part[0].clone(), crate::text::error_chain(&e));
+                }
+                Err(_) => parts.extend(halves(part)),
+            }
+        }
+        if refused.len() == keys.len() {
+            return Err(first);
+        }
+        Ok((found, refused))
+    }
+}
+
+/// A failed set's two halves (a single key is its own half: it is asked alone once more, so
+/// its own answer is what its record reports).
+fn halves<T>(set: &[T]) -> Vec<&[T]> {
+    if set.len() < 2 {
+        return vec![set];
+    }
+    let (a, b) = set.split_at(set.len() / 2);
+    vec![a, b]
+}
+
+fn warn_isolating(e: &SourceError, keys: usize) {
+    tracing::warn!(
+        source = e.source_name(),
+        error = %crate::text::error_chain(e),
+        keys,
+        "the source refused a batch lookup while reachable; asking again in halves to find the keys at fault"
+    );
 }
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::enrich::memory::{MemoryDocuments, MemoryReference};
+
+    fn enricher(refuse: &[&str], down: bool) -> Enricher<MemoryReference, MemoryDocuments> {
+        let scanners = ["sc-01", "sc-02", "sc-03", "sc-04", "sc-05"]
+            .map(|k| (k.to_owned(), "milli".to_owned()));
+        Enricher {
+            reference: MemoryReference {
+                tables: HashMap::from([("scanners".to_owned(), HashMap::from(scanners))]),
+                refuse: refuse.iter().map(|k| (*k).to_owned()).collect(),
+                down,
+                ..Default::default()
+            },
+            documents: MemoryDocuments::default(),
+        }
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_key_the_source_refuses_is_found_and_every_other_key_is_answered() {
+        let e = enricher(&["sc-bad"], false);
+        let lookups = &PipelineSpec::banknote().lookups[..1];
+        let asked = keys(&[
+            "sc-01", "sc-02", "sc-bad", "sc-03", "sc-04", "sc-05", "sc-99",
+        ]);
+        let (found, refused) = e.lookups(lookups, &[&asked]).await.unwrap();
+        assert_eq!(found[0].len(), 5, "every known key answered: {found:?}");
+        assert_eq!(refused[0].keys().collect::<Vec<_>>(), ["sc-bad"]);
+        assert!(
+            refused[0]["sc-bad"].contains("invalid byte sequence"),
+            "{refused:?}"
+        );
+        let calls = e.reference.calls.load(Ordering::SeqCst);
+        assert!(
+            calls <= 1 + 2 * 3,
+            "bisection, not one call per key: {calls} calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outage_holds_the_batch_back_and_so_does_a_source_that_refuses_every_key() {
+        let lookups = &PipelineSpec::banknote().lookups[..1];
+        let asked = keys(&["sc-01", "sc-02"]);
+        let down = enricher(&[], true);
+        let err = down.lookups(lookups, &[&asked]).await.unwrap_err();
+        assert!(err.is_outage());
+        assert_eq!(
+            down.reference.calls.load(Ordering::SeqCst),
+            1,
+            "no bisection on an outage"
+        );
+        let refuses_all = enricher(&["sc-01", "sc-02"], false);
+        assert!(refuses_all.lookups(lookups, &[&asked]).await.is_err());
+    }
 }

@@ -2,7 +2,7 @@
 //! provider documents held in maps, answering exactly as the real sources do (absent keys are
 //! simply missing), and counting their round trips.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +14,11 @@ use crate::spec::{DocumentSpec, LookupSpec};
 pub struct MemoryReference {
     /// Table name -> key -> value.
     pub tables: HashMap<String, HashMap<String, String>>,
+    /// Keys the source answers an error for (as PostgreSQL does for a value it cannot compare):
+    /// a call asking for any of them fails as a whole.
+    pub refuse: HashSet<String>,
+    /// Whether the source is down: every call fails as an outage.
+    pub down: bool,
     /// Round trips made.
     pub calls: Arc<AtomicUsize>,
 }
@@ -25,6 +30,18 @@ impl ReferenceSource for MemoryReference {
         keys: &[&[String]],
     ) -> Result<Vec<HashMap<String, String>>, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down {
+            return Err(SourceError::Postgres(sqlx::Error::PoolTimedOut));
+        }
+        if let Some(bad) = keys
+            .iter()
+            .flat_map(|k| k.iter())
+            .find(|k| self.refuse.contains(*k))
+        {
+            return Err(SourceError::Postgres(sqlx::Error::Protocol(format!(
+                "invalid byte sequence for encoding \"UTF8\" in key {bad:?}"
+            ))));
+        }
         Ok(lookups
             .iter()
             .zip(keys)

@@ -43,6 +43,30 @@ pub struct Enrichment {
     pub lookups: Vec<HashMap<String, String>>,
     /// Document key -> its providers' documents.
     pub documents: HashMap<String, Vec<ProviderDoc>>,
+    /// Keys a source answered with an error for, while it answered the others.
+    pub refused: Refused,
+}
+
+/// Keys a source refused: it stayed reachable and answered every other key of the batch, so
+/// the key itself is at fault (its records get a per-record error; the batch goes on).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Refused {
+    /// Per spec lookup (in spec order): key -> what PostgreSQL answered.
+    pub lookups: Vec<HashMap<String, String>>,
+    /// Document key -> what MongoDB answered.
+    pub documents: HashMap<String, String>,
+}
+
+impl Refused {
+    /// What the source answered for key `key` of lookup `lookup`, if it refused it.
+    pub fn lookup(&self, lookup: usize, key: &str) -> Option<&str> {
+        self.lookups.get(lookup)?.get(key).map(String::as_str)
+    }
+
+    /// Whether nothing was refused.
+    pub fn is_empty(&self) -> bool {
+        self.documents.is_empty() && self.lookups.iter().all(HashMap::is_empty)
+    }
 }
 
 /// A source that could not answer; the batch is retried later, no record is failed.
@@ -63,6 +87,51 @@ impl SourceError {
             SourceError::Postgres(_) => "postgres",
             SourceError::Mongo(_) => "mongo",
         }
+    }
+
+    /// Whether the source could not be reached, did not answer in time, or said it is
+    /// unavailable: retrying later can help. Any other error is an answer about what was asked
+    /// (SQLSTATE class 22 data exceptions, a document over the size limit...), which the worker
+    /// narrows down to the keys at fault instead of holding the batch back.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            SourceError::Postgres(e) => postgres_outage(e),
+            SourceError::Mongo(e) => mongo_outage(e),
+        }
+    }
+}
+
+fn postgres_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions, insufficient resources, operator intervention (a shutdown,
+        // a cancelled query), system errors: the server, not the data.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))),
+        _ => false,
+    }
+}
+
+fn mongo_outage(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown => true,
+        // Shutting down, stepped down, not primary, network timeouts, interrupted: the
+        // server's state, not the data.
+        ErrorKind::Command(c) => matches!(
+            c.code,
+            6 | 7 | 89 | 91 | 189 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436
+        ),
+        _ => false,
     }
 }
 
