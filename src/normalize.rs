@@ -9,6 +9,7 @@ use crate::enrich::{Enrichment, FieldValue, ProviderDoc};
 use crate::record::{RecordError, RecordErrorKind, Stage};
 use crate::spec::{PipelineSpec, Road, UnitSource};
 use crate::standardize::{StandardBatch, StandardRecord};
+use crate::text::visible;
 
 /// Everything normalization needs for one batch, worked out once per distinct key: each
 /// lookup's value or the error for an unknown key, each note's preferred provider document,
@@ -73,7 +74,10 @@ impl<'e> Normalizer<'e> {
                                     },
                                     format!(
                                         "unknown {} '{key}': no row in {} has {} = '{key}'",
-                                        l.name, l.table, l.key_column
+                                        l.name,
+                                        l.table,
+                                        l.key_column,
+                                        key = visible(key)
                                     ),
                                 )
                             })
@@ -315,8 +319,8 @@ fn refused(stage: Stage, what: &str, key: &str, answer: &str) -> RecordError {
             what: what.to_owned(),
         },
         format!(
-            "{source} refused to look up {what} {:?}: {}",
-            crate::text::truncate_chars(key, 64),
+            "{source} refused to look up {what} '{}': {}",
+            visible(&crate::text::truncate_chars(key, 64)),
             crate::text::truncate_chars(answer, 300)
         ),
     )
@@ -343,7 +347,10 @@ fn preferred_doc<'e>(
             RecordError::new(
                 Stage::EnrichMongo,
                 RecordErrorKind::UnknownNote,
-                format!("unknown note '{key}': no provider has a scan document for it"),
+                format!(
+                    "unknown note '{}': no provider has a scan document for it",
+                    visible(key)
+                ),
             )
         })
 }

@@ -64,6 +64,10 @@ pub struct Settings {
     pub visibility_timeout_secs: Option<i32>,
     /// Heartbeat period as a fraction of the visibility timeout. Default 0.5.
     pub heartbeat_fraction: f64,
+    /// Dead-letter a message, with its reason, when it is left for redelivery on this many
+    /// receives; below the queue's maxReceiveCount (the worker lowers it to maxReceiveCount - 1
+    /// when it is not). 0 turns it off. Default 4.
+    pub max_receives: u32,
     /// How long SIGTERM waits for batches in hand, in seconds. Default 25 (ECS stops at 30).
     pub drain_timeout_secs: u64,
     /// Encoding of answers: identity, gzip or zstd. Default identity.
@@ -120,6 +124,7 @@ impl Default for Settings {
             max_concurrent_batches: worker.max_concurrent_batches,
             visibility_timeout_secs: None,
             heartbeat_fraction: worker.heartbeat_fraction,
+            max_receives: worker.max_receives,
             drain_timeout_secs: worker.drain_timeout.as_secs(),
             output_encoding: worker.output_encoding,
             max_body_bytes: limits.max_body_bytes,

@@ -99,6 +99,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         stall_timeout: Duration::from_secs(settings.stall_timeout_secs.max(1)),
         output_encoding: settings.output_encoding,
         limits: settings.limits(),
+        max_receives: settings.max_receives,
         ..WorkerConfig::default()
     }
 }
@@ -145,6 +146,19 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         .await?
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let mut config = worker_config(settings, visibility);
+    if let Some(redrive) = input.max_receive_count().await? {
+        if config.max_receives >= redrive {
+            let lowered = redrive.saturating_sub(1);
+            tracing::warn!(
+                max_receives = config.max_receives,
+                queue_max_receive_count = redrive,
+                using = lowered,
+                "ML_PIPELINE_MAX_RECEIVES is not below the input queue's maxReceiveCount; lowered so the worker dead-letters with a reason before SQS's redrive"
+            );
+            config.max_receives = lowered;
+        }
+    }
     let source = match settings.model_version {
         Some(v) => ModelSource::Pinned(v),
         None => ModelSource::Alias(settings.model_alias.clone()),
@@ -158,7 +172,7 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         enricher,
         models,
         aggregates: settings.aggregates.then_some(pool),
-        config: worker_config(settings, visibility),
+        config,
         hooks: Hooks::default(),
         state: Arc::default(),
     })

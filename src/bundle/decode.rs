@@ -133,16 +133,26 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        use serde::de::Error;
         let mut body = Body::default();
+        // A key given twice is refused: keeping either copy would silently drop the other's
+        // records or id.
+        fn once<T, E: Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
-                "rows" => body.rows = Some(map.next_value_seed(LenientRows)?),
-                "bundle_id" => body.bundle_id = Some(map.next_value()?),
-                "model" => body.model = Some(map.next_value()?),
-                "columns" => body.columns = Some(map.next_value()?),
-                "batch_id" => body.batch_id = Some(map.next_value()?),
-                "subjects" => body.subjects = Some(map.next_value()?),
-                "features" => body.features = Some(map.next_value()?),
+                "rows" => once(&mut body.rows, "rows", map.next_value_seed(LenientRows)?)?,
+                "bundle_id" => once(&mut body.bundle_id, "bundle_id", map.next_value()?)?,
+                "model" => once(&mut body.model, "model", map.next_value()?)?,
+                "columns" => once(&mut body.columns, "columns", map.next_value()?)?,
+                "batch_id" => once(&mut body.batch_id, "batch_id", map.next_value()?)?,
+                "subjects" => once(&mut body.subjects, "subjects", map.next_value()?)?,
+                "features" => once(&mut body.features, "features", map.next_value()?)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -170,6 +180,15 @@ fn bundle_id(value: Option<Value>, field: &str) -> Result<String, DecodeError> {
         return Err(DecodeError::new(
             Some(&id),
             format!("'{field}' contains control characters"),
+        ));
+    }
+    if let Some(c) = id.chars().find(|&c| crate::text::is_invisible(c)) {
+        return Err(DecodeError::new(
+            Some(&id),
+            format!(
+                "'{field}' contains the invisible character U+{:04X} (zero-width or bidirectional); an id must be printable, so that it reads as what it is",
+                u32::from(c)
+            ),
         ));
     }
     Ok(id)
@@ -420,5 +439,24 @@ mod tests {
         let nested = format!("{}{}", "[".repeat(300), "]".repeat(300));
         let body = format!(r#"{{"bundle_id":"b","columns":["id"],"rows":[[{nested}]]}}"#);
         assert!(reason(&body, None).contains("recursion limit"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_rather_than_one_copy_dropped() {
+        let body = r#"{"bundle_id": "b", "columns": ["id"], "rows": [["r-1"]], "rows": [["r-2"]]}"#;
+        let why = reason(body, None);
+        assert!(why.contains("duplicate field `rows`"), "{why}");
+        let body = r#"{"bundle_id": "a", "bundle_id": "b", "columns": ["id"], "rows": []}"#;
+        assert!(reason(body, None).contains("duplicate field `bundle_id`"));
+    }
+
+    #[test]
+    fn an_id_with_invisible_characters_is_not_printable() {
+        for id in ["\u{200B}\u{200B}", "b-1\u{202E}", "\u{FEFF}b"] {
+            let mut b = v1();
+            b["bundle_id"] = json!(id);
+            let why = reason(&b.to_string(), None);
+            assert!(why.contains("invisible character U+"), "{id:?}: {why}");
+        }
     }
 }

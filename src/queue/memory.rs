@@ -122,6 +122,11 @@ impl MemoryQueue {
         self.lock().in_flight.len()
     }
 
+    /// The receipt handles of the messages in flight.
+    pub fn in_flight_receipts(&self) -> Vec<String> {
+        self.lock().in_flight.keys().cloned().collect()
+    }
+
     /// Messages waiting to be received.
     pub fn visible(&self) -> usize {
         self.lock().visible.len()

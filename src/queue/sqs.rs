@@ -61,6 +61,19 @@ impl SqsQueue {
         Ok(out.attributes.and_then(|mut a| a.remove(&name)))
     }
 
+    /// The RedrivePolicy's `maxReceiveCount`, if the queue has one.
+    pub async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
+        let policy = self.attribute(QueueAttributeName::RedrivePolicy).await?;
+        Ok(policy
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|p| match &p["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .and_then(|n| u32::try_from(n).ok()))
+    }
+
     /// The dead-letter queue named by this queue's RedrivePolicy, if it has one.
     pub async fn dead_letter_queue(&self) -> Result<Option<SqsQueue>, QueueError> {
         let Some(policy) = self.attribute(QueueAttributeName::RedrivePolicy).await? else {

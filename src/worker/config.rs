@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     pub output_encoding: ContentEncoding,
     /// Decoding limits.
     pub limits: Limits,
+    /// A message left for redelivery on this many receives is dead-lettered by the worker, with
+    /// its reason, instead of going round again; keep it below the queue's `maxReceiveCount`,
+    /// so SQS's redrive (which attaches no reason) stays the last resort. 0 turns it off.
+    pub max_receives: u32,
     /// Attempts per batch call before its entries are left for redelivery.
     pub send_attempts: u32,
     /// First back-off delay.
@@ -76,6 +80,7 @@ impl Default for WorkerConfig {
             stall_timeout: Duration::from_secs(120),
             output_encoding: ContentEncoding::Identity,
             limits: Limits::default(),
+            max_receives: 4,
             send_attempts: Retry::default().attempts,
             backoff_base: Retry::default().base,
             backoff_max: Retry::default().max,

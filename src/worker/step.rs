@@ -166,7 +166,8 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let prepared = match self.prepare(&model, &readable.bundles, &mut report).await {
             Ok(prepared) => prepared,
             Err(e) => {
-                self.leave_for_redelivery(e, readable.messages.len(), &mut report);
+                let tired = self.leave_for_redelivery(e, readable, &mut report);
+                refused.extend(tired);
                 self.dead_letter(refused, &mut report).await;
                 return report;
             }
@@ -206,20 +207,46 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         Ok(prepared)
     }
 
-    /// A source did not answer: nothing is answered, every readable message stays on the
-    /// queue for redelivery, and the loop backs off.
-    fn leave_for_redelivery(&self, e: SourceError, messages: usize, report: &mut StepReport) {
+    /// A source is down: nothing is answered and the loop backs off; the readable messages
+    /// become visible again when their visibility runs out. A message already received
+    /// `max_receives` times is returned instead, to be dead-lettered with the reason before
+    /// SQS's redrive would move it without one.
+    fn leave_for_redelivery(
+        &self,
+        e: SourceError,
+        readable: Readable,
+        report: &mut StepReport,
+    ) -> Vec<Refused> {
         let reason = crate::text::error_chain(&e);
         tracing::warn!(
             error = %reason,
-            messages,
+            messages = readable.messages.len(),
             "enrichment source unavailable; batch left for redelivery"
         );
+        let max = self.config.max_receives;
+        let mut tired = Vec::new();
+        let mut waiting = 0;
+        for (message, bundle) in readable.messages.into_iter().zip(&readable.bundles) {
+            if max > 0 && message.receive_count >= max {
+                let why = DecodeError {
+                    bundle_id: Some(bundle.id().to_owned()),
+                    reason: format!(
+                        "left unanswered on {} receives because {} was unavailable ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {0} is back",
+                        message.receive_count,
+                        e.source_name()
+                    ),
+                };
+                tired.push((message, why, "enrich"));
+            } else {
+                waiting += 1;
+            }
+        }
         report.retryable = Some(Retryable::SourceUnavailable {
             source: e.source_name(),
             reason,
         });
-        report.left += messages;
+        report.left += waiting;
+        tired
     }
 
     /// Predicts the batch in one model call and builds one answer per readable bundle; bundles
@@ -377,6 +404,7 @@ fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str) -> Outgoing {
         ("error-stage".to_owned(), stage.to_owned()),
         ("error-reason".to_owned(), truncate_chars(&e.reason, 1000)),
         ("source-message-id".to_owned(), m.message_id.clone()),
+        ("receive-count".to_owned(), m.receive_count.to_string()),
     ];
     if let Some(id) = &e.bundle_id {
         attributes.push((BUNDLE_ID_ATTRIBUTE.to_owned(), id.clone()));

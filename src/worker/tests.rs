@@ -38,12 +38,16 @@ async fn holder() -> Arc<ModelHolder> {
 }
 
 async fn worker(send_attempts: u32) -> TestWorker {
+    worker_with(send_attempts, MemoryReference::default()).await
+}
+
+async fn worker_with(send_attempts: u32, reference: MemoryReference) -> TestWorker {
     Worker {
         input: MemoryQueue::new("memory://input"),
         output: MemoryQueue::new("memory://output"),
         dlq: Some(MemoryQueue::new("memory://input-dlq")),
         enricher: Enricher {
-            reference: MemoryReference::default(),
+            reference,
             documents: MemoryDocuments::default(),
         },
         models: holder().await,
@@ -207,4 +211,62 @@ async fn the_heartbeat_keeps_beating_after_a_failed_visibility_change() {
         3,
         "no beat after the batch let go"
     );
+}
+
+/// A v1 bundle of one record: its scanner and issuer need PostgreSQL.
+fn request_bundle(id: &str) -> String {
+    serde_json::json!({
+        "bundle_id": id,
+        "columns": ["id", "note", "issuer", "scanner", "variance", "skewness"],
+        "rows": [["r-1", "SN-000001", "FRB", "sc-01", 1.0, 2.0]],
+    })
+    .to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bundle_held_back_by_an_outage_on_max_receives_is_dead_lettered_with_its_reason() {
+    let down = MemoryReference {
+        down: true,
+        ..MemoryReference::default()
+    };
+    let mut w = worker_with(2, down).await;
+    w.config.max_receives = 2;
+    let report = step_on(&w, &[request_bundle("b-held")]).await;
+    assert!(report.retryable.is_some());
+    assert_eq!(
+        (report.left, report.dead_lettered),
+        (1, 0),
+        "first receive: left"
+    );
+    let dlq = w.dlq.clone().unwrap();
+    assert!(dlq.accepted().is_empty());
+
+    // Its visibility runs out; the second receive meets the same outage.
+    let receipts = w.input.in_flight_receipts();
+    assert_eq!(receipts.len(), 1, "held, not deleted");
+    w.input.change_visibility(&[&receipts[0]], 0).await.unwrap();
+    let messages = w.input.receive(10, 0).await.unwrap();
+    assert_eq!(messages[0].receive_count, 2);
+    let report = w.process(decode_all(messages, &w.config.limits)).await;
+    assert_eq!(
+        (report.left, report.dead_lettered, report.deleted),
+        (0, 1, 1)
+    );
+    let copy = &dlq.accepted()[0];
+    let attribute = |name: &str| {
+        copy.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(attribute("error-stage"), Some("enrich"));
+    assert_eq!(attribute("receive-count"), Some("2"));
+    assert_eq!(attribute("bundle_id"), Some("b-held"));
+    assert!(
+        attribute("error-reason")
+            .unwrap()
+            .starts_with("left unanswered on 2 receives because postgres was unavailable"),
+        "{copy:?}"
+    );
+    assert_eq!(w.input.in_flight(), 0);
 }
