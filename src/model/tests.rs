@@ -15,6 +15,20 @@ fn registry() -> (Registry, MemoryStore) {
     (Registry::with_store(Arc::new(store.clone())), store)
 }
 
+/// Publishes the test model, promotes it, and serves it from `production`.
+async fn served(registry: &Registry) -> (u64, ModelHolder) {
+    let v1 = registry.publish(&mut test_artifact()).await.unwrap();
+    registry
+        .set_alias("banknote", "production", v1, "promote")
+        .await
+        .unwrap();
+    let source = ModelSource::Alias("production".into());
+    let holder = ModelHolder::load(registry.clone(), "banknote", source)
+        .await
+        .unwrap();
+    (v1, holder)
+}
+
 #[tokio::test]
 async fn versions_count_up_and_aliases_roll_back_through_their_history() {
     let (registry, _) = registry();
@@ -69,18 +83,7 @@ async fn a_version_number_claimed_by_another_publisher_is_not_reused() {
 #[tokio::test]
 async fn the_holder_swaps_in_a_promoted_version_and_reads_no_body_while_the_alias_is_unchanged() {
     let (registry, store) = registry();
-    let v1 = registry.publish(&mut test_artifact()).await.unwrap();
-    registry
-        .set_alias("banknote", "production", v1, "promote")
-        .await
-        .unwrap();
-    let holder = ModelHolder::load(
-        registry.clone(),
-        "banknote",
-        ModelSource::Alias("production".into()),
-    )
-    .await
-    .unwrap();
+    let (v1, holder) = served(&registry).await;
     assert_eq!(holder.current().version, v1);
     let bodies = store.bodies_read();
     assert_eq!(holder.poll_once().await.unwrap(), PollOutcome::Unchanged);
@@ -105,18 +108,7 @@ async fn the_holder_swaps_in_a_promoted_version_and_reads_no_body_while_the_alia
 #[tokio::test]
 async fn a_version_that_cannot_be_loaded_is_never_served() {
     let (registry, store) = registry();
-    let v1 = registry.publish(&mut test_artifact()).await.unwrap();
-    registry
-        .set_alias("banknote", "production", v1, "promote")
-        .await
-        .unwrap();
-    let holder = ModelHolder::load(
-        registry.clone(),
-        "banknote",
-        ModelSource::Alias("production".into()),
-    )
-    .await
-    .unwrap();
+    let (v1, holder) = served(&registry).await;
     let broken = "models/banknote/versions/2/model.json";
     store
         .put(broken, b"{\"format\": 1".to_vec(), true)
