@@ -83,6 +83,10 @@ pub struct Settings {
     /// How long the worker reuses a PostgreSQL reference value (a scanner's unit, an issuer
     /// alias) before asking again, in seconds; 0 asks on every batch. Default 60.
     pub reference_cache_secs: u64,
+    /// How long one PostgreSQL or MongoDB lookup may take before the source counts as
+    /// unavailable (the batch is left for redelivery), in seconds. Keep it below the drain
+    /// timeout. Default 10.
+    pub source_timeout_secs: u64,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
     /// Where the worker serves `/metrics`, `/health` and `/ready`, or `off`. Default `0.0.0.0:9090`.
@@ -132,6 +136,7 @@ impl Default for Settings {
             max_string_chars: limits.max_string_chars,
             aggregates: true,
             reference_cache_secs: 60,
+            source_timeout_secs: crate::enrich::source::DEFAULT_SOURCE_TIMEOUT.as_secs(),
             http_addr: DEFAULT_HTTP_ADDR.into(),
             stall_timeout_secs: worker.stall_timeout.as_secs(),
             task_protection: false,

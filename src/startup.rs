@@ -53,9 +53,10 @@ pub async fn enricher(
     settings: &Settings,
     pool: &PgPool,
 ) -> anyhow::Result<Enricher<PgReference, MongoDocuments>> {
+    let timeout = Duration::from_secs(settings.source_timeout_secs.max(1));
     Ok(Enricher {
-        reference: PgReference::new(pool.clone()),
-        documents: MongoDocuments::new(mongo(settings).await?),
+        reference: PgReference::new(pool.clone()).with_timeout(timeout),
+        documents: MongoDocuments::new(mongo(settings).await?).with_timeout(timeout),
     })
 }
 

@@ -64,6 +64,8 @@ impl ReferenceSource for MemoryReference {
 pub struct MemoryDocuments {
     /// Key -> its providers' documents.
     pub documents: HashMap<String, Vec<ProviderDoc>>,
+    /// Whether the source stops answering: every call waits forever (a stalled server).
+    pub stalled: bool,
     /// Round trips made.
     pub calls: Arc<AtomicUsize>,
 }
@@ -76,6 +78,9 @@ impl DocumentSource for MemoryDocuments {
         keys: &[String],
     ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stalled {
+            std::future::pending::<()>().await;
+        }
         Ok(keys
             .iter()
             .filter_map(|k| Some((k.clone(), self.documents.get(k)?.clone())))

@@ -1,6 +1,7 @@
 //! The MongoDB document source: every provider document of a batch in one `$in` query.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use std::sync::Arc;
@@ -10,19 +11,31 @@ use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
 use mongodb::Database;
 use smallvec::SmallVec;
 
-use super::source::{DocumentSource, FieldValue, ProviderDoc, SourceError};
+use super::source::{
+    within, DocumentSource, FieldValue, ProviderDoc, SourceError, DEFAULT_SOURCE_TIMEOUT,
+};
 use crate::spec::DocumentSpec;
 
 /// Provider documents in a MongoDB database.
 #[derive(Debug, Clone)]
 pub struct MongoDocuments {
     db: Database,
+    timeout: Duration,
 }
 
 impl MongoDocuments {
-    /// A source over this database.
+    /// A source over this database, each lookup bounded by [`DEFAULT_SOURCE_TIMEOUT`].
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            timeout: DEFAULT_SOURCE_TIMEOUT,
+        }
+    }
+
+    /// The same source with each lookup (the find and reading its cursor) bounded by
+    /// `timeout` instead.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 }
 
@@ -37,36 +50,42 @@ impl DocumentSource for MongoDocuments {
         if keys.is_empty() {
             return Ok(found);
         }
-        // Keys are plain strings, so an operator object in a request can never reach here.
-        let filter = doc! {
-            spec.key_field.as_str(): {"$in": keys},
-            spec.provider_field.as_str(): {"$in": &spec.providers},
-        };
-        let mut projection =
-            doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
-        for p in paths {
-            projection.insert(p.as_str(), 1);
-        }
-        // Raw documents: fields are read straight from the BSON bytes, with no tree built.
-        let mut cursor = self
-            .db
-            .collection::<RawDocumentBuf>(&spec.collection)
-            .find(filter)
-            .projection(projection)
-            .batch_size(keys.len().clamp(1, 10_000) as u32)
-            .await?;
-        let reader = FieldReader::new(paths);
-        while let Some(d) = cursor.try_next().await? {
-            if let Some((key, doc)) = reader.read(spec, &d) {
-                found.entry(key.to_owned()).or_default().push(doc);
+        within("mongo", self.timeout, async move {
+            // Keys are plain strings, so an operator object in a request can never reach here.
+            let filter = doc! {
+                spec.key_field.as_str(): {"$in": keys},
+                spec.provider_field.as_str(): {"$in": &spec.providers},
+            };
+            let mut projection =
+                doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
+            for p in paths {
+                projection.insert(p.as_str(), 1);
             }
-        }
-        Ok(found)
+            // Raw documents: fields are read straight from the BSON bytes, with no tree built.
+            let mut cursor = self
+                .db
+                .collection::<RawDocumentBuf>(&spec.collection)
+                .find(filter)
+                .projection(projection)
+                .batch_size(keys.len().clamp(1, 10_000) as u32)
+                .await?;
+            let reader = FieldReader::new(paths);
+            while let Some(d) = cursor.try_next().await? {
+                if let Some((key, doc)) = reader.read(spec, &d) {
+                    found.entry(key.to_owned()).or_default().push(doc);
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        self.db.run_command(doc! {"ping": 1}).await?;
-        Ok(())
+        within("mongo", self.timeout, async {
+            self.db.run_command(doc! {"ping": 1}).await?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -4,19 +4,30 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use super::source::{ReferenceSource, SourceError};
+use std::time::Duration;
+
+use super::source::{within, ReferenceSource, SourceError, DEFAULT_SOURCE_TIMEOUT};
 use crate::spec::LookupSpec;
 
 /// Reference lookups against a PostgreSQL pool.
 #[derive(Debug, Clone)]
 pub struct PgReference {
     pool: PgPool,
+    timeout: Duration,
 }
 
 impl PgReference {
-    /// A source over this pool.
+    /// A source over this pool, each lookup bounded by [`DEFAULT_SOURCE_TIMEOUT`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timeout: DEFAULT_SOURCE_TIMEOUT,
+        }
+    }
+
+    /// The same source with each lookup bounded by `timeout` instead.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 }
 
@@ -56,7 +67,11 @@ impl ReferenceSource for PgReference {
         for &k in keys {
             query = query.bind(k);
         }
-        for (lookup, key, value) in query.fetch_all(&self.pool).await? {
+        let rows = within("postgres", self.timeout, async {
+            Ok(query.fetch_all(&self.pool).await?)
+        })
+        .await?;
+        for (lookup, key, value) in rows {
             if let (Some(map), Some(value)) = (found.get_mut(lookup as usize), value) {
                 map.insert(key, value);
             }
@@ -65,8 +80,11 @@ impl ReferenceSource for PgReference {
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        within("postgres", self.timeout, async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -78,6 +78,31 @@ pub enum SourceError {
     /// MongoDB failed or is unreachable.
     #[error("MongoDB provider document lookup failed: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    /// The source did not answer within its operation timeout.
+    #[error("{which} did not answer within {after:?}")]
+    TimedOut {
+        /// `postgres` or `mongo`.
+        which: &'static str,
+        /// The operation timeout.
+        after: std::time::Duration,
+    },
+}
+
+/// How long one lookup may take before the source counts as unavailable, unless configured.
+pub const DEFAULT_SOURCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs one source call within `after`; past it, the source counts as unavailable (an outage).
+pub async fn within<T>(
+    source: &'static str,
+    after: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(after, call)
+        .await
+        .unwrap_or(Err(SourceError::TimedOut {
+            which: source,
+            after,
+        }))
 }
 
 impl SourceError {
@@ -86,6 +111,7 @@ impl SourceError {
         match self {
             SourceError::Postgres(_) => "postgres",
             SourceError::Mongo(_) => "mongo",
+            SourceError::TimedOut { which, .. } => which,
         }
     }
 
@@ -97,6 +123,7 @@ impl SourceError {
         match self {
             SourceError::Postgres(e) => postgres_outage(e),
             SourceError::Mongo(e) => mongo_outage(e),
+            SourceError::TimedOut { .. } => true,
         }
     }
 }

@@ -180,8 +180,12 @@ impl Queue for MemoryQueue {
         &self.url
     }
 
-    async fn receive(&self, max: i32, _wait_secs: i32) -> Result<Vec<Message>, QueueError> {
+    async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
         self.begin(Op::Receive)?;
+        // A long poll of an empty queue waits, as SQS's does (tests run on a paused clock).
+        if self.lock().visible.is_empty() && wait_secs > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(wait_secs as u64)).await;
+        }
         let mut state = self.lock();
         let mut out = Vec::new();
         while out.len() < max.max(1) as usize {

@@ -57,10 +57,21 @@ where
             drain_timeout_s = self.config.drain_timeout.as_secs_f64(),
             "shutting down: receiving stopped, draining batches in hand"
         );
-        let deadline = Instant::now() + self.config.drain_timeout;
-        while pollers.join_next().await.is_some() {}
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        // A poller may be waiting to hand over messages to a batcher stuck on a slow source:
+        // the deadline bounds that wait too. Messages it still held stay on the queue.
+        let handed_over = tokio::time::timeout_at(deadline, async {
+            while pollers.join_next().await.is_some() {}
+        })
+        .await;
+        if handed_over.is_err() {
+            pollers.abort_all();
+            tracing::warn!(
+                "drain timeout reached while pollers were handing over messages; those stay on the queue for redelivery"
+            );
+        }
         let abort = batcher.abort_handle();
-        match tokio::time::timeout_at(deadline.into(), batcher).await {
+        match tokio::time::timeout_at(deadline, batcher).await {
             Ok(Ok(mut summary)) => {
                 summary.drained = true;
                 tracing::info!(?summary, "worker stopped");

@@ -42,13 +42,21 @@ async fn worker(send_attempts: u32) -> TestWorker {
 }
 
 async fn worker_with(send_attempts: u32, reference: MemoryReference) -> TestWorker {
+    worker_on(send_attempts, reference, MemoryDocuments::default()).await
+}
+
+async fn worker_on(
+    send_attempts: u32,
+    reference: MemoryReference,
+    documents: MemoryDocuments,
+) -> TestWorker {
     Worker {
         input: MemoryQueue::new("memory://input"),
         output: MemoryQueue::new("memory://output"),
         dlq: Some(MemoryQueue::new("memory://input-dlq")),
         enricher: Enricher {
             reference,
-            documents: MemoryDocuments::default(),
+            documents,
         },
         models: holder().await,
         aggregates: None,
@@ -269,4 +277,38 @@ async fn a_bundle_held_back_by_an_outage_on_max_receives_is_dead_lettered_with_i
         "{copy:?}"
     );
     assert_eq!(w.input.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_ends_at_its_deadline_even_when_a_source_never_answers() {
+    let stalled = MemoryDocuments {
+        stalled: true,
+        ..MemoryDocuments::default()
+    };
+    let mut w = worker_on(2, MemoryReference::default(), stalled).await;
+    w.config.drain_timeout = Duration::from_secs(5);
+    w.config.wait_secs = 1;
+    let w = Arc::new(w);
+    w.input.push(request_bundle("b-stuck"), None);
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(Arc::clone(&w).run(token.clone()));
+    while w.input.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The batch is stuck on MongoDB; SIGTERM arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped_at = tokio::time::Instant::now();
+    token.cancel();
+    let summary = run.await.unwrap();
+    let took = stopped_at.elapsed();
+    assert!(!summary.drained);
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "the drain took {took:?}"
+    );
+    assert!(
+        w.input.deleted().is_empty(),
+        "nothing deleted: SQS redelivers it"
+    );
+    assert!(w.output.accepted().is_empty());
 }
