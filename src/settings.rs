@@ -87,6 +87,10 @@ pub struct Settings {
     /// unavailable (the batch is left for redelivery), in seconds. Keep it below the drain
     /// timeout. Default 10.
     pub source_timeout_secs: u64,
+    /// The most keys one PostgreSQL `= ANY` or MongoDB `$in` carries; a batch with more distinct
+    /// keys is looked up in chunks, one round trip each. Default 10000 (a default batch always
+    /// fits in one).
+    pub lookup_chunk_keys: usize,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
     /// Where the worker serves `/metrics`, `/health` and `/ready`, or `off`. Default `0.0.0.0:9090`.
@@ -137,6 +141,7 @@ impl Default for Settings {
             aggregates: true,
             reference_cache_secs: 60,
             source_timeout_secs: crate::enrich::source::DEFAULT_SOURCE_TIMEOUT.as_secs(),
+            lookup_chunk_keys: crate::enrich::source::DEFAULT_CHUNK_KEYS,
             http_addr: DEFAULT_HTTP_ADDR.into(),
             stall_timeout_secs: worker.stall_timeout.as_secs(),
             task_protection: false,

@@ -54,9 +54,14 @@ pub async fn enricher(
     pool: &PgPool,
 ) -> anyhow::Result<Enricher<PgReference, MongoDocuments>> {
     let timeout = Duration::from_secs(settings.source_timeout_secs.max(1));
+    let chunk = settings.lookup_chunk_keys;
     Ok(Enricher {
-        reference: PgReference::new(pool.clone()).with_timeout(timeout),
-        documents: MongoDocuments::new(mongo(settings).await?).with_timeout(timeout),
+        reference: PgReference::new(pool.clone())
+            .with_timeout(timeout)
+            .with_chunk_keys(chunk),
+        documents: MongoDocuments::new(mongo(settings).await?)
+            .with_timeout(timeout)
+            .with_chunk_keys(chunk),
     })
 }
 

@@ -275,6 +275,21 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         .await
         .unwrap();
     assert_eq!(docs.len(), 300, "every known note, not the unknown one");
+    // In chunks (2 keys: 3 statements; 7 keys: 43 finds), both sources answer the same.
+    let chunked = loaded.enricher.clone();
+    let (reference, documents) = (
+        chunked.reference.with_chunk_keys(2),
+        chunked.documents.with_chunk_keys(7),
+    );
+    assert_eq!(reference.fetch(&spec.lookups, &keys).await.unwrap(), found);
+    let in_chunks = documents
+        .fetch(spec.documents.as_ref().unwrap(), &paths, &notes)
+        .await
+        .unwrap();
+    assert_eq!(in_chunks.len(), docs.len());
+    for (note, ds) in &docs {
+        assert_eq!(in_chunks[note].len(), ds.len(), "{note}");
+    }
     let first = &set.notes[0];
     let aurum = docs[&first.note_id].iter().find(|d| d.provider == "aurum");
     let lumen = docs[&first.note_id].iter().find(|d| d.provider == "lumen");

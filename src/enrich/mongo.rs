@@ -12,7 +12,8 @@ use mongodb::Database;
 use smallvec::SmallVec;
 
 use super::source::{
-    within, DocumentSource, FieldValue, ProviderDoc, SourceError, DEFAULT_SOURCE_TIMEOUT,
+    within, DocumentSource, FieldValue, ProviderDoc, SourceError, DEFAULT_CHUNK_KEYS,
+    DEFAULT_SOURCE_TIMEOUT,
 };
 use crate::spec::DocumentSpec;
 
@@ -21,6 +22,7 @@ use crate::spec::DocumentSpec;
 pub struct MongoDocuments {
     db: Database,
     timeout: Duration,
+    chunk_keys: usize,
 }
 
 impl MongoDocuments {
@@ -29,6 +31,16 @@ impl MongoDocuments {
         Self {
             db,
             timeout: DEFAULT_SOURCE_TIMEOUT,
+            chunk_keys: DEFAULT_CHUNK_KEYS,
+        }
+    }
+
+    /// The same source with at most `keys` keys per `$in`: a batch with more distinct keys
+    /// takes one round trip per chunk, so no query can exceed the server's document size limit.
+    pub fn with_chunk_keys(self, keys: usize) -> Self {
+        Self {
+            chunk_keys: keys.max(1),
+            ..self
         }
     }
 
@@ -52,27 +64,29 @@ impl DocumentSource for MongoDocuments {
         }
         within("mongo", self.timeout, async move {
             // Keys are plain strings, so an operator object in a request can never reach here.
-            let filter = doc! {
-                spec.key_field.as_str(): {"$in": keys},
-                spec.provider_field.as_str(): {"$in": &spec.providers},
-            };
-            let mut projection =
-                doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
-            for p in paths {
-                projection.insert(p.as_str(), 1);
-            }
-            // Raw documents: fields are read straight from the BSON bytes, with no tree built.
-            let mut cursor = self
-                .db
-                .collection::<RawDocumentBuf>(&spec.collection)
-                .find(filter)
-                .projection(projection)
-                .batch_size(keys.len().clamp(1, 10_000) as u32)
-                .await?;
-            let reader = FieldReader::new(paths);
-            while let Some(d) = cursor.try_next().await? {
-                if let Some((key, doc)) = reader.read(spec, &d) {
-                    found.entry(key.to_owned()).or_default().push(doc);
+            for keys in keys.chunks(self.chunk_keys) {
+                let filter = doc! {
+                    spec.key_field.as_str(): {"$in": keys},
+                    spec.provider_field.as_str(): {"$in": &spec.providers},
+                };
+                let mut projection =
+                    doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
+                for p in paths {
+                    projection.insert(p.as_str(), 1);
+                }
+                // Raw documents: fields are read straight from the BSON bytes, with no tree built.
+                let mut cursor = self
+                    .db
+                    .collection::<RawDocumentBuf>(&spec.collection)
+                    .find(filter)
+                    .projection(projection)
+                    .batch_size(keys.len().clamp(1, 10_000) as u32)
+                    .await?;
+                let reader = FieldReader::new(paths);
+                while let Some(d) = cursor.try_next().await? {
+                    if let Some((key, doc)) = reader.read(spec, &d) {
+                        found.entry(key.to_owned()).or_default().push(doc);
+                    }
                 }
             }
             Ok(found)

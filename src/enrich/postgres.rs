@@ -6,7 +6,9 @@ use sqlx::PgPool;
 
 use std::time::Duration;
 
-use super::source::{within, ReferenceSource, SourceError, DEFAULT_SOURCE_TIMEOUT};
+use super::source::{
+    within, ReferenceSource, SourceError, DEFAULT_CHUNK_KEYS, DEFAULT_SOURCE_TIMEOUT,
+};
 use crate::spec::LookupSpec;
 
 /// Reference lookups against a PostgreSQL pool.
@@ -14,6 +16,7 @@ use crate::spec::LookupSpec;
 pub struct PgReference {
     pool: PgPool,
     timeout: Duration,
+    chunk_keys: usize,
 }
 
 impl PgReference {
@@ -22,6 +25,16 @@ impl PgReference {
         Self {
             pool,
             timeout: DEFAULT_SOURCE_TIMEOUT,
+            chunk_keys: DEFAULT_CHUNK_KEYS,
+        }
+    }
+
+    /// The same source with at most `keys` keys per statement (all lookups together): a batch
+    /// with more distinct keys takes one round trip per chunk.
+    pub fn with_chunk_keys(self, keys: usize) -> Self {
+        Self {
+            chunk_keys: keys.max(1),
+            ..self
         }
     }
 
@@ -61,21 +74,35 @@ impl ReferenceSource for PgReference {
         if lookups.is_empty() || keys.iter().all(|k| k.is_empty()) {
             return Ok(found);
         }
+        // Chunks of at most `chunk_keys` (lookup, key) pairs, in order.
+        let pairs: Vec<(usize, &String)> = keys
+            .iter()
+            .enumerate()
+            .flat_map(|(l, keys)| keys.iter().map(move |k| (l, k)))
+            .collect();
         // Safe: identifiers come from a validated spec (plain lowercase identifiers) and are quoted.
-        let sql = sqlx::AssertSqlSafe(lookup_sql(lookups));
-        let mut query = sqlx::query_as::<_, (i32, String, Option<String>)>(sql);
-        for &k in keys {
-            query = query.bind(k);
-        }
-        let rows = within("postgres", self.timeout, async {
-            Ok(query.fetch_all(&self.pool).await?)
+        let sql = lookup_sql(lookups);
+        within("postgres", self.timeout, async {
+            for chunk in pairs.chunks(self.chunk_keys) {
+                let mut asked: Vec<Vec<&str>> = vec![Vec::new(); lookups.len()];
+                for &(l, k) in chunk {
+                    asked[l].push(k.as_str());
+                }
+                let mut query = sqlx::query_as::<_, (i32, String, Option<String>)>(
+                    sqlx::AssertSqlSafe(sql.clone()),
+                );
+                for keys in asked {
+                    query = query.bind(keys);
+                }
+                for (lookup, key, value) in query.fetch_all(&self.pool).await? {
+                    if let (Some(map), Some(value)) = (found.get_mut(lookup as usize), value) {
+                        map.insert(key, value);
+                    }
+                }
+            }
+            Ok(())
         })
         .await?;
-        for (lookup, key, value) in rows {
-            if let (Some(map), Some(value)) = (found.get_mut(lookup as usize), value) {
-                map.insert(key, value);
-            }
-        }
         Ok(found)
     }
 

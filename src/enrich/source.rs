@@ -91,6 +91,10 @@ pub enum SourceError {
 /// How long one lookup may take before the source counts as unavailable, unless configured.
 pub const DEFAULT_SOURCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The most keys one lookup statement carries, unless configured: a batch of the default size
+/// (at most 2 500 records) always fits in one round trip per source.
+pub const DEFAULT_CHUNK_KEYS: usize = 10_000;
+
 /// Runs one source call within `after`; past it, the source counts as unavailable (an outage).
 pub async fn within<T>(
     source: &'static str,
