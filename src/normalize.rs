@@ -24,6 +24,8 @@ pub struct Normalizer<'e> {
     features: Vec<FeaturePlan>,
     /// The lookups whose values are reported in the output, in spec order.
     reported: Vec<usize>,
+    /// The feature names, for errors.
+    names: Vec<String>,
 }
 
 /// How one feature's canonical value is made for a record.
@@ -114,6 +116,7 @@ impl<'e> Normalizer<'e> {
             documents,
             features,
             reported,
+            names: spec.features.iter().map(|f| f.name.clone()).collect(),
         }
     }
 
@@ -148,6 +151,20 @@ impl<'e> Normalizer<'e> {
                     values[key as usize].clone()?
                 }
             };
+            // A finite value times a unit factor can still overflow (1e308 in milli units): it
+            // is the record's error, never a NaN or infinite score for the whole batch to carry.
+            if !value.is_finite() {
+                return Err(RecordError::new(
+                    Stage::Normalize,
+                    RecordErrorKind::Overflow {
+                        feature: self.names[i].clone(),
+                    },
+                    format!(
+                        "{} overflows in canonical units (it becomes {value}); the value is out of any real range",
+                        self.names[i]
+                    ),
+                ));
+            }
             row[i] = value;
         }
         Ok(())
@@ -501,5 +518,32 @@ mod tests {
         let err = run("sc-13", "frb", "SN-1").unwrap_err();
         assert_eq!(err.stage, Stage::Normalize);
         assert!(err.reason.starts_with("scanner 'sc-13' reports variance in unit 'micro', which pipeline spec banknote does not know"), "{err}");
+    }
+
+    #[test]
+    fn a_value_that_overflows_in_canonical_units_is_a_record_error_not_a_nan() {
+        let mut spec = PipelineSpec::banknote();
+        *spec.units.get_mut("milli").unwrap() = 1e10;
+        let columns: Vec<String> = ["id", "note", "issuer", "scanner", "variance", "skewness"]
+            .map(String::from)
+            .to_vec();
+        let table = Table::from(vec![vec![
+            json!("r-1"),
+            json!("SN-1"),
+            json!("frb"),
+            json!("sc-01"),
+            json!(1e308),
+            json!(1.0),
+        ]]);
+        let index = ColumnIndex::new(&spec, &columns).unwrap();
+        let mut batch = StandardBatch::new(&spec);
+        let r = batch.standardize_row(&index, table.row(0)).unwrap();
+        let enrichment = enrichment();
+        let normalizer = Normalizer::new(&spec, &batch, &enrichment);
+        let err = normalizer
+            .normalize(&batch.record(r), &mut [0.0; 4])
+            .unwrap_err();
+        assert_eq!(err.kind(), "normalize: variance overflows");
+        assert!(err.reason.contains("becomes inf"), "{err}");
     }
 }

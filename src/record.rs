@@ -91,6 +91,11 @@ pub enum RecordErrorKind {
         /// What the key names (`scanner`, `note`...).
         what: String,
     },
+    /// A feature is out of range once in canonical units (or once scaled for the model).
+    Overflow {
+        /// The feature.
+        feature: String,
+    },
     /// A value comes in a unit the spec does not know.
     UnknownUnit {
         /// What reports in that unit (`scanner`, a column, `lookup <name>`, a provider field).
@@ -117,6 +122,7 @@ impl RecordErrorKind {
             Self::UnknownNote => "unknown note".to_owned(),
             Self::SourceRefused { what } => format!("{what} refused by the source"),
             Self::UnknownUnit { of } => of.clone(),
+            Self::Overflow { feature } => format!("{feature} overflows"),
         }
     }
 }

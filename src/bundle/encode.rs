@@ -11,6 +11,7 @@ use super::decode::DecodeError;
 use super::message::{InputBundle, OutputBundle, OutputRow, SeedAnswer};
 use crate::batch::{PreparedBatch, Slot};
 use crate::model::class_name;
+use crate::record::{RecordError, RecordErrorKind, Stage};
 use crate::spec::PipelineSpec;
 
 /// The answer to one input bundle, in the format of its request.
@@ -106,6 +107,9 @@ pub fn answers(
                     let mut errors = Vec::new();
                     for (id, slot) in plan.ids.into_iter().zip(plan.slots) {
                         match slot {
+                            Slot::Row { matrix_row } if !scores[matrix_row].is_finite() => {
+                                errors.push((id, unscorable(scores[matrix_row]).to_string()));
+                            }
                             Slot::Row { matrix_row } => {
                                 let score = scores[matrix_row];
                                 rows.push(OutputRow {
@@ -131,4 +135,66 @@ pub fn answers(
             })
         })
         .collect()
+}
+
+/// The error of a record whose features are finite but overflow once scaled for the model: its
+/// score is not a number, and it must not be answered (nor counted) as if it were one.
+fn unscorable(score: f64) -> RecordError {
+    RecordError::new(
+        Stage::Normalize,
+        RecordErrorKind::Overflow {
+            feature: "a feature".into(),
+        },
+        format!(
+            "a feature overflows once scaled for the model (the score is {score}); a value is out of any real range"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BundlePlan;
+    use crate::bundle::message::RequestBundle;
+
+    #[test]
+    fn a_record_whose_score_is_not_a_number_is_answered_with_an_error() {
+        let spec = PipelineSpec::banknote();
+        let bundle = InputBundle::Request(RequestBundle {
+            bundle_id: "b-1".into(),
+            model: None,
+            columns: vec!["id".into()],
+            rows: vec![
+                vec![serde_json::json!("r-1")],
+                vec![serde_json::json!("r-2")],
+            ]
+            .into(),
+        });
+        let prepared = PreparedBatch {
+            matrix: ndarray::Array2::zeros((2, 4)),
+            plans: vec![Ok(BundlePlan {
+                ids: vec!["r-1".into(), "r-2".into()],
+                slots: vec![Slot::Row { matrix_row: 0 }, Slot::Row { matrix_row: 1 }],
+            })],
+            reported: Vec::new(),
+            reported_columns: 0,
+            postgres: Default::default(),
+            mongo: Default::default(),
+            timing_ms: Default::default(),
+        };
+        let scores = [0.5, f64::INFINITY];
+        let answer = answers(&spec, &[bundle], prepared, &scores, "1", &BTreeMap::new())
+            .remove(0)
+            .unwrap();
+        let Answer::Request(out) = answer else {
+            panic!("a v1 answer")
+        };
+        assert_eq!(out.rows.len(), 1);
+        assert_eq!(out.rows[0].id, "r-1");
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(out.errors[0].0, "r-2");
+        assert!(out.errors[0]
+            .1
+            .starts_with("normalize: a feature overflows once scaled"));
+    }
 }
