@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::enrich::cache::CachedReference;
 use crate::enrich::mongo::MongoDocuments;
 use crate::enrich::postgres::PgReference;
+use crate::enrich::source::LookupLimits;
 use crate::enrich::Enricher;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
@@ -53,15 +54,13 @@ pub async fn enricher(
     settings: &Settings,
     pool: &PgPool,
 ) -> anyhow::Result<Enricher<PgReference, MongoDocuments>> {
-    let timeout = Duration::from_secs(settings.source_timeout_secs.max(1));
-    let chunk = settings.lookup_chunk_keys;
+    let limits = LookupLimits {
+        timeout: Duration::from_secs(settings.source_timeout_secs.max(1)),
+        chunk_keys: settings.lookup_chunk_keys.max(1),
+    };
     Ok(Enricher {
-        reference: PgReference::new(pool.clone())
-            .with_timeout(timeout)
-            .with_chunk_keys(chunk),
-        documents: MongoDocuments::new(mongo(settings).await?)
-            .with_timeout(timeout)
-            .with_chunk_keys(chunk),
+        reference: PgReference::new(pool.clone()).with_limits(limits),
+        documents: MongoDocuments::new(mongo(settings).await?).with_limits(limits),
     })
 }
 

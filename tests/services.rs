@@ -277,9 +277,13 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
     assert_eq!(docs.len(), 300, "every known note, not the unknown one");
     // In chunks (2 keys: 3 statements; 7 keys: 43 finds), both sources answer the same.
     let chunked = loaded.enricher.clone();
+    let chunks = |chunk_keys| ml_pipeline::enrich::source::LookupLimits {
+        chunk_keys,
+        ..Default::default()
+    };
     let (reference, documents) = (
-        chunked.reference.with_chunk_keys(2),
-        chunked.documents.with_chunk_keys(7),
+        chunked.reference.with_limits(chunks(2)),
+        chunked.documents.with_limits(chunks(7)),
     );
     assert_eq!(reference.fetch(&spec.lookups, &keys).await.unwrap(), found);
     let in_chunks = documents

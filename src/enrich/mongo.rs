@@ -1,9 +1,7 @@
 //! The MongoDB document source: every provider document of a batch in one `$in` query.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use futures::TryStreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mongodb::bson::doc;
@@ -11,43 +9,28 @@ use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
 use mongodb::Database;
 use smallvec::SmallVec;
 
-use super::source::{
-    within, DocumentSource, FieldValue, ProviderDoc, SourceError, DEFAULT_CHUNK_KEYS,
-    DEFAULT_SOURCE_TIMEOUT,
-};
+use super::source::{within, DocumentSource, FieldValue, LookupLimits, ProviderDoc, SourceError};
 use crate::spec::DocumentSpec;
 
 /// Provider documents in a MongoDB database.
 #[derive(Debug, Clone)]
 pub struct MongoDocuments {
     db: Database,
-    timeout: Duration,
-    chunk_keys: usize,
+    limits: LookupLimits,
 }
 
 impl MongoDocuments {
-    /// A source over this database, each lookup bounded by [`DEFAULT_SOURCE_TIMEOUT`].
+    /// A source over this database, within the default [`LookupLimits`].
     pub fn new(db: Database) -> Self {
         Self {
             db,
-            timeout: DEFAULT_SOURCE_TIMEOUT,
-            chunk_keys: DEFAULT_CHUNK_KEYS,
+            limits: LookupLimits::default(),
         }
     }
 
-    /// The same source with at most `keys` keys per `$in`: a batch with more distinct keys
-    /// takes one round trip per chunk, so no query can exceed the server's document size limit.
-    pub fn with_chunk_keys(self, keys: usize) -> Self {
-        Self {
-            chunk_keys: keys.max(1),
-            ..self
-        }
-    }
-
-    /// The same source with each lookup (the find and reading its cursor) bounded by
-    /// `timeout` instead.
-    pub fn with_timeout(self, timeout: Duration) -> Self {
-        Self { timeout, ..self }
+    /// The same source within other limits (operation timeout, keys per statement).
+    pub fn with_limits(self, limits: LookupLimits) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -62,9 +45,9 @@ impl DocumentSource for MongoDocuments {
         if keys.is_empty() {
             return Ok(found);
         }
-        within("mongo", self.timeout, async move {
+        within("mongo", self.limits.timeout, async move {
             // Keys are plain strings, so an operator object in a request can never reach here.
-            for keys in keys.chunks(self.chunk_keys) {
+            for keys in keys.chunks(self.limits.chunk_keys.max(1)) {
                 let filter = doc! {
                     spec.key_field.as_str(): {"$in": keys},
                     spec.provider_field.as_str(): {"$in": &spec.providers},
@@ -95,7 +78,7 @@ impl DocumentSource for MongoDocuments {
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        within("mongo", self.timeout, async {
+        within("mongo", self.limits.timeout, async {
             self.db.run_command(doc! {"ping": 1}).await?;
             Ok(())
         })

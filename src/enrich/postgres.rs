@@ -4,43 +4,28 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use std::time::Duration;
-
-use super::source::{
-    within, ReferenceSource, SourceError, DEFAULT_CHUNK_KEYS, DEFAULT_SOURCE_TIMEOUT,
-};
+use super::source::{within, LookupLimits, ReferenceSource, SourceError};
 use crate::spec::LookupSpec;
 
 /// Reference lookups against a PostgreSQL pool.
 #[derive(Debug, Clone)]
 pub struct PgReference {
     pool: PgPool,
-    timeout: Duration,
-    chunk_keys: usize,
+    limits: LookupLimits,
 }
 
 impl PgReference {
-    /// A source over this pool, each lookup bounded by [`DEFAULT_SOURCE_TIMEOUT`].
+    /// A source over this pool, within the default [`LookupLimits`].
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            timeout: DEFAULT_SOURCE_TIMEOUT,
-            chunk_keys: DEFAULT_CHUNK_KEYS,
+            limits: LookupLimits::default(),
         }
     }
 
-    /// The same source with at most `keys` keys per statement (all lookups together): a batch
-    /// with more distinct keys takes one round trip per chunk.
-    pub fn with_chunk_keys(self, keys: usize) -> Self {
-        Self {
-            chunk_keys: keys.max(1),
-            ..self
-        }
-    }
-
-    /// The same source with each lookup bounded by `timeout` instead.
-    pub fn with_timeout(self, timeout: Duration) -> Self {
-        Self { timeout, ..self }
+    /// The same source within other limits (operation timeout, keys per statement).
+    pub fn with_limits(self, limits: LookupLimits) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -82,8 +67,8 @@ impl ReferenceSource for PgReference {
             .collect();
         // Safe: identifiers come from a validated spec (plain lowercase identifiers) and are quoted.
         let sql = lookup_sql(lookups);
-        within("postgres", self.timeout, async {
-            for chunk in pairs.chunks(self.chunk_keys) {
+        within("postgres", self.limits.timeout, async {
+            for chunk in pairs.chunks(self.limits.chunk_keys.max(1)) {
                 let mut asked: Vec<Vec<&str>> = vec![Vec::new(); lookups.len()];
                 for &(l, k) in chunk {
                     asked[l].push(k.as_str());
@@ -107,7 +92,7 @@ impl ReferenceSource for PgReference {
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
-        within("postgres", self.timeout, async {
+        within("postgres", self.limits.timeout, async {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())
         })

@@ -95,6 +95,24 @@ pub const DEFAULT_SOURCE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// (at most 2 500 records) always fits in one round trip per source.
 pub const DEFAULT_CHUNK_KEYS: usize = 10_000;
 
+/// How much one lookup may carry and take, for either source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupLimits {
+    /// Past this, the source counts as unavailable (an outage).
+    pub timeout: std::time::Duration,
+    /// The most keys in one statement or `$in`; more take one round trip per chunk.
+    pub chunk_keys: usize,
+}
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_SOURCE_TIMEOUT,
+            chunk_keys: DEFAULT_CHUNK_KEYS,
+        }
+    }
+}
+
 /// Runs one source call within `after`; past it, the source counts as unavailable (an outage).
 pub async fn within<T>(
     source: &'static str,
