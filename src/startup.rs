@@ -142,9 +142,14 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         "ML_PIPELINE_OUTPUT_QUEUE",
     )
     .await?;
-    let dlq = match &settings.input_dlq {
+    let redrive = input.redrive_policy().await?;
+    let dlq = match settings
+        .input_dlq
+        .as_ref()
+        .or(redrive.dead_letter_queue.as_ref())
+    {
         Some(q) => Some(SqsQueue::resolve(sqs.clone(), q).await?),
-        None => input.dead_letter_queue().await?,
+        None => None,
     };
     let visibility = input
         .attribute(QueueAttributeName::VisibilityTimeout)
@@ -152,7 +157,7 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let mut config = worker_config(settings, visibility);
-    if let Some(redrive) = input.max_receive_count().await? {
+    if let Some(redrive) = redrive.max_receive_count {
         if config.max_receives >= redrive {
             let lowered = redrive.saturating_sub(1);
             tracing::warn!(

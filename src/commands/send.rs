@@ -56,14 +56,14 @@ pub async fn send<Q: Queue>(
                 group_id: Some("send".to_owned()),
             })
             .collect();
-        let accepted = send_all(queue, &messages, &Retry::default()).await;
+        let count = messages.len();
+        let accepted = send_all(queue, messages, &Retry::default()).await;
         anyhow::ensure!(
-            accepted.len() == messages.len(),
-            "SQS did not accept {} of {} messages after retries (see the warnings above)",
-            messages.len() - accepted.len(),
-            messages.len()
+            accepted.len() == count,
+            "SQS did not accept {} of {count} messages after retries (see the warnings above)",
+            count - accepted.len(),
         );
-        sent += messages.len();
+        sent += count;
         if let Some(rate) = rate.filter(|r| *r > 0.0) {
             let due = started + Duration::from_secs_f64(sent as f64 / rate);
             tokio::time::sleep_until(due.into()).await;

@@ -62,11 +62,6 @@ impl Refused {
     pub fn lookup(&self, lookup: usize, key: &str) -> Option<&str> {
         self.lookups.get(lookup)?.get(key).map(String::as_str)
     }
-
-    /// Whether nothing was refused.
-    pub fn is_empty(&self) -> bool {
-        self.documents.is_empty() && self.lookups.iter().all(HashMap::is_empty)
-    }
 }
 
 /// A source that could not answer; the batch is retried later, no record is failed.

@@ -53,16 +53,17 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 /// Sends every message, in batches within the entry and byte limits, retrying failed entries
 /// alone; returns the indexes accepted, in order. On a FIFO queue the dedup ids are made valid;
 /// on a standard queue dedup and group ids are dropped.
-pub async fn send_all<Q: Queue>(queue: &Q, messages: &[Outgoing], retry: &Retry) -> Vec<usize> {
+pub async fn send_all<Q: Queue>(
+    queue: &Q,
+    mut messages: Vec<Outgoing>,
+    retry: &Retry,
+) -> Vec<usize> {
     let fifo = queue.is_fifo();
-    let prepared: Vec<Outgoing> = messages
-        .iter()
-        .map(|m| Outgoing {
-            dedup_id: m.dedup_id.as_deref().filter(|_| fifo).map(dedup_id),
-            group_id: m.group_id.clone().filter(|_| fifo),
-            ..m.clone()
-        })
-        .collect();
+    for m in &mut messages {
+        m.dedup_id = m.dedup_id.take().filter(|_| fifo).map(|id| dedup_id(&id));
+        m.group_id = m.group_id.take().filter(|_| fifo);
+    }
+    let prepared = messages;
     let mut accepted = Vec::new();
     for chunk in chunks(&prepared, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
         let size = chunk.len();

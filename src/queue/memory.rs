@@ -127,11 +127,6 @@ impl MemoryQueue {
         self.lock().in_flight.keys().cloned().collect()
     }
 
-    /// Messages waiting to be received.
-    pub fn visible(&self) -> usize {
-        self.lock().visible.len()
-    }
-
     /// How many calls of an operation were made.
     pub fn calls(&self, op: Op) -> usize {
         self.lock().calls.get(&op).copied().unwrap_or(0)

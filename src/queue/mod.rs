@@ -10,4 +10,4 @@ pub mod sqs;
 pub use delivery::{delete_all, send_all, Retry};
 pub use memory::MemoryQueue;
 pub use seam::{EntryFailures, Message, Outgoing, Queue, QueueError, BUNDLE_ID_ATTRIBUTE};
-pub use sqs::SqsQueue;
+pub use sqs::{RedrivePolicy, SqsQueue};

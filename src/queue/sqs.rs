@@ -13,6 +13,15 @@ use aws_sdk_sqs::Client;
 use super::seam::{EntryFailures, Message, Outgoing, Queue, QueueError};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 
+/// What a queue's RedrivePolicy says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedrivePolicy {
+    /// The name of the dead-letter queue SQS moves messages to.
+    pub dead_letter_queue: Option<String>,
+    /// After how many receives SQS moves a message there.
+    pub max_receive_count: Option<u32>,
+}
+
 /// One SQS queue.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
@@ -43,11 +52,6 @@ impl SqsQueue {
         &self.url
     }
 
-    /// The SDK client, for callers that need a call outside the seam.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// A queue attribute (VisibilityTimeout, RedrivePolicy...).
     pub async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>, QueueError> {
         let out = self
@@ -61,31 +65,24 @@ impl SqsQueue {
         Ok(out.attributes.and_then(|mut a| a.remove(&name)))
     }
 
-    /// The RedrivePolicy's `maxReceiveCount`, if the queue has one.
-    pub async fn max_receive_count(&self) -> Result<Option<u32>, QueueError> {
+    /// The queue's RedrivePolicy, read in one call (empty when it has none).
+    pub async fn redrive_policy(&self) -> Result<RedrivePolicy, QueueError> {
         let policy = self.attribute(QueueAttributeName::RedrivePolicy).await?;
-        Ok(policy
-            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-            .and_then(|p| match &p["maxReceiveCount"] {
+        let policy: serde_json::Value = policy
+            .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default();
+        Ok(RedrivePolicy {
+            dead_letter_queue: policy["deadLetterTargetArn"]
+                .as_str()
+                .and_then(|arn| arn.rsplit(':').next())
+                .map(str::to_owned),
+            max_receive_count: match &policy["maxReceiveCount"] {
                 serde_json::Value::Number(n) => n.as_u64(),
                 serde_json::Value::String(s) => s.parse().ok(),
                 _ => None,
-            })
-            .and_then(|n| u32::try_from(n).ok()))
-    }
-
-    /// The dead-letter queue named by this queue's RedrivePolicy, if it has one.
-    pub async fn dead_letter_queue(&self) -> Result<Option<SqsQueue>, QueueError> {
-        let Some(policy) = self.attribute(QueueAttributeName::RedrivePolicy).await? else {
-            return Ok(None);
-        };
-        let arn = serde_json::from_str::<serde_json::Value>(&policy)
-            .ok()
-            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
-        let Some(name) = arn.as_deref().and_then(|a| a.rsplit(':').next()) else {
-            return Ok(None);
-        };
-        Ok(Some(SqsQueue::resolve(self.client.clone(), name).await?))
+            }
+            .and_then(|n| u32::try_from(n).ok()),
+        })
     }
 }
 

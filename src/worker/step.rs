@@ -322,7 +322,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 }
             })
             .collect();
-        let accepted = send_all(&self.output, &outgoing, &self.config.retry()).await;
+        let accepted = send_all(&self.output, outgoing, &self.config.retry()).await;
         report.timing_ms.insert("send".into(), ms(t));
         report.answered = accepted.len();
         report.left += to_send.len() - accepted.len();
@@ -386,7 +386,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 dead_letter_copy(m, e, stage)
             })
             .collect();
-        let accepted = send_all(dlq, &outgoing, &self.config.retry()).await;
+        let accepted = send_all(dlq, outgoing, &self.config.retry()).await;
         let receipts: Vec<&str> = accepted
             .iter()
             .map(|&i| refused[i].0.receipt_handle.as_str())

@@ -184,8 +184,9 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<Tally> {
                 let sender = async {
                     let half = bundles.len() / 2;
                     let times = load::send(&input, &bundles[..half], ContentEncoding::Identity, None, 2).await?;
-                    let accepted = send_all(&input, &poison, &Retry::default()).await;
-                    anyhow::ensure!(accepted.len() == poison.len(), "poison refused by SQS");
+                    let cases = poison.len();
+                    let accepted = send_all(&input, poison, &Retry::default()).await;
+                    anyhow::ensure!(accepted.len() == cases, "poison refused by SQS");
                     let rest = load::send(&input, &bundles[half..], ContentEncoding::Identity, None, 2).await?;
                     times.lock().await.extend(rest.lock().await.drain());
                     anyhow::Ok(times)

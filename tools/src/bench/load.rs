@@ -97,12 +97,12 @@ pub async fn send(
         let ids: Vec<String> = chunk.iter().map(|p| p.bundle_id.clone()).collect();
         async move {
             let at = Instant::now();
-            let accepted = send_all(queue, &messages, &Retry::default()).await;
+            let count = messages.len();
+            let accepted = send_all(queue, messages, &Retry::default()).await;
             anyhow::ensure!(
-                accepted.len() == messages.len(),
-                "SQS did not accept {} of {} bundles after retries",
-                messages.len() - accepted.len(),
-                messages.len()
+                accepted.len() == count,
+                "SQS did not accept {} of {count} bundles after retries",
+                count - accepted.len(),
             );
             let mut t = times.lock().await;
             for id in ids {
