@@ -49,6 +49,11 @@ pub enum RecordErrorKind {
         /// The column.
         column: String,
     },
+    /// A key column holds text that was not valid Unicode (a lone surrogate, U+FFFD).
+    NotUnicode {
+        /// The column.
+        column: String,
+    },
     /// A key column is longer than a key may be.
     TooLong {
         /// The column.
@@ -112,6 +117,7 @@ impl RecordErrorKind {
             Self::ControlCharacter { column } => {
                 format!("{column} contains the control character")
             }
+            Self::NotUnicode { column } => format!("{column} is not valid Unicode"),
             Self::TooLong { column } => format!("{column} is too long"),
             Self::NotFinite { column } => format!("{column} must be a finite number"),
             Self::UnknownKey { lookup } => format!("unknown {lookup}"),

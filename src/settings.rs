@@ -78,6 +78,14 @@ pub struct Settings {
     pub max_rows: usize,
     /// Longest string value in a row, in characters. Default 1024.
     pub max_string_chars: usize,
+    /// Most values in one bundle's rows, nested values included; checked while the body is
+    /// read, so it bounds a decoded bundle's memory (16 bytes a value). Default 500000.
+    pub max_cells: usize,
+    /// Most columns of a bundle, and values in one row. Default 256.
+    pub max_columns: usize,
+    /// Most values (cells) in one batch: the batcher stops adding bundles to a batch once it
+    /// holds this many, before it decodes the next message. Default 250000.
+    pub max_batch_cells: usize,
     /// Upsert prediction aggregates into PostgreSQL after each batch. Default true.
     pub aggregates: bool,
     /// How long the worker reuses a PostgreSQL reference value (a scanner's unit, an issuer
@@ -138,6 +146,9 @@ impl Default for Settings {
             max_body_bytes: limits.max_body_bytes,
             max_rows: limits.max_rows,
             max_string_chars: limits.max_string_chars,
+            max_cells: limits.max_cells,
+            max_columns: limits.max_columns,
+            max_batch_cells: worker.max_batch_cells,
             aggregates: true,
             reference_cache_secs: 60,
             source_timeout_secs: crate::enrich::source::DEFAULT_SOURCE_TIMEOUT.as_secs(),
@@ -187,6 +198,8 @@ impl Settings {
             max_body_bytes: self.max_body_bytes,
             max_rows: self.max_rows,
             max_string_chars: self.max_string_chars,
+            max_cells: self.max_cells,
+            max_columns: self.max_columns,
         }
     }
 

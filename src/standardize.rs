@@ -238,6 +238,20 @@ fn standard_key(
             ),
         ));
     }
+    // A lone UTF-16 surrogate reaches here as U+FFFD (see bundle::decode): no source can hold
+    // what the producer meant, so the record is refused, not looked up as a different key.
+    if let Some(at) = key.chars().position(|c| c == char::REPLACEMENT_CHARACTER) {
+        return Err(RecordError::new(
+            Stage::Standardize,
+            RecordErrorKind::NotUnicode {
+                column: column.to_owned(),
+            },
+            format!(
+                "{column} is not valid Unicode text at character {} (a lone UTF-16 surrogate such as \\ud800, or U+FFFD); send the key as valid UTF-8",
+                at + 1
+            ),
+        ));
+    }
     if key.len() > MAX_KEY_CHARS && key.chars().count() > MAX_KEY_CHARS {
         return Err(RecordError::new(
             Stage::Standardize,
@@ -470,6 +484,18 @@ mod tests {
             err.to_string(),
             "standardize: note must be a text value, got an object"
         );
+    }
+
+    #[test]
+    fn a_key_that_was_not_valid_unicode_is_refused_per_record() {
+        let err = standard_key("scanner", None, "sc-\u{FFFD}01").unwrap_err();
+        assert_eq!(
+            err.kind,
+            RecordErrorKind::NotUnicode {
+                column: "scanner".into()
+            }
+        );
+        assert!(err.reason.contains("at character 4"), "{}", err.reason);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Problems of single records are left to the later stages, which answer them per record.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -12,7 +13,7 @@ use serde_json::Value;
 
 use super::compression::{decompress, ContentEncoding};
 use super::message::{InputBundle, RequestBundle, SeedBundle};
-use super::table::{CellRef, LenientRows, Table};
+use super::table::{Bounded, CellRef, Cursor, LenientRows, Table, TableLimits};
 use crate::text::truncate_chars;
 
 /// Size limits on what a bundle may hold.
@@ -24,6 +25,11 @@ pub struct Limits {
     pub max_rows: usize,
     /// Longest string value in a row or a column name, in characters (default 1 024).
     pub max_string_chars: usize,
+    /// Most values in a bundle's rows, nested values included (default 500 000): the memory a
+    /// decoded bundle holds is bounded by this, not by its rows.
+    pub max_cells: usize,
+    /// Most columns, and values in a row (default 256).
+    pub max_columns: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +38,8 @@ impl Default for Limits {
             max_body_bytes: 16 << 20,
             max_rows: 10_000,
             max_string_chars: 1024,
+            max_cells: 500_000,
+            max_columns: 256,
         }
     }
 }
@@ -80,14 +88,9 @@ pub fn decode(
     }
     let json =
         decompress(encoding, body, limits.max_body_bytes).map_err(|e| DecodeError::new(None, e))?;
-    let body = Body::read(&json).map_err(|e| {
-        let what = if e.is_data() {
-            "a JSON object"
-        } else {
-            "valid JSON"
-        };
-        DecodeError::new(None, format!("body is not {what}: {e}"))
-    })?;
+    let json = mend_lone_surrogates(json);
+    let seen = Seen::default();
+    let body = Body::read(&json, limits, &seen).map_err(|e| seen.explain(&e))?;
     if body.bundle_id.is_some() {
         request_bundle(body, limits).map(InputBundle::Request)
     } else if body.batch_id.is_some() {
@@ -98,6 +101,49 @@ pub fn decode(
             "body has neither 'bundle_id' (v1 format) nor 'batch_id' (seed format)",
         ))
     }
+}
+
+/// JSON escapes text as UTF-16 code units, so `"\ud800"` is valid JSON to many producers, but a
+/// lone surrogate is not a Unicode character and serde_json refuses the whole body for it. Each
+/// lone one is rewritten to `\ufffd` (six bytes for six bytes, so positions in errors hold): the
+/// body reads, and the one record whose key holds U+FFFD is refused on its own (a key must be
+/// valid Unicode text) instead of the bundle.
+fn mend_lone_surrogates(json: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    let lone = lone_surrogates(&json);
+    if lone.is_empty() {
+        return json;
+    }
+    let mut json = json.into_owned();
+    for at in lone {
+        json[at + 2..at + 6].copy_from_slice(b"fffd");
+    }
+    Cow::Owned(json)
+}
+
+/// Where each `\uXXXX` escape of a lone surrogate starts.
+fn lone_surrogates(json: &[u8]) -> Vec<usize> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 6)?.strip_prefix(b"\\u")?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut lone = Vec::new();
+    let mut i = 0;
+    while let Some(found) = json[i..].iter().position(|&b| b == b'\\') {
+        let at = i + found;
+        i = match unit(at) {
+            Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => at + 12,
+            Some(0xD800..=0xDFFF) => {
+                lone.push(at);
+                at + 6
+            }
+            // Any other escape, `\\` included: skip it whole.
+            _ => at + 2,
+        };
+    }
+    lone
 }
 
 /// The fields of a body in either format. The rows of a v1 bundle go straight into a compact
@@ -115,17 +161,61 @@ struct Body {
 }
 
 impl Body {
-    fn read(json: &[u8]) -> Result<Self, serde_json::Error> {
+    fn read(json: &[u8], limits: &Limits, seen: &Seen) -> Result<Self, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_slice(json);
-        let body = de.deserialize_map(BodyVisitor)?;
+        let body = de.deserialize_map(BodyVisitor { limits, seen })?;
         de.end()?;
         Ok(body)
     }
 }
 
-struct BodyVisitor;
+/// What reading a body had seen when it failed: the id and column names read so far, and where
+/// in the rows it stopped. A refusal can then name the bundle, the row and the column.
+#[derive(Default)]
+struct Seen {
+    bundle_id: RefCell<Option<String>>,
+    columns: RefCell<Option<Vec<String>>>,
+    rows: Cursor,
+}
 
-impl<'de> Visitor<'de> for BodyVisitor {
+impl Seen {
+    /// A refusal for a body that did not read, naming what can be named.
+    fn explain(&self, e: &serde_json::Error) -> DecodeError {
+        let id = self.bundle_id.borrow();
+        let id = id.as_deref();
+        if let Some(limit) = self.rows.over_limit() {
+            return DecodeError::new(id, limit);
+        }
+        let what = if e.is_data() {
+            "a JSON object"
+        } else {
+            "valid JSON"
+        };
+        let Some((row, cell)) = self.rows.at() else {
+            return DecodeError::new(id, format!("body is not {what}: {e}"));
+        };
+        let column = match self.columns.borrow().as_ref().and_then(|c| c.get(cell)) {
+            Some(name) => format!("column '{}' (value {cell})", crate::text::visible(name)),
+            None => format!("value {cell}"),
+        };
+        let hint = if e.is_syntax() {
+            "; JSON has no NaN or Infinity and its numbers stay within ±1.7e308: send null for a value that is missing or not a number"
+        } else {
+            ""
+        };
+        DecodeError::new(
+            id,
+            format!("body is not {what}: row {row}, {column}: {e}{hint}"),
+        )
+    }
+}
+
+struct BodyVisitor<'a> {
+    limits: &'a Limits,
+    seen: &'a Seen,
+}
+
+impl<'de> Visitor<'de> for BodyVisitor<'_> {
     type Value = Body;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -144,15 +234,59 @@ impl<'de> Visitor<'de> for BodyVisitor {
             *slot = Some(value);
             Ok(())
         }
+        // The seed format's fields share the cell budget of a v1 bundle's rows.
+        let seed_left = std::cell::Cell::new(self.limits.max_cells);
+        let seed_cells = |what| Bounded {
+            left: &seed_left,
+            cursor: &self.seen.rows,
+            what,
+            max: self.limits.max_cells,
+            setting: "cells per bundle (ML_PIPELINE_MAX_CELLS)",
+        };
+        let rows = || LenientRows {
+            limits: TableLimits {
+                max_cells: self.limits.max_cells,
+                max_columns: self.limits.max_columns,
+            },
+            cursor: &self.seen.rows,
+        };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
-                "rows" => once(&mut body.rows, "rows", map.next_value_seed(LenientRows)?)?,
-                "bundle_id" => once(&mut body.bundle_id, "bundle_id", map.next_value()?)?,
+                "rows" => once(&mut body.rows, "rows", map.next_value_seed(rows())?)?,
+                "bundle_id" => {
+                    let id: Value = map.next_value()?;
+                    if let Value::String(id) = &id {
+                        *self.seen.bundle_id.borrow_mut() = Some(id.clone());
+                    }
+                    once(&mut body.bundle_id, "bundle_id", id)?;
+                }
                 "model" => once(&mut body.model, "model", map.next_value()?)?,
-                "columns" => once(&mut body.columns, "columns", map.next_value()?)?,
+                "columns" => {
+                    let left = std::cell::Cell::new(self.limits.max_columns);
+                    let columns = map.next_value_seed(Bounded {
+                        left: &left,
+                        cursor: &self.seen.rows,
+                        what: "'columns' holds",
+                        max: self.limits.max_columns,
+                        setting: "columns (ML_PIPELINE_MAX_COLUMNS)",
+                    })?;
+                    if let Value::Array(names) = &columns {
+                        let names = names.iter().map(|n| n.as_str().unwrap_or("?").to_owned());
+                        *self.seen.columns.borrow_mut() = Some(names.collect());
+                    }
+                    once(&mut body.columns, "columns", columns)?;
+                }
                 "batch_id" => once(&mut body.batch_id, "batch_id", map.next_value()?)?,
-                "subjects" => once(&mut body.subjects, "subjects", map.next_value()?)?,
-                "features" => once(&mut body.features, "features", map.next_value()?)?,
+                "subjects" => once(
+                    &mut body.subjects,
+                    "subjects",
+                    map.next_value_seed(seed_cells("'subjects' holds"))?,
+                )?,
+                "features" => once(
+                    &mut body.features,
+                    "features",
+                    map.next_value_seed(seed_cells("'features' holds"))?,
+                )?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -180,6 +314,12 @@ fn bundle_id(value: Option<Value>, field: &str) -> Result<String, DecodeError> {
         return Err(DecodeError::new(
             Some(&id),
             format!("'{field}' contains control characters"),
+        ));
+    }
+    if id.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(DecodeError::new(
+            Some(&id),
+            format!("'{field}' is not valid Unicode text (it holds a lone UTF-16 surrogate such as \\ud800, or U+FFFD); send the id as valid UTF-8"),
         ));
     }
     if let Some(c) = id.chars().find(|&c| crate::text::is_invisible(c)) {
@@ -458,5 +598,96 @@ mod tests {
             let why = reason(&b.to_string(), None);
             assert!(why.contains("invisible character U+"), "{id:?}: {why}");
         }
+    }
+
+    #[test]
+    fn a_lone_surrogate_becomes_u_fffd_and_a_valid_pair_is_kept() {
+        let body = r#"{"bundle_id": "b", "columns": ["id", "note"],
+                       "rows": [["r-1", "SN\ud800-1"], ["r-2", "\ud83d\ude00"], ["r-3", "\\ud800"], ["r-4", "x\udc00"]]}"#;
+        let InputBundle::Request(b) = decode(body, None, &Limits::default()).unwrap() else {
+            panic!("not a request bundle")
+        };
+        assert_eq!(b.rows.row(0).get(1), CellRef::Text("SN\u{FFFD}-1"));
+        assert_eq!(b.rows.row(1).get(1), CellRef::Text("\u{1F600}"));
+        assert_eq!(b.rows.row(2).get(1), CellRef::Text("\\ud800"));
+        assert_eq!(b.rows.row(3).get(1), CellRef::Text("x\u{FFFD}"));
+        let body = r#"{"bundle_id": "b\udbff", "columns": ["id"], "rows": []}"#;
+        let why = reason(body, None);
+        assert!(why.contains("not valid Unicode"), "{why}");
+    }
+
+    #[test]
+    fn a_number_json_cannot_hold_names_its_row_and_column() {
+        for bad in ["NaN", "Infinity", "-Infinity", "1e309"] {
+            let body = format!(
+                r#"{{"bundle_id": "b-7", "columns": ["id", "note", "variance"],
+                    "rows": [["r-1", "SN-1", 1.5], ["r-2", "SN-2", {bad}]]}}"#
+            );
+            let err = decode(&body, None, &Limits::default()).unwrap_err();
+            assert_eq!(err.bundle_id.as_deref(), Some("b-7"), "{bad}");
+            assert!(
+                err.reason.contains("row 1, column 'variance' (value 2)"),
+                "{bad}: {}",
+                err.reason
+            );
+            assert!(err.reason.contains("send null"), "{bad}: {}", err.reason);
+        }
+        // Columns after the rows: the value is named by its position only.
+        let body = r#"{"bundle_id": "b", "rows": [["r-1", NaN]], "columns": ["id", "x"]}"#;
+        assert!(reason(body, None).contains("row 0, value 1:"));
+    }
+
+    #[test]
+    fn an_unreadable_body_still_names_its_bundle() {
+        let body = r#"{"bundle_id": "b-9", "columns": ["id"], "rows": [["r-1"]"#;
+        let err = decode(body, None, &Limits::default()).unwrap_err();
+        assert_eq!(err.bundle_id.as_deref(), Some("b-9"));
+    }
+
+    #[test]
+    fn cells_and_columns_are_limited_while_reading() {
+        let limits = Limits {
+            max_cells: 100,
+            max_columns: 8,
+            ..Limits::default()
+        };
+        let wide = |rows: usize, width: usize| {
+            serde_json::json!({"bundle_id": "w", "columns": (0..width).map(|c| format!("c{c}")).collect::<Vec<_>>(),
+                               "rows": vec![vec![0; width]; rows]})
+            .to_string()
+        };
+        assert!(decode(&wide(12, 8), None, &limits).is_ok());
+        let err = decode(&wide(13, 8), None, &limits).unwrap_err();
+        assert_eq!(
+            err.reason,
+            "the rows hold more than 100 values, the limit of cells per bundle (ML_PIPELINE_MAX_CELLS)"
+        );
+        assert_eq!(err.bundle_id.as_deref(), Some("w"));
+        let err = decode(&wide(1, 9), None, &limits).unwrap_err();
+        assert!(
+            err.reason.contains("'columns' holds more than 8 values"),
+            "{}",
+            err.reason
+        );
+        let body = r#"{"bundle_id": "w", "rows": [[0,0,0,0,0,0,0,0,0]], "columns": ["a"]}"#;
+        assert!(
+            reason_with(body, &limits).starts_with("row 0 has more than 8 values"),
+            "{}",
+            reason_with(body, &limits)
+        );
+        // A nested array counts its values: it cannot hide a wide row inside one cell.
+        let nested = format!(
+            r#"{{"bundle_id": "w", "columns": ["a"], "rows": [[[{}]]]}}"#,
+            vec!["0"; 200].join(",")
+        );
+        assert!(reason_with(&nested, &limits).starts_with("the rows hold more than 100 values"));
+        // The seed format shares the cell limit.
+        let seed = serde_json::json!({"batch_id": "s", "subjects": ["a"], "features": vec![vec![0; 4]; 30]});
+        assert!(reason_with(&seed.to_string(), &limits)
+            .starts_with("'features' holds more than 100 values"));
+    }
+
+    fn reason_with(body: &str, limits: &Limits) -> String {
+        decode(body, None, limits).unwrap_err().reason
     }
 }

@@ -172,4 +172,12 @@ impl InputBundle {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many values its records hold (what its decoded form costs, about 16 bytes each).
+    pub fn cells(&self) -> usize {
+        match self {
+            InputBundle::Request(b) => b.rows.cells(),
+            InputBundle::Seed(b) => b.features.iter().map(Vec::len).sum(),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! what the JSON said (null, boolean, integer, float, text); a nested array or object in a row
 //! is kept as its JSON text, untouched and ignored by the model (docs/contract.md section 1).
 
+use std::cell::{Cell as Slot, RefCell};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
@@ -158,6 +159,11 @@ impl Table {
         self.row_ends.is_empty()
     }
 
+    /// How many cells all its rows hold.
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
     /// Row `i`. Panics when `i >= len()`, like slice indexing.
     pub fn row(&self, i: usize) -> Row<'_> {
         let start = if i == 0 { 0 } else { self.row_ends[i - 1] };
@@ -262,7 +268,11 @@ impl Serialize for RowOut<'_> {
 /// so that decoding can name it; plain deserialization (fixture files) refuses it.
 impl<'de> Deserialize<'de> for Table {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let table = deserializer.deserialize_seq(RowsVisitor)?;
+        let cursor = Cursor::default();
+        let table = deserializer.deserialize_seq(RowsVisitor {
+            limits: TableLimits::NONE,
+            cursor: &cursor,
+        })?;
         match table.not_array {
             Some(i) => Err(de::Error::custom(format!("row {i} is not an array"))),
             None => Ok(table),
@@ -270,11 +280,59 @@ impl<'de> Deserialize<'de> for Table {
     }
 }
 
-/// Decoding's entry point: like `Deserialize`, but a non-array row or a non-array `rows` is
-/// reported to the caller (`Ok(None)` for the latter) with the bundle's own words.
-pub(crate) struct LenientRows;
+/// Limits on a table, checked while it is read: the memory a limit protects is never spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableLimits {
+    /// Most cells in all rows, nested values in a cell included.
+    pub max_cells: usize,
+    /// Most cells in one row.
+    pub max_columns: usize,
+}
 
-impl<'de> DeserializeSeed<'de> for LenientRows {
+impl TableLimits {
+    /// No limit (fixture files, which are trusted).
+    const NONE: Self = Self {
+        max_cells: usize::MAX,
+        max_columns: usize::MAX,
+    };
+}
+
+/// Where reading the rows has got to: a JSON error in them can then name its row and cell, and a
+/// limit met on the way is reported as itself rather than as a JSON error.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor {
+    at: Slot<Option<(usize, usize)>>,
+    over_limit: RefCell<Option<String>>,
+}
+
+impl Cursor {
+    /// The row and cell being read when reading stopped; `None` once the rows were read whole.
+    pub fn at(&self) -> Option<(usize, usize)> {
+        self.at.get()
+    }
+
+    /// The limit that stopped reading, in words.
+    pub fn over_limit(&self) -> Option<String> {
+        self.over_limit.borrow().clone()
+    }
+
+    /// Records why reading stops and returns the error that stops it.
+    pub fn stop<E: de::Error>(&self, reason: String) -> E {
+        let error = E::custom(&reason);
+        *self.over_limit.borrow_mut() = Some(reason);
+        error
+    }
+}
+
+/// Decoding's entry point: like `Deserialize`, but a non-array row or a non-array `rows` is
+/// reported to the caller (`Ok(None)` for the latter) with the bundle's own words, limits are
+/// checked as cells arrive, and `cursor` tells where an error happened.
+pub(crate) struct LenientRows<'c> {
+    pub limits: TableLimits,
+    pub cursor: &'c Cursor,
+}
+
+impl<'de> DeserializeSeed<'de> for LenientRows<'_> {
     type Value = Option<Table>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -282,12 +340,16 @@ impl<'de> DeserializeSeed<'de> for LenientRows {
     }
 }
 
-impl<'de> OnArray<'de> for LenientRows {
+impl<'de> OnArray<'de> for LenientRows<'_> {
     type Value = Option<Table>;
     const EXPECTING: &'static str = "an array of rows";
 
     fn array<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        RowsVisitor.visit_seq(seq).map(Some)
+        let rows = RowsVisitor {
+            limits: self.limits,
+            cursor: self.cursor,
+        };
+        rows.visit_seq(seq).map(Some)
     }
 
     fn otherwise() -> Self::Value {
@@ -341,9 +403,12 @@ impl<'de, T: OnArray<'de>> Visitor<'de> for ArrayOr<T> {
     }
 }
 
-struct RowsVisitor;
+struct RowsVisitor<'c> {
+    limits: TableLimits,
+    cursor: &'c Cursor,
+}
 
-impl<'de> Visitor<'de> for RowsVisitor {
+impl<'de> Visitor<'de> for RowsVisitor<'_> {
     type Value = Table;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -354,9 +419,18 @@ impl<'de> Visitor<'de> for RowsVisitor {
         let mut table = Table::default();
         let hint = seq.size_hint().unwrap_or(0).min(16_384);
         table.row_ends.reserve(hint);
+        let left = Slot::new(self.limits.max_cells);
         loop {
             let index = table.len();
-            match seq.next_element_seed(RowSeed(&mut table))? {
+            self.cursor.at.set(Some((index, 0)));
+            let row = RowSeed {
+                table: &mut table,
+                index,
+                limits: self.limits,
+                cursor: self.cursor,
+                left: &left,
+            };
+            match seq.next_element_seed(row)? {
                 None => break,
                 Some(true) => {}
                 Some(false) => {
@@ -365,12 +439,20 @@ impl<'de> Visitor<'de> for RowsVisitor {
             }
             table.end_row();
         }
+        self.cursor.at.set(None);
         Ok(table)
     }
 }
 
 /// One row: appends its cells; answers whether it was an array.
-struct RowSeed<'t>(&'t mut Table);
+struct RowSeed<'t> {
+    table: &'t mut Table,
+    index: usize,
+    limits: TableLimits,
+    cursor: &'t Cursor,
+    /// Cells the table may still take.
+    left: &'t Slot<usize>,
+}
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = bool;
@@ -385,8 +467,35 @@ impl<'de> OnArray<'de> for RowSeed<'_> {
     const EXPECTING: &'static str = "a row (an array of values)";
 
     fn array<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while let Some(cell) = seq.next_element_seed(CellSeed(self.0))? {
-            self.0.cells.push(cell);
+        let row_start = self.table.cells.len();
+        loop {
+            let column = self.table.cells.len() - row_start;
+            self.cursor.at.set(Some((self.index, column)));
+            if column == self.limits.max_columns {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                return Err(self.cursor.stop(format!(
+                    "row {} has more than {} values, the limit of columns (ML_PIPELINE_MAX_COLUMNS)",
+                    self.index, self.limits.max_columns
+                )));
+            }
+            let nested = Bounded {
+                left: self.left,
+                cursor: self.cursor,
+                what: "the rows hold",
+                max: self.limits.max_cells,
+                setting: "cells per bundle (ML_PIPELINE_MAX_CELLS)",
+            };
+            let seed = CellSeed {
+                table: self.table,
+                nested,
+            };
+            let Some(cell) = seq.next_element_seed(seed)? else {
+                break;
+            };
+            nested.take()?;
+            self.table.cells.push(cell);
         }
         Ok(true)
     }
@@ -397,7 +506,10 @@ impl<'de> OnArray<'de> for RowSeed<'_> {
 }
 
 /// One cell: text goes to the arena; nested JSON is kept as its text.
-struct CellSeed<'t>(&'t mut Table);
+struct CellSeed<'t> {
+    table: &'t mut Table,
+    nested: Bounded<'t>,
+}
 
 impl<'de> DeserializeSeed<'de> for CellSeed<'_> {
     type Value = Cell;
@@ -433,17 +545,106 @@ impl<'de> Visitor<'de> for CellSeed<'_> {
         Ok(Cell::Float(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Cell, E> {
-        Ok(self.0.push_text(v, false))
+        Ok(self.table.push_text(v, false))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Cell, A::Error> {
-        let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(self.0.push_text(&v.to_string(), true))
+        let v = self.nested.visit_seq(seq)?;
+        Ok(self.table.push_text(&v.to_string(), true))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Cell, A::Error> {
-        let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(self.0.push_text(&v.to_string(), true))
+        let v = self.nested.visit_map(map)?;
+        Ok(self.table.push_text(&v.to_string(), true))
+    }
+}
+
+/// A JSON value built as a `Value` while each element of its arrays and objects counts against
+/// a budget: `[[0,0,0,…]]` in a cell is bounded like `[0,0,0,…]`, and so is a field read whole.
+#[derive(Clone, Copy)]
+pub(crate) struct Bounded<'t> {
+    /// Elements it may still take.
+    pub left: &'t Slot<usize>,
+    /// Where the limit is reported.
+    pub cursor: &'t Cursor,
+    /// What holds the values, for the reason: `the rows hold`, `'columns' holds`.
+    pub what: &'static str,
+    /// The limit, for the reason.
+    pub max: usize,
+    /// The setting that raises it.
+    pub setting: &'static str,
+}
+
+impl Bounded<'_> {
+    /// Counts one more element, or stops reading at the limit.
+    fn take<E: de::Error>(&self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(self.cursor.stop(format!(
+                "{} more than {} values, the limit of {}",
+                self.what, self.max, self.setting
+            ))),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            self.take()?;
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self)?;
+            self.take()?;
+            entries.insert(key, value);
+        }
+        Ok(Value::Object(entries))
     }
 }
 
@@ -475,13 +676,18 @@ mod tests {
             err.to_string().starts_with("row 1 is not an array"),
             "{err}"
         );
-        let lenient = LenientRows
+        let cursor = Cursor::default();
+        let lenient = || LenientRows {
+            limits: TableLimits::NONE,
+            cursor: &cursor,
+        };
+        let lenient_table = lenient()
             .deserialize(&mut serde_json::Deserializer::from_str(r#"[["a"], 3, {}]"#))
             .unwrap()
             .unwrap();
-        assert_eq!(lenient.first_non_array_row(), Some(1));
-        assert_eq!(lenient.len(), 3);
-        let not_rows = LenientRows
+        assert_eq!(lenient_table.first_non_array_row(), Some(1));
+        assert_eq!(lenient_table.len(), 3);
+        let not_rows = lenient()
             .deserialize(&mut serde_json::Deserializer::from_str(r#""many""#))
             .unwrap();
         assert!(not_rows.is_none());

@@ -19,6 +19,9 @@ pub struct WorkerConfig {
     pub pollers: usize,
     /// Most records in one batch.
     pub max_batch_records: usize,
+    /// Most values (cells) in one batch's records; the batcher checks it before it decodes the
+    /// next message, so wide bundles make smaller batches.
+    pub max_batch_cells: usize,
     /// How long the batcher waits for more bundles after the first one when none is in hand.
     /// Zero (the default) waits only while every batch slot is busy: batches grow with the
     /// load, and a lone bundle is not held back.
@@ -72,6 +75,7 @@ impl Default for WorkerConfig {
             wait_secs: 20,
             pollers: 2,
             max_batch_records: 2_500,
+            max_batch_cells: 250_000,
             max_batch_wait: Duration::ZERO,
             max_concurrent_batches: 4,
             visibility_timeout_secs: 60,

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::heartbeat::Heartbeat;
 use super::state::InFlight;
-use super::step::{decode_all, Received};
+use super::step::Received;
 use crate::bundle::Limits;
 use crate::queue::Message;
 
@@ -22,6 +22,17 @@ pub struct InHand {
     pub in_flight: InFlight,
 }
 
+/// How big one batch may grow: it stops taking bundles at either bound. The bundle that
+/// crosses a bound is kept, so a batch overshoots by at most one bundle (itself bounded by the
+/// decoding limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchBounds {
+    /// Records.
+    pub records: usize,
+    /// Values in the records' rows.
+    pub cells: usize,
+}
+
 /// The bundles gathered for one batch, with the guards that keep them visible and counted as
 /// in hand until its step returns.
 #[derive(Default)]
@@ -32,31 +43,60 @@ pub struct Gathered {
     pub held: Vec<(Heartbeat, InFlight)>,
     /// Records in the batch.
     pub records: usize,
+    /// Values in the batch's records.
+    pub cells: usize,
     /// Time spent decoding.
     pub decoding: Duration,
+    /// Messages received but not decoded, because the batch was full: they start the next one.
+    pub carried: Option<InHand>,
 }
 
 impl Gathered {
-    /// Decodes one poll's messages into the batch.
-    pub fn add(&mut self, more: InHand, limits: &Limits) {
+    /// Whether the batch has reached a bound.
+    pub fn is_full(&self, bounds: &BatchBounds) -> bool {
+        self.records >= bounds.records || self.cells >= bounds.cells
+    }
+
+    /// Decodes one poll's messages into the batch, one at a time: once the batch is full, the
+    /// rest stay undecoded in [`Gathered::carried`], with their own heartbeat.
+    pub fn add(&mut self, mut more: InHand, bounds: &BatchBounds, limits: &Limits) {
         let started = Instant::now();
-        let decoded = decode_all(more.messages, limits);
+        let mut messages = std::mem::take(&mut more.messages).into_iter();
+        let mut taken = 0;
+        while !(self.is_full(bounds) && !self.batch.is_empty()) {
+            let Some(message) = messages.next() else {
+                break;
+            };
+            let received = Received::decode(message, limits);
+            self.records += received.records();
+            self.cells += received.cells();
+            self.batch.push(received);
+            taken += 1;
+        }
         self.decoding += started.elapsed();
-        self.records += decoded.iter().map(Received::records).sum::<usize>();
-        self.batch.extend(decoded);
+        let rest: Vec<_> = messages.collect();
+        if !rest.is_empty() {
+            let heartbeat = more.heartbeat.split_off(taken);
+            let in_flight = more.in_flight.split_off(rest.len());
+            self.carried = Some(InHand {
+                messages: rest,
+                heartbeat,
+                in_flight,
+            });
+        }
         self.held.push((more.heartbeat, more.in_flight));
     }
 
-    /// Adds what the pollers already handed over, up to `max` records; with a deadline, also
-    /// waits until then for more.
+    /// Adds what the pollers already handed over, until the batch is full; with a deadline,
+    /// also waits until then for more.
     pub async fn take_in_hand(
         &mut self,
         rx: &mut mpsc::Receiver<InHand>,
-        max: usize,
+        bounds: &BatchBounds,
         limits: &Limits,
         deadline: Option<tokio::time::Instant>,
     ) {
-        while self.records < max {
+        while !self.is_full(bounds) && self.carried.is_none() {
             let more = match (rx.try_recv(), deadline) {
                 (Ok(more), _) => Some(more),
                 (Err(_), Some(deadline)) if tokio::time::Instant::now() < deadline => {
@@ -68,7 +108,71 @@ impl Gathered {
                 (Err(_), _) => None,
             };
             let Some(more) = more else { break };
-            self.add(more, limits);
+            self.add(more, bounds, limits);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::memory::MemoryQueue;
+    use crate::queue::Message;
+    use crate::worker::state::WorkerState;
+    use std::sync::Arc;
+
+    fn bundle(id: &str, rows: usize, width: usize) -> Message {
+        let columns: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
+        let row: Vec<u32> = vec![0; width];
+        let body =
+            serde_json::json!({"bundle_id": id, "columns": columns, "rows": vec![row; rows]});
+        Message {
+            message_id: id.into(),
+            receipt_handle: format!("rh-{id}"),
+            body: body.to_string(),
+            content_encoding: None,
+            sent_timestamp_ms: None,
+            receive_count: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_leaves_the_rest_of_a_poll_undecoded_for_the_next() {
+        let state = Arc::new(WorkerState::default());
+        let queue = MemoryQueue::new("in");
+        let messages: Vec<Message> = (0..4).map(|i| bundle(&format!("b-{i}"), 10, 100)).collect();
+        let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+        let in_hand = InHand {
+            messages,
+            heartbeat: Heartbeat::start(queue, receipts, 30, 0.5),
+            in_flight: state.hold(4),
+        };
+        let bounds = BatchBounds {
+            records: 1_000,
+            cells: 1_500,
+        };
+        let mut first = Gathered::default();
+        first.add(in_hand, &bounds, &Limits::default());
+        // 1 000 cells, then 2 000: the second bundle crosses the bound and the other two wait.
+        assert_eq!(first.batch.len(), 2);
+        assert_eq!(first.cells, 2_000);
+        let carried = first
+            .carried
+            .take()
+            .expect("the rest of the poll is carried");
+        assert_eq!(carried.messages.len(), 2);
+        assert_eq!(state.in_flight(), 4, "all four are still in hand");
+        drop(first);
+        assert_eq!(state.in_flight(), 2, "the first batch released its two");
+        let mut second = Gathered::default();
+        second.add(carried, &bounds, &Limits::default());
+        assert_eq!(second.batch.len(), 2);
+        assert!(second.carried.is_none());
+        let ids: Vec<_> = second
+            .batch
+            .iter()
+            .map(|r| r.message.message_id.clone())
+            .collect();
+        assert_eq!(ids, ["b-2", "b-3"]);
     }
 }

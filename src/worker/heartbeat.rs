@@ -1,6 +1,7 @@
 //! The visibility heartbeat: while a batch is in hand, its messages' visibility is extended
 //! before it runs out, so a slow batch is never handed to a second worker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -8,10 +9,23 @@ use tokio::task::JoinHandle;
 use crate::queue::delivery::change_visibility_all;
 use crate::queue::Queue;
 
+/// Restarts a heartbeat on some receipts.
+type Restart = Arc<dyn Fn(Vec<String>, bool) -> JoinHandle<()> + Send + Sync>;
+
 /// Extends visibility until dropped.
-#[derive(Debug)]
 pub struct Heartbeat {
     task: Option<JoinHandle<()>>,
+    receipts: Vec<String>,
+    restart: Option<Restart>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("messages", &self.receipts.len())
+            .field("running", &self.task.is_some())
+            .finish()
+    }
 }
 
 impl Heartbeat {
@@ -23,26 +37,66 @@ impl Heartbeat {
         fraction: f64,
     ) -> Self {
         if receipts.is_empty() || visibility_secs <= 0 {
-            return Self { task: None };
+            return Self {
+                task: None,
+                receipts,
+                restart: None,
+            };
         }
         let period = Duration::from_secs_f64(
             (f64::from(visibility_secs) * fraction.clamp(0.05, 0.9)).max(0.5),
         );
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let extended = change_visibility_all(&queue, &receipts, visibility_secs).await;
-                tracing::debug!(
-                    messages = receipts.len(),
-                    extended,
-                    visibility_secs,
-                    "visibility extended"
-                );
-            }
+        let queue = Arc::new(queue);
+        let restart: Restart = Arc::new(move |receipts: Vec<String>, now: bool| {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(period);
+                if !now {
+                    ticker.tick().await;
+                }
+                loop {
+                    ticker.tick().await;
+                    let extended = change_visibility_all(&*queue, &receipts, visibility_secs).await;
+                    tracing::debug!(
+                        messages = receipts.len(),
+                        extended,
+                        visibility_secs,
+                        "visibility extended"
+                    );
+                }
+            })
         });
-        Self { task: Some(task) }
+        Self {
+            task: Some(restart(receipts.clone(), false)),
+            receipts,
+            restart: Some(restart),
+        }
+    }
+
+    /// Splits off the messages from `at` on, with a heartbeat of their own: a poll's messages
+    /// can then end in two batches, each releasing its own when its step returns. Both extend
+    /// visibility at once, since the split restarts their period.
+    pub fn split_off(&mut self, at: usize) -> Self {
+        let rest = self.receipts.split_off(at.min(self.receipts.len()));
+        let Some(restart) = self.restart.clone() else {
+            return Self {
+                task: None,
+                receipts: rest,
+                restart: None,
+            };
+        };
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let start = |receipts: &Vec<String>| {
+            (!receipts.is_empty()).then(|| restart(receipts.clone(), true))
+        };
+        self.task = start(&self.receipts);
+        Self {
+            task: start(&rest),
+            receipts: rest,
+            restart: Some(restart),
+        }
     }
 }
 

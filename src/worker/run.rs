@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::gather::{Gathered, InHand};
+use super::gather::{BatchBounds, Gathered, InHand};
 use super::heartbeat::Heartbeat;
 use super::service::Worker;
 use super::step::StepReport;
@@ -160,9 +160,17 @@ where
         let mut running: JoinSet<StepReport> = JoinSet::new();
         let mut summary = RunSummary::default();
         let mut failures = 0u32;
+        let bounds = BatchBounds {
+            records: self.config.max_batch_records,
+            cells: self.config.max_batch_cells,
+        };
+        let mut carried: Option<InHand> = None;
         loop {
             // Finished batches are accounted as soon as they finish, not when the next arrives.
-            let first = tokio::select! {
+            let first = if let Some(carried) = carried.take() {
+                carried
+            } else {
+                tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     failures = self.account(&mut summary, done, failures);
                     continue;
@@ -171,15 +179,15 @@ where
                     Some(first) => first,
                     None => break,
                 },
+                }
             };
             let limits = &self.config.limits;
-            let max = self.config.max_batch_records;
             let mut gathered = Gathered::default();
-            gathered.add(first, limits);
+            gathered.add(first, &bounds, limits);
             // What is already in hand, then (if configured) a short wait for more.
             let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
             gathered
-                .take_in_hand(&mut rx, max, limits, Some(deadline))
+                .take_in_hand(&mut rx, &bounds, limits, Some(deadline))
                 .await;
             // While every batch slot is busy, keep gathering: batches grow with the load and
             // a lone bundle at low load starts at once.
@@ -191,11 +199,14 @@ where
                     permit = Arc::clone(&permits).acquire_owned() => {
                         break permit.expect("the semaphore is never closed");
                     }
-                    Some(more) = rx.recv(), if gathered.records < max => gathered.add(more, limits),
+                    Some(more) = rx.recv(), if !gathered.is_full(&bounds) && gathered.carried.is_none() => {
+                        gathered.add(more, &bounds, limits);
+                    }
                 }
             };
             // A slot is free: take what arrived meanwhile too.
-            gathered.take_in_hand(&mut rx, max, limits, None).await;
+            gathered.take_in_hand(&mut rx, &bounds, limits, None).await;
+            carried = gathered.carried.take();
             crate::instruments::decoded(gathered.decoding);
             while let Some(done) = running.try_join_next() {
                 failures = self.account(&mut summary, done, failures);

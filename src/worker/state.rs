@@ -61,6 +61,18 @@ pub struct InFlight {
     n: usize,
 }
 
+impl InFlight {
+    /// Splits off `n` of the messages (at most all), to be released on their own.
+    pub fn split_off(&mut self, n: usize) -> Self {
+        let n = n.min(self.n);
+        self.n -= n;
+        InFlight {
+            state: Arc::clone(&self.state),
+            n,
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.state.in_flight.fetch_sub(self.n, Ordering::Relaxed) - self.n;

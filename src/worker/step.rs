@@ -31,6 +31,11 @@ impl Received {
     pub fn records(&self) -> usize {
         self.bundle.as_ref().map_or(0, InputBundle::len)
     }
+
+    /// Values it holds (0 when unreadable), for batch sizing.
+    pub fn cells(&self) -> usize {
+        self.bundle.as_ref().map_or(0, InputBundle::cells)
+    }
 }
 
 /// Why a step left its whole batch for redelivery: retrying later can help.
@@ -115,11 +120,16 @@ impl StepReport {
 pub fn decode_all(messages: Vec<Message>, limits: &crate::bundle::Limits) -> Vec<Received> {
     messages
         .into_iter()
-        .map(|message| {
-            let bundle = decode(&message.body, message.content_encoding.as_deref(), limits);
-            Received { message, bundle }
-        })
+        .map(|message| Received::decode(message, limits))
         .collect()
+}
+
+impl Received {
+    /// Decodes one message.
+    pub fn decode(message: Message, limits: &crate::bundle::Limits) -> Self {
+        let bundle = decode(&message.body, message.content_encoding.as_deref(), limits);
+        Received { message, bundle }
+    }
 }
 
 /// A bundle refused as a whole, with the stage that refused it; it goes to the dead-letter queue.
