@@ -15,9 +15,9 @@ use ndarray::Array2;
 use crate::bundle::decode::DecodeError;
 use crate::bundle::message::InputBundle;
 use crate::bundle::validate::{validate, Validated};
-use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource, SourceError};
+use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource};
 use crate::normalize::Normalizer;
-use crate::record::RecordError;
+use crate::record::{RecordError, RecordErrorKind};
 use crate::spec::PipelineSpec;
 use crate::standardize::{RecordIndex, StandardBatch};
 
@@ -69,9 +69,35 @@ pub struct PreparedBatch {
     /// Milliseconds per stage: standardize, enrich (both sources, concurrently),
     /// enrich.postgres, enrich.mongo, normalize.
     pub timing_ms: BTreeMap<String, f64>,
+    /// Each source that was down, with what its client reported; the records that needed it
+    /// failed with [`RecordErrorKind::SourceUnavailable`].
+    pub outages: Vec<(&'static str, String)>,
 }
 
 impl PreparedBatch {
+    /// Per bundle: whether one of its records waits for a source that was down. Such a bundle
+    /// is held and tried again, never answered in part.
+    pub fn waiting(&self) -> Vec<bool> {
+        self.plans
+            .iter()
+            .map(|plan| {
+                plan.as_ref().is_ok_and(|plan| {
+                    plan.slots.iter().any(|slot| {
+                        matches!(slot, Slot::Failed(e) if matches!(e.kind, RecordErrorKind::SourceUnavailable { .. }))
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The first source that was down, as an error, for callers that cannot hold records back
+    /// (training).
+    pub fn outage(&self) -> Option<String> {
+        self.outages
+            .first()
+            .map(|(source, reason)| format!("{source} unavailable: {reason}"))
+    }
+
     /// The reported lookup values of a matrix row, in spec order.
     pub fn reported(&self, matrix_row: usize) -> &[Arc<str>] {
         let n = self.reported_columns;
@@ -79,13 +105,14 @@ impl PreparedBatch {
     }
 }
 
-/// Standardizes, enriches and normalizes a batch of bundles into one matrix.
-/// Fails only when a source is unavailable: then nothing is answered and the batch is retried.
+/// Standardizes, enriches and normalizes a batch of bundles into one matrix. A source that is
+/// down fails only the records that need it, with [`RecordErrorKind::SourceUnavailable`]
+/// (see [`PreparedBatch::waiting`]).
 pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     spec: &PipelineSpec,
     bundles: &[InputBundle],
     enricher: &Enricher<R, D>,
-) -> Result<PreparedBatch, SourceError> {
+) -> PreparedBatch {
     let started = Instant::now();
     let mut standard = StandardBatch::new(spec);
     let staged: Vec<Result<Staged, DecodeError>> = bundles
@@ -95,7 +122,7 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     let t_standardize = ms_since(started);
 
     let started = Instant::now();
-    let (enrichment, t_postgres, t_mongo) = enricher.enrich(spec, &standard).await?;
+    let (enrichment, t_postgres, t_mongo) = enricher.enrich(spec, &standard).await;
     let t_enrich = ms_since(started);
 
     let started = Instant::now();
@@ -124,7 +151,7 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
         ("enrich.mongo".to_owned(), t_mongo),
         ("normalize".to_owned(), ms_since(started)),
     ]);
-    Ok(PreparedBatch {
+    PreparedBatch {
         matrix,
         plans,
         reported,
@@ -132,7 +159,8 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
         postgres,
         mongo,
         timing_ms,
-    })
+        outages: enrichment.unavailable.outages.clone(),
+    }
 }
 
 /// Normalization of a batch's records into the matrix, with coverage and reported values.

@@ -60,6 +60,14 @@ impl<'e> Normalizer<'e> {
                     .keys()
                     .iter()
                     .map(|key| {
+                        if enrichment.unavailable.lookup(i, key) {
+                            return Err(unavailable(
+                                Stage::EnrichPostgres,
+                                &l.name,
+                                key,
+                                enrichment,
+                            ));
+                        }
                         if let Some(answer) = enrichment.refused.lookup(i, key) {
                             return Err(refused(Stage::EnrichPostgres, &l.name, key, answer));
                         }
@@ -343,12 +351,34 @@ fn refused(stage: Stage, what: &str, key: &str, answer: &str) -> RecordError {
     )
 }
 
+/// The error of a record whose key could not be asked because its source was down. Such a
+/// record is never answered: the worker holds its bundle and tries again (docs/contract.md
+/// section 6).
+fn unavailable(stage: Stage, what: &str, key: &str, enrichment: &Enrichment) -> RecordError {
+    let (source, name) = match stage {
+        Stage::EnrichPostgres => ("PostgreSQL", "postgres"),
+        _ => ("MongoDB", "mongo"),
+    };
+    RecordError::new(
+        stage,
+        RecordErrorKind::SourceUnavailable { source: name },
+        format!(
+            "{source} was unavailable to look up {what} '{}': {}",
+            visible(&crate::text::truncate_chars(key, 64)),
+            crate::text::truncate_chars(enrichment.unavailable.reason(name), 300)
+        ),
+    )
+}
+
 /// The document of the first provider, in the spec's preference order, that has one.
 fn preferred_doc<'e>(
     providers: &[String],
     key: &str,
     enrichment: &'e Enrichment,
 ) -> Result<&'e ProviderDoc, RecordError> {
+    if enrichment.unavailable.documents.contains(key) {
+        return Err(unavailable(Stage::EnrichMongo, "note", key, enrichment));
+    }
     if let Some(answer) = enrichment.refused.documents.get(key) {
         return Err(refused(Stage::EnrichMongo, "note", key, answer));
     }
@@ -440,6 +470,7 @@ mod tests {
             lookups: vec![scanners, issuers],
             documents: docs,
             refused: Default::default(),
+            unavailable: Default::default(),
         }
     }
 

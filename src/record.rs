@@ -96,6 +96,12 @@ pub enum RecordErrorKind {
         /// What the key names (`scanner`, `note`...).
         what: String,
     },
+    /// The source a key needs was down: the record waits for it (its bundle is held), it is
+    /// never answered with this.
+    SourceUnavailable {
+        /// `postgres` or `mongo`.
+        source: &'static str,
+    },
     /// A feature is out of range once in canonical units (or once scaled for the model).
     Overflow {
         /// The feature.
@@ -127,6 +133,7 @@ impl RecordErrorKind {
             Self::MissingField { provider } => format!("provider {provider} document for note"),
             Self::UnknownNote => "unknown note".to_owned(),
             Self::SourceRefused { what } => format!("{what} refused by the source"),
+            Self::SourceUnavailable { source } => format!("{source} unavailable"),
             Self::UnknownUnit { of } => of.clone(),
             Self::Overflow { feature } => format!("{feature} overflows"),
         }

@@ -68,6 +68,10 @@ pub struct Settings {
     /// receives; below the queue's maxReceiveCount (the worker lowers it to maxReceiveCount - 1
     /// when it is not). 0 turns it off. Default 4.
     pub max_receives: u32,
+    /// How long a batch holds the bundles that wait for a source that is down (PostgreSQL keys
+    /// not in the cache, MongoDB documents), trying again about every second, before it leaves
+    /// them for redelivery (visible again 5 s later), in seconds. Default 30.
+    pub outage_hold_secs: u64,
     /// How long SIGTERM waits for batches in hand, in seconds. Default 25 (ECS stops at 30).
     pub drain_timeout_secs: u64,
     /// Encoding of answers: identity, gzip or zstd. Default identity.
@@ -141,6 +145,7 @@ impl Default for Settings {
             visibility_timeout_secs: None,
             heartbeat_fraction: worker.heartbeat_fraction,
             max_receives: worker.max_receives,
+            outage_hold_secs: worker.outage_hold.as_secs(),
             drain_timeout_secs: worker.drain_timeout.as_secs(),
             output_encoding: worker.output_encoding,
             max_body_bytes: limits.max_body_bytes,

@@ -106,6 +106,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         output_encoding: settings.output_encoding,
         limits: settings.limits(),
         max_receives: settings.max_receives,
+        outage_hold: Duration::from_secs(settings.outage_hold_secs),
         ..WorkerConfig::default()
     }
 }

@@ -181,6 +181,7 @@ mod tests {
             postgres: Default::default(),
             mongo: Default::default(),
             timing_ms: Default::default(),
+            outages: Vec::new(),
         };
         let scores = [0.5, f64::INFINITY];
         let answer = answers(&spec, &[bundle], prepared, &scores, "1", &BTreeMap::new())

@@ -121,6 +121,32 @@ impl<R: ReferenceSource> ReferenceSource for CachedReference<R> {
     async fn ping(&self) -> Result<(), SourceError> {
         self.inner.ping().await
     }
+
+    /// Every cached entry, expired ones included: while PostgreSQL is down, a reference value
+    /// seen minutes ago is better than holding back the record (reference tables change
+    /// rarely), and it is what the worker answered with until then.
+    fn known(
+        &self,
+        lookups: &[LookupSpec],
+        keys: &[&[String]],
+    ) -> Vec<HashMap<String, Option<String>>> {
+        let entries = self
+            .entries
+            .lock()
+            .expect("the cache lock is never poisoned");
+        lookups
+            .iter()
+            .zip(keys)
+            .map(|(lookup, keys)| {
+                let Some(cached) = entries.get(&lookup_id(lookup)) else {
+                    return HashMap::new();
+                };
+                keys.iter()
+                    .filter_map(|k| cached.get(k).map(|e| (k.clone(), e.value.clone())))
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::source::{
-    DocumentSource, Enrichment, ProviderDoc, ReferenceSource, Refused, SourceError,
+    DocumentSource, Enrichment, ProviderDoc, ReferenceSource, Refused, SourceError, Unavailable,
 };
 use crate::spec::{DocumentSpec, LookupSpec, PipelineSpec};
 use crate::standardize::StandardBatch;
@@ -29,12 +29,14 @@ type DocumentAnswer = (HashMap<String, Vec<ProviderDoc>>, HashMap<String, String
 impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
     /// One round trip per source: every distinct key of the batch at once, both sources
     /// together. Returns what they found and the milliseconds each took (they run
-    /// concurrently). Fails only when a source is down.
+    /// concurrently). A source that is down does not fail the batch: what its keys need is
+    /// marked unavailable (PostgreSQL's cache still answers what it holds), so every record
+    /// that needs nothing from it can be answered.
     pub async fn enrich(
         &self,
         spec: &PipelineSpec,
         standard: &StandardBatch<'_>,
-    ) -> Result<(Enrichment, f64, f64), SourceError> {
+    ) -> (Enrichment, f64, f64) {
         let lookup_keys: Vec<&[String]> = standard.lookups.iter().map(|t| t.keys()).collect();
         let doc_keys: &[String] = standard
             .documents
@@ -46,24 +48,51 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
             let started = Instant::now();
             let found = if lookup_keys.iter().all(|k| k.is_empty()) {
                 let none = vec![HashMap::new(); spec.lookups.len()];
-                (none.clone(), none)
+                Ok((none.clone(), none))
             } else {
-                self.lookups(&spec.lookups, &lookup_keys).await?
+                self.lookups(&spec.lookups, &lookup_keys).await
             };
-            Ok::<_, SourceError>((found, ms_since(started)))
+            (found, ms_since(started))
         };
         let documents = async {
             let started = Instant::now();
             let found = match &spec.documents {
                 Some(docs) if !doc_keys.is_empty() => {
-                    self.provider_documents(docs, &paths, doc_keys).await?
+                    self.provider_documents(docs, &paths, doc_keys).await
                 }
-                _ => Default::default(),
+                _ => Ok(Default::default()),
             };
-            Ok((found, ms_since(started)))
+            (found, ms_since(started))
         };
-        let (((lookups, refused_lookups), t_postgres), ((documents, refused_documents), t_mongo)) =
-            tokio::try_join!(reference, documents)?;
+        let ((lookups, t_postgres), (documents, t_mongo)) = tokio::join!(reference, documents);
+        let mut unavailable = Unavailable {
+            lookups: vec![Default::default(); spec.lookups.len()],
+            ..Unavailable::default()
+        };
+        let (lookups, refused_lookups) = lookups.unwrap_or_else(|e| {
+            let known = self.reference.known(&spec.lookups, &lookup_keys);
+            let mut found = vec![HashMap::new(); spec.lookups.len()];
+            for (l, keys) in lookup_keys.iter().enumerate() {
+                for key in keys.iter() {
+                    match known.get(l).and_then(|k| k.get(key)) {
+                        Some(Some(value)) => {
+                            found[l].insert(key.clone(), value.clone());
+                        }
+                        Some(None) => {}
+                        None => {
+                            unavailable.lookups[l].insert(key.clone());
+                        }
+                    }
+                }
+            }
+            outage(&mut unavailable, &e);
+            (found, vec![HashMap::new(); spec.lookups.len()])
+        });
+        let (documents, refused_documents) = documents.unwrap_or_else(|e| {
+            unavailable.documents = doc_keys.iter().cloned().collect();
+            outage(&mut unavailable, &e);
+            Default::default()
+        });
         let enrichment = Enrichment {
             lookups,
             documents,
@@ -71,8 +100,9 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
                 lookups: refused_lookups,
                 documents: refused_documents,
             },
+            unavailable,
         };
-        Ok((enrichment, t_postgres, t_mongo))
+        (enrichment, t_postgres, t_mongo)
     }
 
     /// The reference values of every key; on an error that is not an outage, the keys at fault.
@@ -166,6 +196,13 @@ fn halves<T>(set: &[T]) -> Vec<&[T]> {
     vec![a, b]
 }
 
+/// Notes a source that is down: its name and what its client said.
+fn outage(unavailable: &mut Unavailable, e: &SourceError) {
+    unavailable
+        .outages
+        .push((e.source_name(), crate::text::error_chain(e)));
+}
+
 fn warn_isolating(e: &SourceError, keys: usize) {
     tracing::warn!(
         source = e.source_name(),
@@ -182,6 +219,7 @@ fn ms_since(t: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
     use super::*;
     use crate::enrich::memory::{MemoryDocuments, MemoryReference};
@@ -193,7 +231,7 @@ mod tests {
             reference: MemoryReference {
                 tables: HashMap::from([("scanners".to_owned(), HashMap::from(scanners))]),
                 refuse: refuse.iter().map(|k| (*k).to_owned()).collect(),
-                down,
+                down: Arc::new(down.into()),
                 ..Default::default()
             },
             documents: MemoryDocuments::default(),

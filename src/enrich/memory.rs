@@ -3,7 +3,7 @@
 //! simply missing), and counting their round trips.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::source::{DocumentSource, ProviderDoc, ReferenceSource, SourceError};
@@ -17,10 +17,25 @@ pub struct MemoryReference {
     /// Keys the source answers an error for (as PostgreSQL does for a value it cannot compare):
     /// a call asking for any of them fails as a whole.
     pub refuse: HashSet<String>,
-    /// Whether the source is down: every call fails as an outage.
-    pub down: bool,
+    /// Whether the source is down: every call fails as an outage. Shared, so a test can bring
+    /// it back while the worker holds a batch.
+    pub down: Arc<AtomicBool>,
     /// Round trips made.
     pub calls: Arc<AtomicUsize>,
+}
+
+impl MemoryReference {
+    /// A source that is down until [`MemoryReference::set_down`] brings it back.
+    pub fn down() -> Self {
+        let source = Self::default();
+        source.set_down(true);
+        source
+    }
+
+    /// Takes the source down or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
 }
 
 impl ReferenceSource for MemoryReference {
@@ -30,7 +45,7 @@ impl ReferenceSource for MemoryReference {
         keys: &[&[String]],
     ) -> Result<Vec<HashMap<String, String>>, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down {
+        if self.down.load(Ordering::SeqCst) {
             return Err(SourceError::Postgres(sqlx::Error::PoolTimedOut));
         }
         if let Some(bad) = keys

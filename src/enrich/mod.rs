@@ -1,8 +1,9 @@
 //! Enrich: reference values from PostgreSQL and provider documents from MongoDB.
 //!
 //! Each source sits behind a one-method seam and is asked once per batch with every key the
-//! batch needs (`= ANY($1)`, `$in`), never once per record. A source that is down makes the
-//! whole batch retryable. A source that answers with an error while it stays reachable is asked
+//! batch needs (`= ANY($1)`, `$in`), never once per record. A source that is down marks the
+//! keys it was asked for unavailable (the PostgreSQL cache still answers what it holds), so
+//! only the bundles that need it are held and retried. A source that answers with an error while it stays reachable is asked
 //! again in halves until the keys at fault are found: their records get a per-record error and
 //! the rest of the batch goes on. A key that is simply absent becomes a per-record error later,
 //! in normalize.
@@ -17,4 +18,5 @@ pub mod source;
 pub use enricher::Enricher;
 pub use source::{
     DocumentSource, Enrichment, FieldValue, ProviderDoc, ReferenceSource, Refused, SourceError,
+    Unavailable,
 };

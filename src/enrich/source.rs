@@ -45,6 +45,38 @@ pub struct Enrichment {
     pub documents: HashMap<String, Vec<ProviderDoc>>,
     /// Keys a source answered with an error for, while it answered the others.
     pub refused: Refused,
+    /// Keys that could not be asked because their source was down.
+    pub unavailable: Unavailable,
+}
+
+/// Keys a source could not be asked about because it was down (and, for PostgreSQL, the
+/// reference cache did not hold them): their records are never answered as unknown; their
+/// bundles are held and tried again until the source is back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Unavailable {
+    /// Per spec lookup (in spec order): keys neither PostgreSQL nor its cache answered.
+    pub lookups: Vec<std::collections::HashSet<String>>,
+    /// Document keys MongoDB was not asked about.
+    pub documents: std::collections::HashSet<String>,
+    /// Each source that was down, with what its client reported.
+    pub outages: Vec<(&'static str, String)>,
+}
+
+impl Unavailable {
+    /// Whether key `key` of lookup `lookup` could not be asked.
+    pub fn lookup(&self, lookup: usize, key: &str) -> bool {
+        self.lookups
+            .get(lookup)
+            .is_some_and(|keys| keys.contains(key))
+    }
+
+    /// What a down source reported, by its name (`postgres`, `mongo`).
+    pub fn reason(&self, source: &str) -> &str {
+        self.outages
+            .iter()
+            .find(|(name, _)| *name == source)
+            .map_or("unavailable", |(_, reason)| reason.as_str())
+    }
 }
 
 /// Keys a source refused: it stayed reachable and answered every other key of the batch, so
@@ -190,6 +222,17 @@ pub trait ReferenceSource: Send + Sync {
 
     /// One cheap round trip that proves the source answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// What is known of the keys without asking the source (a cache's entries, however old),
+    /// per lookup: key -> value, `None` when the key is known to have no row. Used while the
+    /// source is down, to answer every record that needs nothing else. Default: nothing.
+    fn known(
+        &self,
+        lookups: &[LookupSpec],
+        _keys: &[&[String]],
+    ) -> Vec<HashMap<String, Option<String>>> {
+        vec![HashMap::new(); lookups.len()]
+    }
 }
 
 /// Provider documents, asked once per batch.

@@ -182,7 +182,10 @@ pub async fn raw<R: ReferenceSource, D: DocumentSource>(
         columns,
         rows: request_rows.into(),
     });
-    let prepared = prepare(spec, std::slice::from_ref(&bundle), enricher).await?;
+    let prepared = prepare(spec, std::slice::from_ref(&bundle), enricher).await;
+    if let Some(outage) = prepared.outage() {
+        anyhow::bail!("{source}: enrichment needed a source that was down ({outage}); train again once it is back");
+    }
     let plan = prepared
         .plans
         .into_iter()

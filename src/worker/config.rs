@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     /// its reason, instead of going round again; keep it below the queue's `maxReceiveCount`,
     /// so SQS's redrive (which attaches no reason) stays the last resort. 0 turns it off.
     pub max_receives: u32,
+    /// How long a batch holds bundles that wait for a source that is down, trying again about
+    /// every second, before it leaves them for redelivery.
+    pub outage_hold: Duration,
     /// Attempts per batch call before its entries are left for redelivery.
     pub send_attempts: u32,
     /// First back-off delay.
@@ -85,6 +88,7 @@ impl Default for WorkerConfig {
             output_encoding: ContentEncoding::Identity,
             limits: Limits::default(),
             max_receives: 4,
+            outage_hold: Duration::from_secs(30),
             send_attempts: Retry::default().attempts,
             backoff_base: Retry::default().base,
             backoff_max: Retry::default().max,

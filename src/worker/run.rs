@@ -53,6 +53,7 @@ where
         drop(tx);
         let batcher = tokio::spawn(Arc::clone(&self).batch_loop(rx));
         shutdown.cancelled().await;
+        self.state.stopping.cancel();
         tracing::info!(
             drain_timeout_s = self.config.drain_timeout.as_secs_f64(),
             "shutting down: receiving stopped, draining batches in hand"

@@ -10,6 +10,8 @@ use tokio::time::Instant as LoopInstant;
 /// What the worker's loops share with the health endpoints and task protection.
 #[derive(Debug)]
 pub struct WorkerState {
+    /// Cancelled when shutdown starts: held bundles are let go at once.
+    pub stopping: tokio_util::sync::CancellationToken,
     started: LoopInstant,
     last_beat_ms: AtomicU64,
     in_flight: AtomicUsize,
@@ -18,6 +20,7 @@ pub struct WorkerState {
 impl Default for WorkerState {
     fn default() -> Self {
         Self {
+            stopping: tokio_util::sync::CancellationToken::new(),
             started: LoopInstant::now(),
             last_beat_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),

@@ -12,7 +12,7 @@ use super::service::Worker;
 use crate::batch::{prepare, Coverage, PreparedBatch, Slot};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
-use crate::enrich::{DocumentSource, ReferenceSource, SourceError};
+use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::model::holder::LoadedModel;
 use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
 use crate::text::truncate_chars;
@@ -100,7 +100,6 @@ impl StepReport {
         m::messages_finished(self.deleted, self.dead_lettered, self.left);
         if self.retryable.is_some() {
             m::batch_retried();
-            return;
         }
         m::batch_predicted(self.records, self.predicted);
         for (kind, count) in &self.error_kinds {
@@ -132,10 +131,43 @@ impl Received {
     }
 }
 
+/// The first wait before trying held bundles again; it doubles up to [`HOLD_RETRY_MAX`].
+const HOLD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest wait between tries of held bundles: they are answered within about this long
+/// of their source's return.
+const HOLD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// How soon held bundles left for redelivery become visible again, in seconds.
+const REDELIVERY_DELAY_SECS: i32 = 5;
+
+/// Splits off the bundles whose records wait for a source that was down, with their messages;
+/// the ready ones keep their plans (their matrix rows are unchanged).
+fn hold_back(readable: Readable, prepared: &mut PreparedBatch) -> (Readable, Readable) {
+    let waiting = prepared.waiting();
+    if !waiting.contains(&true) {
+        return (readable, Readable::default());
+    }
+    let mut ready = Readable::default();
+    let mut held = Readable::default();
+    let plans = std::mem::take(&mut prepared.plans);
+    let bundles = readable.messages.into_iter().zip(readable.bundles);
+    for (((message, bundle), plan), wait) in bundles.zip(plans).zip(waiting) {
+        let into = if wait {
+            &mut held
+        } else {
+            prepared.plans.push(plan);
+            &mut ready
+        };
+        into.messages.push(message);
+        into.bundles.push(bundle);
+    }
+    (ready, held)
+}
+
 /// A bundle refused as a whole, with the stage that refused it; it goes to the dead-letter queue.
 type Refused = (Message, DecodeError, &'static str);
 
 /// The readable bundles of a batch, beside their messages.
+#[derive(Default)]
 struct Readable {
     messages: Vec<Message>,
     bundles: Vec<InputBundle>,
@@ -161,46 +193,91 @@ fn split_readable(batch: Vec<Received>) -> (Readable, Vec<Refused>) {
 }
 
 impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
-    /// Processes one batch of received messages end to end.
+    /// Processes one batch of received messages end to end. Bundles whose records wait for a
+    /// source that is down are held in hand (still invisible to other consumers) and tried
+    /// again every second or so, while every other bundle is answered at once; they are left
+    /// for redelivery only after `outage_hold`, or when the worker stops.
     pub async fn process(&self, batch: Vec<Received>) -> StepReport {
         let started = Instant::now();
         let mut report = StepReport {
             messages: batch.len(),
             ..StepReport::default()
         };
-        let (readable, mut refused) = split_readable(batch);
+        let (mut readable, refused) = split_readable(batch);
         report.records = readable.bundles.iter().map(InputBundle::len).sum();
+        self.dead_letter(refused, &mut report).await;
         // One model for the whole batch, even if a new version is swapped in meanwhile.
         let model = self.models.current();
         report.model_version = Some(model.version);
-        let prepared = match self.prepare(&model, &readable.bundles, &mut report).await {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                let tired = self.leave_for_redelivery(e, readable, &mut report);
-                refused.extend(tired);
-                self.dead_letter(refused, &mut report).await;
-                return report;
+        let held_since = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let mut prepared = self.prepare(&model, &readable.bundles, &mut report).await;
+            let outage = prepared.outage();
+            let (ready, waiting) = hold_back(readable, &mut prepared);
+            if !ready.messages.is_empty() {
+                self.finish(&model, ready, prepared, started, &mut report)
+                    .await;
             }
-        };
+            let Some(outage) = outage.filter(|_| !waiting.messages.is_empty()) else {
+                break;
+            };
+            if attempt == 0 {
+                tracing::warn!(
+                    error = %outage,
+                    held = waiting.messages.len(),
+                    "enrichment source unavailable; holding the bundles that need it and trying again"
+                );
+            }
+            if let Some(stopping) = self.keep_holding(held_since, attempt).await {
+                let tired = self
+                    .leave_for_redelivery(&outage, stopping, waiting, &mut report)
+                    .await;
+                self.dead_letter(tired, &mut report).await;
+                break;
+            }
+            attempt += 1;
+            readable = waiting;
+        }
+        report
+    }
+
+    /// Answers the ready bundles of a prepared batch: predict, send, delete, log, aggregates.
+    async fn finish(
+        &self,
+        model: &LoadedModel,
+        readable: Readable,
+        prepared: PreparedBatch,
+        started: Instant,
+        report: &mut StepReport,
+    ) {
         let (postgres, mongo) = (prepared.postgres, prepared.mongo);
-        let to_send = self.answer(
-            &model,
-            readable,
-            prepared,
-            started,
-            &mut refused,
-            &mut report,
-        );
-        self.dead_letter(refused, &mut report).await;
+        let mut refused = Vec::new();
+        let to_send = self.answer(model, readable, prepared, started, &mut refused, report);
+        self.dead_letter(refused, report).await;
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
         }
-        let accepted = self.send_answers(&to_send, &mut report).await;
-        self.delete_answered(&to_send, &accepted, &mut report).await;
-        log_answered(&to_send, &accepted, model.version, &mut report);
-        self.record_aggregates(&model, &to_send, &accepted, postgres, mongo)
+        let accepted = self.send_answers(&to_send, report).await;
+        self.delete_answered(&to_send, &accepted, report).await;
+        log_answered(&to_send, &accepted, model.version, report);
+        self.record_aggregates(model, &to_send, &accepted, postgres, mongo)
             .await;
-        report
+    }
+
+    /// Waits before the next try of held bundles. Returns `Some(stopping)` when holding ends
+    /// instead: the hold time is used up (`false`) or the worker is stopping (`true`).
+    async fn keep_holding(&self, started: tokio::time::Instant, attempt: u32) -> Option<bool> {
+        self.state.beat();
+        if started.elapsed() >= self.config.outage_hold {
+            return Some(false);
+        }
+        let delay = crate::queue::delivery::backoff(attempt, HOLD_RETRY_FIRST, HOLD_RETRY_MAX)
+            .min(self.config.outage_hold.saturating_sub(started.elapsed()));
+        tokio::select! {
+            () = self.state.stopping.cancelled() => Some(true),
+            () = tokio::time::sleep(delay) => None,
+        }
     }
 
     /// Standardizes, enriches and normalizes the readable bundles into one matrix.
@@ -209,53 +286,62 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         model: &LoadedModel,
         bundles: &[InputBundle],
         report: &mut StepReport,
-    ) -> Result<PreparedBatch, SourceError> {
-        let prepared = prepare(&model.artifact.spec, bundles, &self.enricher).await?;
+    ) -> PreparedBatch {
+        let prepared = prepare(&model.artifact.spec, bundles, &self.enricher).await;
         report.timing_ms.extend(prepared.timing_ms.clone());
         report.postgres = prepared.postgres;
         report.mongo = prepared.mongo;
-        Ok(prepared)
+        prepared
     }
 
-    /// A source is down: nothing is answered and the loop backs off; the readable messages
-    /// become visible again when their visibility runs out. A message already received
+    /// A source stayed down for the whole hold (or the worker is stopping): the held bundles
+    /// are made visible again soon (at once when stopping, so another worker takes them), not
+    /// after the whole visibility timeout, and the loop backs off. A message already received
     /// `max_receives` times is returned instead, to be dead-lettered with the reason before
     /// SQS's redrive would move it without one.
-    fn leave_for_redelivery(
+    async fn leave_for_redelivery(
         &self,
-        e: SourceError,
+        reason: &str,
+        stopping: bool,
         readable: Readable,
         report: &mut StepReport,
     ) -> Vec<Refused> {
-        let reason = crate::text::error_chain(&e);
+        let source = if reason.starts_with("mongo") {
+            "mongo"
+        } else {
+            "postgres"
+        };
         tracing::warn!(
             error = %reason,
             messages = readable.messages.len(),
-            "enrichment source unavailable; batch left for redelivery"
+            stopping,
+            "enrichment source still unavailable; bundles left for redelivery"
         );
         let max = self.config.max_receives;
         let mut tired = Vec::new();
-        let mut waiting = 0;
+        let mut waiting = Vec::new();
         for (message, bundle) in readable.messages.into_iter().zip(&readable.bundles) {
-            if max > 0 && message.receive_count >= max {
+            if max > 0 && message.receive_count >= max && !stopping {
                 let why = DecodeError {
                     bundle_id: Some(bundle.id().to_owned()),
                     reason: format!(
-                        "left unanswered on {} receives because {} was unavailable ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {0} is back",
+                        "left unanswered on {} receives because {source} was unavailable ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {source} is back",
                         message.receive_count,
-                        e.source_name()
                     ),
                 };
                 tired.push((message, why, "enrich"));
             } else {
-                waiting += 1;
+                waiting.push(message);
             }
         }
+        let delay = if stopping { 0 } else { REDELIVERY_DELAY_SECS };
+        let receipts: Vec<String> = waiting.iter().map(|m| m.receipt_handle.clone()).collect();
+        crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
         report.retryable = Some(Retryable::SourceUnavailable {
-            source: e.source_name(),
-            reason,
+            source,
+            reason: reason.to_owned(),
         });
-        report.left += waiting;
+        report.left += waiting.len();
         tired
     }
 
@@ -275,7 +361,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             .classifier
             .decision_values(std::mem::take(&mut prepared.matrix));
         report.timing_ms.insert("predict".into(), ms(t));
-        report.predicted = scores.len();
+        report.predicted += scores.len();
         for plan in prepared.plans.iter().flatten() {
             for slot in &plan.slots {
                 if let Slot::Failed(e) = slot {
@@ -334,7 +420,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             .collect();
         let accepted = send_all(&self.output, outgoing, &self.config.retry()).await;
         report.timing_ms.insert("send".into(), ms(t));
-        report.answered = accepted.len();
+        report.answered += accepted.len();
         report.left += to_send.len() - accepted.len();
         accepted
     }

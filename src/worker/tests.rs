@@ -10,8 +10,9 @@ use super::config::{Hooks, WorkerConfig};
 use super::heartbeat::Heartbeat;
 use super::service::Worker;
 use super::step::decode_all;
+use crate::enrich::cache::CachedReference;
 use crate::enrich::memory::{MemoryDocuments, MemoryReference};
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, ReferenceSource};
 use crate::model::artifact::test_artifact;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::memory_store::MemoryStore;
@@ -45,11 +46,11 @@ async fn worker_with(send_attempts: u32, reference: MemoryReference) -> TestWork
     worker_on(send_attempts, reference, MemoryDocuments::default()).await
 }
 
-async fn worker_on(
+async fn worker_on<R: ReferenceSource>(
     send_attempts: u32,
-    reference: MemoryReference,
+    reference: R,
     documents: MemoryDocuments,
-) -> TestWorker {
+) -> Worker<R, MemoryDocuments, MemoryQueue> {
     Worker {
         input: MemoryQueue::new("memory://input"),
         output: MemoryQueue::new("memory://output"),
@@ -80,7 +81,10 @@ fn seed_bundle(id: &str) -> String {
 }
 
 /// Pushes bodies to the input, receives them all, and runs one step on them.
-async fn step_on(w: &TestWorker, bodies: &[String]) -> super::StepReport {
+async fn step_on<R: ReferenceSource>(
+    w: &Worker<R, MemoryDocuments, MemoryQueue>,
+    bodies: &[String],
+) -> super::StepReport {
     for body in bodies {
         w.input.push(body.clone(), None);
     }
@@ -233,11 +237,7 @@ fn request_bundle(id: &str) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn a_bundle_held_back_by_an_outage_on_max_receives_is_dead_lettered_with_its_reason() {
-    let down = MemoryReference {
-        down: true,
-        ..MemoryReference::default()
-    };
-    let mut w = worker_with(2, down).await;
+    let mut w = worker_with(2, MemoryReference::down()).await;
     w.config.max_receives = 2;
     let report = step_on(&w, &[request_bundle("b-held")]).await;
     assert!(report.retryable.is_some());
@@ -311,4 +311,99 @@ async fn the_drain_ends_at_its_deadline_even_when_a_source_never_answers() {
         "nothing deleted: SQS redelivers it"
     );
     assert!(w.output.accepted().is_empty());
+}
+
+fn request_bundle_with(id: &str, scanner: &str) -> String {
+    serde_json::json!({
+        "bundle_id": id,
+        "columns": ["id", "note", "issuer", "scanner", "variance", "skewness"],
+        "rows": [["r-1", "SN-000001", "FRB", scanner, 1.0, 2.0]],
+    })
+    .to_string()
+}
+
+fn answered_bundle_ids(q: &MemoryQueue) -> Vec<String> {
+    q.accepted()
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+            v["bundle_id"]
+                .as_str()
+                .unwrap_or_else(|| v["batch_id"].as_str().unwrap())
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn during_an_outage_the_cache_answers_what_it_can_and_held_bundles_go_as_soon_as_it_returns()
+{
+    let postgres = MemoryReference::default();
+    let cached = CachedReference::new(postgres.clone(), Duration::from_secs(60));
+    let w = Arc::new(worker_on(2, cached, MemoryDocuments::default()).await);
+    // The cache learns sc-01 and FRB.
+    step_on(&w, &[request_bundle_with("b-warm", "sc-01")]).await;
+    postgres.set_down(true);
+    let back_at = Duration::from_secs(3);
+    let (w2, pg) = (Arc::clone(&w), postgres.clone());
+    let watcher = tokio::spawn(async move {
+        tokio::time::sleep(back_at).await;
+        let before = answered_bundle_ids(&w2.output);
+        pg.set_down(false);
+        before
+    });
+    let started = tokio::time::Instant::now();
+    let report = step_on(
+        &w,
+        &[
+            request_bundle_with("b-cached", "sc-01"),
+            seed_bundle("s-no-enrichment"),
+            request_bundle_with("b-new-scanner", "sc-77"),
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    let before_return = watcher.await.unwrap();
+    assert_eq!(
+        before_return,
+        ["b-warm", "b-cached", "s-no-enrichment"],
+        "answered while PostgreSQL was down"
+    );
+    assert_eq!(
+        answered_bundle_ids(&w.output),
+        ["b-warm", "b-cached", "s-no-enrichment", "b-new-scanner"]
+    );
+    assert!(
+        took >= back_at && took <= back_at + Duration::from_millis(1_100),
+        "the held bundle was answered {:?} after PostgreSQL returned",
+        took.saturating_sub(back_at)
+    );
+    assert_eq!(
+        (report.answered, report.left, report.dead_lettered),
+        (3, 0, 0)
+    );
+    assert!(report.retryable.is_none());
+    // The held bundle was never answered as an unknown scanner while the source was down.
+    let last: serde_json::Value =
+        serde_json::from_str(&w.output.accepted().last().unwrap().body).unwrap();
+    assert!(!last.to_string().contains("unavailable"), "{last}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_bundles_are_let_go_at_once_when_the_worker_stops() {
+    let w = worker_with(2, MemoryReference::down()).await;
+    let (state, stop_after) = (Arc::clone(&w.state), Duration::from_secs(2));
+    tokio::spawn(async move {
+        tokio::time::sleep(stop_after).await;
+        state.stopping.cancel();
+    });
+    let started = tokio::time::Instant::now();
+    let report = step_on(&w, &[request_bundle("b-held")]).await;
+    assert!(started.elapsed() < stop_after + Duration::from_millis(100));
+    assert_eq!(
+        (report.left, report.dead_lettered, report.answered),
+        (1, 0, 0)
+    );
+    assert!(w.output.accepted().is_empty());
+    assert!(w.input.deleted().is_empty(), "left for another worker");
 }
