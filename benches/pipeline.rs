@@ -77,7 +77,7 @@ fn prepare_batches(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::from_parameter(records),
             &bundles,
-            |b, bundles| b.iter(|| rt.block_on(prepare(&w.spec, bundles, &w.enricher)).unwrap()),
+            |b, bundles| b.iter(|| rt.block_on(prepare(&w.spec, bundles, &w.enricher))),
         );
     }
     group.finish();
@@ -154,6 +154,7 @@ fn enrichment_of(w: &Workload, rt: &Runtime, batch: &StandardBatch<'_>) -> Enric
             .block_on(w.enricher.documents.fetch(docs, &paths, doc_keys))
             .unwrap(),
         refused: Default::default(),
+        unavailable: Default::default(),
     }
 }
 

@@ -229,9 +229,7 @@ async fn a_reduced_feature_list_needs_only_a_spec_change() {
         .cloned()
         .map(ml_pipeline::bundle::InputBundle::Request)
         .collect();
-    let prepared = ml_pipeline::batch::prepare(&artifact.spec, &bundles, &loaded.enricher)
-        .await
-        .unwrap();
+    let prepared = ml_pipeline::batch::prepare(&artifact.spec, &bundles, &loaded.enricher).await;
     assert_eq!(prepared.matrix.ncols(), 3);
     assert_eq!(
         artifact.classifier().decision_values(prepared.matrix).len(),

@@ -96,9 +96,7 @@ impl Workload {
         rt: &Runtime,
         bundles: Vec<InputBundle>,
     ) -> Vec<Answer> {
-        let mut prepared = rt
-            .block_on(prepare(&self.spec, &bundles, &self.enricher))
-            .expect("in-memory sources always answer");
+        let mut prepared = rt.block_on(prepare(&self.spec, &bundles, &self.enricher));
         let scores = model.decision_values(std::mem::take(&mut prepared.matrix));
         let timing = prepared.timing_ms.clone();
         answers(&self.spec, &bundles, prepared, &scores, "bench", &timing)

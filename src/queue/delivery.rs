@@ -60,8 +60,8 @@ pub async fn send_all<Q: Queue>(
 ) -> Vec<usize> {
     let fifo = queue.is_fifo();
     for m in &mut messages {
-        m.dedup_id = m.dedup_id.take().filter(|_| fifo).map(|id| dedup_id(&id));
-        m.group_id = m.group_id.take().filter(|_| fifo);
+        m.dedup_id = m.dedup_id.take().filter(|_| fifo).map(|id| fifo_id(&id));
+        m.group_id = m.group_id.take().filter(|_| fifo).map(|id| fifo_id(&id));
     }
     let prepared = messages;
     let mut accepted = Vec::new();
@@ -187,11 +187,18 @@ where
     done
 }
 
-/// FIFO deduplication ids allow 128 characters of a limited alphabet; bundle ids may hold more.
-pub fn dedup_id(bundle_id: &str) -> String {
-    let clean: String = bundle_id.chars().filter(|c| c.is_ascii_graphic()).collect();
-    if clean.len() == bundle_id.len() && !clean.is_empty() {
-        clean
+/// The longest FIFO deduplication or group id.
+const MAX_FIFO_ID_CHARS: usize = 128;
+
+/// A valid FIFO deduplication or message group id for `bundle_id`: 1 to 128 printable ASCII
+/// characters (no spaces) are kept as they are; anything else becomes its lowercase hex
+/// SHA-256, the same for the same id.
+pub fn fifo_id(bundle_id: &str) -> String {
+    let valid = !bundle_id.is_empty()
+        && bundle_id.len() <= MAX_FIFO_ID_CHARS
+        && bundle_id.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        bundle_id.to_owned()
     } else {
         use sha2::Digest;
         format!("{:x}", sha2::Sha256::digest(bundle_id.as_bytes()))
@@ -203,11 +210,7 @@ fn chunks(messages: &[Outgoing], max_entries: usize, max_bytes: usize) -> Vec<Ve
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0;
     for (i, m) in messages.iter().enumerate() {
-        let size = m.body.len()
-            + m.attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let size = m.size();
         match out.last_mut() {
             Some(last) if last.len() < max_entries && bytes + size <= max_bytes => {
                 last.push(i);
@@ -246,9 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn dedup_ids_are_valid_for_fifo() {
-        assert_eq!(dedup_id("b-1"), "b-1");
-        let hashed = dedup_id("bundle with spaces é");
-        assert_eq!(hashed.len(), 64);
+    fn fifo_ids_are_valid_for_fifo() {
+        assert_eq!(fifo_id("b-1"), "b-1");
+        for invalid in ["bundle with spaces é", "", "tab\there", &"x".repeat(129)] {
+            let hashed = fifo_id(invalid);
+            assert_eq!(hashed.len(), 64, "{invalid:?}");
+            assert!(hashed.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_eq!(fifo_id(&"x".repeat(128)), "x".repeat(128));
     }
 }

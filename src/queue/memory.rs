@@ -201,6 +201,7 @@ impl Queue for MemoryQueue {
                     .map(|(_, v)| v.clone()),
                 sent_timestamp_ms: None,
                 receive_count: stored.receive_count,
+                group_id: None,
             });
             state.in_flight.insert(receipt, stored);
         }

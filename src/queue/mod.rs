@@ -9,5 +9,7 @@ pub mod sqs;
 
 pub use delivery::{delete_all, send_all, Retry};
 pub use memory::MemoryQueue;
-pub use seam::{EntryFailures, Message, Outgoing, Queue, QueueError, BUNDLE_ID_ATTRIBUTE};
+pub use seam::{
+    EntryFailures, Message, Outgoing, Queue, QueueError, BUNDLE_ID_ATTRIBUTE, MAX_SQS_MESSAGE_BYTES,
+};
 pub use sqs::{RedrivePolicy, SqsQueue};

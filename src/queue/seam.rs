@@ -23,6 +23,8 @@ pub struct Message {
     pub sent_timestamp_ms: Option<u64>,
     /// How many times it has been received, this time included.
     pub receive_count: u32,
+    /// FIFO queues: the message group it was sent in.
+    pub group_id: Option<String>,
 }
 
 /// A message to send.
@@ -37,6 +39,21 @@ pub struct Outgoing {
     pub dedup_id: Option<String>,
     /// FIFO queues: the message group; dropped on a standard queue.
     pub group_id: Option<String>,
+}
+
+/// The largest message SQS accepts: body and message attributes together, 256 KiB.
+pub const MAX_SQS_MESSAGE_BYTES: usize = 256 * 1024;
+
+impl Outgoing {
+    /// Its size as SQS counts it: the body, and each attribute's name, data type and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + "String".len() + v.len())
+                .sum::<usize>()
+    }
 }
 
 /// Per-entry failures of one batch call: the entry's index in the call, and SQS's reason.

@@ -101,6 +101,7 @@ impl Queue for SqsQueue {
             .message_attribute_names(CONTENT_ENCODING_ATTRIBUTE)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
             .await
             .map_err(|e| error("ReceiveMessage", &self.url, e))?;
@@ -123,6 +124,9 @@ impl Queue for SqsQueue {
                     sent_timestamp_ms: number(MessageSystemAttributeName::SentTimestamp),
                     receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
                         .unwrap_or(1) as u32,
+                    group_id: system
+                        .get(&MessageSystemAttributeName::MessageGroupId)
+                        .cloned(),
                 }
             })
             .collect())

@@ -63,7 +63,8 @@ impl Gathered {
         let started = Instant::now();
         let mut messages = std::mem::take(&mut more.messages).into_iter();
         let mut taken = 0;
-        while !(self.is_full(bounds) && !self.batch.is_empty()) {
+        // A batch always takes one bundle, however big (the decoding limits bound it).
+        while self.batch.is_empty() || !self.is_full(bounds) {
             let Some(message) = messages.next() else {
                 break;
             };
@@ -133,6 +134,7 @@ mod tests {
             content_encoding: None,
             sent_timestamp_ms: None,
             receive_count: 1,
+            group_id: None,
         }
     }
 

@@ -14,7 +14,9 @@ use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::model::holder::LoadedModel;
-use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
+use crate::queue::{
+    delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE, MAX_SQS_MESSAGE_BYTES,
+};
 use crate::text::truncate_chars;
 
 /// A received message and what decoding made of it.
@@ -253,12 +255,13 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     ) {
         let (postgres, mongo) = (prepared.postgres, prepared.mongo);
         let mut refused = Vec::new();
-        let to_send = self.answer(model, readable, prepared, started, &mut refused, report);
+        let (to_send, outgoing) =
+            self.answer(model, readable, prepared, started, &mut refused, report);
         self.dead_letter(refused, report).await;
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
         }
-        let accepted = self.send_answers(&to_send, report).await;
+        let accepted = self.send_answers(outgoing, report).await;
         self.delete_answered(&to_send, &accepted, report).await;
         log_answered(&to_send, &accepted, model.version, report);
         self.record_aggregates(model, &to_send, &accepted, postgres, mongo)
@@ -345,8 +348,8 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         tired
     }
 
-    /// Predicts the batch in one model call and builds one answer per readable bundle; bundles
-    /// the spec refuses join `refused`.
+    /// Predicts the batch in one model call and builds one answer per readable bundle, with its
+    /// message; bundles the spec refuses, and answers too large to send, join `refused`.
     fn answer(
         &self,
         model: &LoadedModel,
@@ -355,7 +358,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         started: Instant,
         refused: &mut Vec<Refused>,
         report: &mut StepReport,
-    ) -> Vec<(Message, Answer)> {
+    ) -> (Vec<(Message, Answer)>, Vec<Outgoing>) {
         let t = Instant::now();
         let scores = model
             .classifier
@@ -383,45 +386,40 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             &timing,
         );
         let mut to_send = Vec::with_capacity(results.len());
+        let mut outgoing = Vec::with_capacity(results.len());
         for (message, result) in readable.messages.into_iter().zip(results) {
-            match result {
-                Ok(answer) => to_send.push((message, answer)),
-                Err(e) => refused.push((message, e, "prepare")),
+            let answer = match result {
+                Ok(answer) => answer,
+                Err(e) => {
+                    refused.push((message, e, "prepare"));
+                    continue;
+                }
+            };
+            match answer_message(&message, &answer, self.config.output_encoding) {
+                Ok(out) => {
+                    outgoing.push(out);
+                    to_send.push((message, answer));
+                }
+                Err(reason) => {
+                    let e = DecodeError {
+                        bundle_id: Some(answer.bundle_id().to_owned()),
+                        reason,
+                    };
+                    refused.push((message, e, "answer"));
+                }
             }
         }
-        to_send
+        (to_send, outgoing)
     }
 
-    /// Sends the answers; returns the indexes accepted.
-    async fn send_answers(
-        &self,
-        to_send: &[(Message, Answer)],
-        report: &mut StepReport,
-    ) -> Vec<usize> {
+    /// Sends the answers' messages; returns the indexes accepted.
+    async fn send_answers(&self, outgoing: Vec<Outgoing>, report: &mut StepReport) -> Vec<usize> {
         let t = Instant::now();
-        let outgoing: Vec<Outgoing> = to_send
-            .iter()
-            .map(|(_, answer)| {
-                let (body, encoding) = encode_within_limit(answer, self.config.output_encoding);
-                let mut attributes = vec![(
-                    BUNDLE_ID_ATTRIBUTE.to_owned(),
-                    answer.bundle_id().to_owned(),
-                )];
-                if let Some(enc) = encoding.attribute() {
-                    attributes.push((CONTENT_ENCODING_ATTRIBUTE.to_owned(), enc.to_owned()));
-                }
-                Outgoing {
-                    body,
-                    attributes,
-                    dedup_id: Some(answer.bundle_id().to_owned()),
-                    group_id: Some(answer.bundle_id().to_owned()),
-                }
-            })
-            .collect();
+        let count = outgoing.len();
         let accepted = send_all(&self.output, outgoing, &self.config.retry()).await;
         report.timing_ms.insert("send".into(), ms(t));
         report.answered += accepted.len();
-        report.left += to_send.len() - accepted.len();
+        report.left += count - accepted.len();
         accepted
     }
 
@@ -511,12 +509,41 @@ fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str) -> Outgoing {
             truncate_chars(enc, 64),
         ));
     }
-    Outgoing {
+    let mut copy = Outgoing {
         body: m.body.clone(),
         attributes,
         dedup_id: Some(m.message_id.clone()),
-        group_id: Some("dead-letter".to_owned()),
+        group_id: Some(
+            m.group_id
+                .clone()
+                .unwrap_or_else(|| "dead-letter".to_owned()),
+        ),
+    };
+    fit_dead_letter(&mut copy);
+    copy
+}
+
+/// A body near SQS's limit leaves no room for the reason's attributes: the copy's body is then
+/// cut to fit, and the original's size and SHA-256 are added, so the reason is never lost and
+/// the producer can still find the message it sent.
+fn fit_dead_letter(copy: &mut Outgoing) {
+    if copy.size() <= MAX_SQS_MESSAGE_BYTES {
+        return;
     }
+    use sha2::Digest;
+    let original = copy.body.len();
+    let hash = format!("{:x}", sha2::Sha256::digest(copy.body.as_bytes()));
+    copy.attributes.extend([
+        ("original-size".to_owned(), original.to_string()),
+        ("original-sha256".to_owned(), hash),
+        ("body-truncated".to_owned(), "true".to_owned()),
+    ]);
+    let room = MAX_SQS_MESSAGE_BYTES - (copy.size() - original);
+    let mut cut = room.min(original);
+    while !copy.body.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    copy.body.truncate(cut);
 }
 
 /// One log line per bundle: answered (with its age), or left for redelivery.
@@ -562,23 +589,59 @@ fn bundle_span(
     )
 }
 
-/// The largest SQS message body we send, in bytes: 256 KiB (LocalStack's and SQS's long-standing
-/// limit) less room for attributes.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 - 4 * 1024;
-
-/// Encodes an answer; a plain answer too large for one message is sent gzip-compressed instead
-/// (consumers read all three forms, docs/contract.md section 4).
-fn encode_within_limit(answer: &Answer, configured: ContentEncoding) -> (String, ContentEncoding) {
-    let body = answer.encode(configured);
-    if body.len() <= MAX_MESSAGE_BYTES || configured != ContentEncoding::Identity {
-        return (body, configured);
+/// Encodes an answer into its message, with its attributes, within SQS's size limit. A plain
+/// answer too large for one message is sent compressed instead, gzip, or zstd when gzip is not
+/// enough (consumers read all three forms, docs/contract.md section 4); a compressed one too
+/// large is tried with zstd too. An answer that no encoding brings under the limit is refused
+/// with its size.
+fn answer_message(
+    message: &Message,
+    answer: &Answer,
+    configured: ContentEncoding,
+) -> Result<Outgoing, String> {
+    let mut tried = Vec::new();
+    let fallbacks = [ContentEncoding::Gzip, ContentEncoding::Zstd];
+    let encodings =
+        std::iter::once(configured).chain(fallbacks.into_iter().filter(|e| *e != configured));
+    for encoding in encodings {
+        let mut attributes = vec![(
+            BUNDLE_ID_ATTRIBUTE.to_owned(),
+            answer.bundle_id().to_owned(),
+        )];
+        if let Some(enc) = encoding.attribute() {
+            attributes.push((CONTENT_ENCODING_ATTRIBUTE.to_owned(), enc.to_owned()));
+        }
+        let outgoing = Outgoing {
+            body: answer.encode(encoding),
+            attributes,
+            dedup_id: Some(answer.bundle_id().to_owned()),
+            // The input's group, so a FIFO output keeps each group's order (docs/contract.md
+            // section 7); a bundle sent without one is its own group.
+            group_id: Some(
+                message
+                    .group_id
+                    .clone()
+                    .unwrap_or_else(|| answer.bundle_id().to_owned()),
+            ),
+        };
+        let size = outgoing.size();
+        if size <= MAX_SQS_MESSAGE_BYTES {
+            if encoding != configured {
+                tracing::info!(
+                    bundle_id = answer.bundle_id(),
+                    bytes = size,
+                    %encoding,
+                    "answer too large for one message as configured; sent compressed"
+                );
+            }
+            return Ok(outgoing);
+        }
+        tried.push(format!("{size} bytes as {encoding}"));
     }
-    tracing::info!(
-        bundle_id = answer.bundle_id(),
-        bytes = body.len(),
-        "answer too large for one plain message; sending it gzip-compressed"
-    );
-    (answer.encode(ContentEncoding::Gzip), ContentEncoding::Gzip)
+    Err(format!(
+        "the answer is too large for one SQS message ({}; the limit is {MAX_SQS_MESSAGE_BYTES} bytes with attributes): send this bundle's records in smaller bundles",
+        tried.join(", ")
+    ))
 }
 
 fn ms(t: Instant) -> f64 {
@@ -589,32 +652,112 @@ fn ms(t: Instant) -> f64 {
 mod tests {
     use super::*;
 
+    fn message(group: Option<&str>) -> Message {
+        Message {
+            message_id: "m-1".into(),
+            receipt_handle: "rh-1".into(),
+            body: String::new(),
+            content_encoding: None,
+            sent_timestamp_ms: None,
+            receive_count: 1,
+            group_id: group.map(str::to_owned),
+        }
+    }
+
+    fn answer(rows: usize, id_len: usize) -> Answer {
+        Answer::Request(crate::bundle::OutputBundle {
+            bundle_id: "b".into(),
+            model: "banknote".into(),
+            model_version: "1".into(),
+            columns: vec!["id".into(), "label".into(), "score".into()],
+            rows: (0..rows)
+                .map(|i| crate::bundle::OutputRow {
+                    id: format!("r-{i:0id_len$}"),
+                    label: "real".into(),
+                    score: i as f64 * 0.123_456_789,
+                    reported: Default::default(),
+                })
+                .collect(),
+            errors: vec![],
+            timing_ms: Default::default(),
+        })
+    }
+
     #[test]
-    fn a_large_plain_answer_is_compressed_and_a_small_one_is_not() {
-        let answer = |rows: usize| {
-            Answer::Request(crate::bundle::OutputBundle {
-                bundle_id: "b".into(),
-                model: "banknote".into(),
-                model_version: "1".into(),
-                columns: vec!["id".into(), "label".into(), "score".into()],
-                rows: (0..rows)
-                    .map(|i| crate::bundle::OutputRow {
-                        id: format!("r-{i:06}"),
-                        label: "real".into(),
-                        score: i as f64 * 0.123_456_789,
-                        reported: Default::default(),
-                    })
-                    .collect(),
-                errors: vec![],
-                timing_ms: Default::default(),
+    fn a_large_answer_is_compressed_and_one_too_large_even_then_is_refused_with_its_size() {
+        let small =
+            answer_message(&message(None), &answer(10, 6), ContentEncoding::Identity).unwrap();
+        assert_eq!(small.attributes.len(), 1, "no content-encoding: plain");
+        assert_eq!(small.group_id.as_deref(), Some("b"));
+        let big = answer(10_000, 6);
+        assert!(big.encode(ContentEncoding::Identity).len() > MAX_SQS_MESSAGE_BYTES);
+        let sent = answer_message(&message(Some("g-7")), &big, ContentEncoding::Identity).unwrap();
+        assert!(
+            sent.size() <= MAX_SQS_MESSAGE_BYTES,
+            "{} bytes",
+            sent.size()
+        );
+        assert_eq!(
+            sent.attributes[1],
+            (CONTENT_ENCODING_ATTRIBUTE.to_owned(), "gzip".to_owned())
+        );
+        assert_eq!(
+            sent.group_id.as_deref(),
+            Some("g-7"),
+            "the input's group is kept"
+        );
+        // Random-looking ids do not compress: too large in every encoding.
+        let ids: Vec<String> = (0..12_000u64)
+            .map(|i| {
+                format!(
+                    "{:016x}{:016x}",
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    i.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                )
             })
+            .collect();
+        let Answer::Request(mut huge) = answer(12_000, 6) else {
+            unreachable!()
         };
-        let (_, enc) = encode_within_limit(&answer(10), ContentEncoding::Identity);
-        assert_eq!(enc, ContentEncoding::Identity);
-        let big = answer(10_000);
-        assert!(big.encode(ContentEncoding::Identity).len() > MAX_MESSAGE_BYTES);
-        let (body, enc) = encode_within_limit(&big, ContentEncoding::Identity);
-        assert_eq!(enc, ContentEncoding::Gzip);
-        assert!(body.len() <= MAX_MESSAGE_BYTES, "{} bytes", body.len());
+        for (row, id) in huge.rows.iter_mut().zip(ids) {
+            row.id = id;
+        }
+        let why = answer_message(
+            &message(None),
+            &Answer::Request(huge),
+            ContentEncoding::Identity,
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("as gzip") && why.contains("as zstd") && why.contains("smaller bundles"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_copy_too_large_for_sqs_keeps_its_reason_and_names_the_original() {
+        let mut m = message(Some("g-1"));
+        m.body = "é".repeat(MAX_SQS_MESSAGE_BYTES / 2 - 10);
+        let e = DecodeError {
+            bundle_id: Some("b-big".into()),
+            reason: "r".repeat(5_000),
+        };
+        let copy = dead_letter_copy(&m, &e, "decode");
+        assert!(copy.size() <= MAX_SQS_MESSAGE_BYTES, "{}", copy.size());
+        let attribute = |name: &str| {
+            copy.attributes
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(attribute("error-reason").unwrap().len(), 1_000);
+        assert_eq!(attribute("bundle_id").as_deref(), Some("b-big"));
+        assert_eq!(attribute("original-size"), Some(m.body.len().to_string()));
+        assert_eq!(attribute("original-sha256").unwrap().len(), 64);
+        assert_eq!(attribute("body-truncated").as_deref(), Some("true"));
+        assert!(m.body.starts_with(&copy.body));
+        assert_eq!(copy.group_id.as_deref(), Some("g-1"));
+        let small = dead_letter_copy(&message(None), &e, "decode");
+        assert!(small.attributes.iter().all(|(k, _)| k != "body-truncated"));
     }
 }
