@@ -254,6 +254,11 @@ async fn hand_edited_versions_are_refused_by_promote_and_never_served() {
         ] {
             assert!(message.contains(&part), "{part:?} in {message}");
         }
+        assert_eq!(
+            message.matches("WeightedCombination").count(),
+            1,
+            "{message}"
+        );
         let alias = registry.alias("banknote", "production").await.unwrap();
         assert_eq!(alias.unwrap().record.version, v1, "promote left the alias");
     }

@@ -34,7 +34,11 @@ pub async fn list(registry: &Registry, name: &str) -> anyhow::Result<String> {
                 a.metrics.train_rows,
                 names.join(",")
             ),
-            Err(e) => format!("{v:>7}  unreadable: {e}  {}", names.join(",")),
+            Err(e) => format!(
+                "{v:>7}  refused: {}  {}",
+                crate::text::error_chain(&e),
+                names.join(",")
+            ),
         };
         writeln!(out, "{line}").expect("writing to a String");
     }

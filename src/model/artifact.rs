@@ -180,7 +180,7 @@ pub struct ModelArtifact {
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// Not JSON, or not an artifact.
-    #[error("model artifact is unreadable: {0}")]
+    #[error("model artifact is unreadable")]
     Unreadable(#[from] serde_json::Error),
     /// Written by a newer build.
     #[error("model artifact format {found} is newer than this build reads (up to {ARTIFACT_FORMAT}); upgrade the worker")]
@@ -189,7 +189,7 @@ pub enum ArtifactError {
         found: u32,
     },
     /// Its spec is inconsistent.
-    #[error("model artifact's pipeline spec is invalid: {0}")]
+    #[error("model artifact's pipeline spec is invalid")]
     Spec(#[from] SpecError),
     /// `model.json` is larger than the worker reads.
     #[error("model.json is {size} bytes or more, over the limit of {limit} bytes (ML_PIPELINE_MODEL_MAX_BYTES); train writes far smaller artifacts: check what was uploaded, or raise the limit if the model really is this large")]
@@ -202,10 +202,17 @@ pub enum ArtifactError {
     /// A field disagrees with the spec or with another field, or the reference set's decision
     /// values are not what the model computes.
     #[error("model artifact is inconsistent: {0}. This is not what train writes (the file was edited or damaged): publish a retrained version (ml-pipeline train) and promote that, or keep the alias on a version that loads")]
-    Field(#[from] FieldError),
+    Field(FieldError),
     /// The smoke prediction fails.
     #[error("model artifact is inconsistent: {0}")]
     Inconsistent(String),
+}
+
+impl From<FieldError> for ArtifactError {
+    /// The field error is the whole message, not a cause: it is said once.
+    fn from(e: FieldError) -> Self {
+        ArtifactError::Field(e)
+    }
 }
 
 #[derive(Deserialize)]

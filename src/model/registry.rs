@@ -58,7 +58,7 @@ pub enum RegistryError {
         key: String,
     },
     /// The artifact exists but cannot be served.
-    #[error("model {name} version {version}: {source}")]
+    #[error("model {name} version {version} cannot be served")]
     Artifact {
         /// The model name.
         name: String,

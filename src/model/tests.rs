@@ -232,10 +232,18 @@ async fn support_vectors_narrower_than_the_spec_are_refused() {
             "3 values wide"
         )
     );
-    let message = err.to_string();
-    for part in ["model banknote version 2", "publish a retrained version"] {
+    let message = crate::text::error_chain(&err);
+    for part in [
+        "model banknote version 2 cannot be served: model artifact is inconsistent: svm.sep_hyperplane.WeightedCombination: expected",
+        "publish a retrained version",
+    ] {
         assert!(message.contains(part), "{part:?} in {message}");
     }
+    assert_eq!(
+        message.matches("WeightedCombination").count(),
+        1,
+        "said once: {message}"
+    );
 }
 
 #[tokio::test]
@@ -344,7 +352,7 @@ async fn a_model_json_over_the_size_limit_is_refused() {
         }) => assert_eq!((s, limit), (size, size - 1)),
         other => panic!("{other:?}"),
     }
-    let err = limited.load("banknote", v1).await.unwrap_err().to_string();
+    let err = crate::text::error_chain(&limited.load("banknote", v1).await.unwrap_err());
     assert!(err.contains("ML_PIPELINE_MODEL_MAX_BYTES"), "{err}");
     let exact = registry.with_max_artifact_bytes(size);
     assert!(
