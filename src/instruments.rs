@@ -32,7 +32,8 @@ pub const BATCHES_RETRIED: &str = "ml_pipeline_batches_retried_total";
 pub const RECEIVE_ERRORS: &str = "ml_pipeline_receive_errors_total";
 /// Model versions swapped in after start.
 pub const MODEL_RELOADS: &str = "ml_pipeline_model_reloads_total";
-/// Model reloads that failed (the old version kept serving).
+/// Model reloads that failed (the old version kept serving), by cause: `refused` (once per alias
+/// write naming a version that does not validate) or `unavailable` (the registry unreadable).
 pub const MODEL_RELOAD_FAILURES: &str = "ml_pipeline_model_reload_failures_total";
 /// Records per batch.
 pub const BATCH_RECORDS: &str = "ml_pipeline_batch_records";
@@ -95,7 +96,7 @@ fn describe() {
     describe_counter!(MODEL_RELOADS, "Model versions swapped in after start.");
     describe_counter!(
         MODEL_RELOAD_FAILURES,
-        "Model reloads that failed; the previous version kept serving."
+        "Model reloads that failed, by cause: refused (a version that does not validate, once per alias write) or unavailable (the registry could not be read); the previous version kept serving."
     );
     describe_histogram!(BATCH_RECORDS, "Records per batch.");
     describe_histogram!(
@@ -190,7 +191,7 @@ pub fn model_serving(name: &str, version: u64, previous: Option<u64>) {
     gauge!(MODEL_INFO, "model" => name.to_owned(), "version" => version.to_string()).set(1.0);
 }
 
-/// A model reload failed.
-pub fn model_reload_failed() {
-    counter!(MODEL_RELOAD_FAILURES).increment(1);
+/// A model reload failed: `refused` or `unavailable`.
+pub fn model_reload_failed(cause: &'static str) {
+    counter!(MODEL_RELOAD_FAILURES, "cause" => cause).increment(1);
 }

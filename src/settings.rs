@@ -35,6 +35,9 @@ pub struct Settings {
     pub model_version: Option<u64>,
     /// How often the alias is polled for a new version, in seconds. Default 10.
     pub model_poll_secs: u64,
+    /// The largest `model.json` read, in bytes; a larger version is refused before it is read
+    /// whole. Default 16 MiB.
+    pub model_max_bytes: u64,
     /// Input queue URL or name. No default: required by the worker and `send`.
     pub input_queue: Option<String>,
     /// Output queue URL or name. No default: required by the worker.
@@ -130,6 +133,7 @@ impl Default for Settings {
             model_alias: "production".into(),
             model_version: None,
             model_poll_secs: 10,
+            model_max_bytes: crate::model::DEFAULT_MAX_ARTIFACT_BYTES,
             input_queue: None,
             output_queue: None,
             input_dlq: None,

@@ -85,7 +85,8 @@ pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     Ok(Registry::new(
         crate::aws::s3(&config, settings.s3_force_path_style),
         settings.require_bucket()?,
-    ))
+    )
+    .with_max_artifact_bytes(settings.model_max_bytes))
 }
 
 /// The worker's behaviour from the settings; `queue_visibility` is the input queue's own

@@ -1,5 +1,6 @@
 //! Training and the S3 registry on the real services: train, publish, list, promote, load through
-//! the holder, swap without restart, refuse corrupt artifacts, roll back, publish concurrently.
+//! the holder, swap without restart, refuse corrupt and hand-edited artifacts, roll back, publish
+//! concurrently.
 
 mod common;
 
@@ -10,8 +11,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use ml_pipeline::commands::models as commands;
 use ml_pipeline::model::holder::{ModelHolder, ModelSource, PollOutcome};
 use ml_pipeline::model::registry::version_key;
-use ml_pipeline::model::registry::Registry;
-use ml_pipeline::model::ModelArtifact;
+use ml_pipeline::model::registry::{Registry, RegistryError};
+use ml_pipeline::model::{ArtifactError, ModelArtifact};
 use ml_pipeline::spec::PipelineSpec;
 use ndarray::Array2;
 
@@ -181,6 +182,129 @@ async fn a_corrupt_version_is_refused_and_the_old_model_keeps_serving() {
     future["format"] = 99.into();
     let err = ModelArtifact::from_json(&serde_json::to_vec(&future).unwrap()).unwrap_err();
     assert!(err.to_string().contains("format 99 is newer"), "{err}");
+}
+
+/// `artifact`'s JSON as version `version` with its support vectors reshaped to `rows` x `cols`
+/// (the original values, 0.5 beyond them), as an operator's hand edit would.
+fn with_support(artifact: &ModelArtifact, version: u64, rows: usize, cols: usize) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(&artifact.to_json()).unwrap();
+    json["version"] = version.into();
+    let support = json
+        .pointer_mut("/svm/sep_hyperplane/WeightedCombination")
+        .unwrap();
+    let width = support["dim"][1].as_u64().unwrap() as usize;
+    let data: Vec<f64> = serde_json::from_value(support["data"].clone()).unwrap();
+    let reshaped: Vec<f64> = (0..rows * cols)
+        .map(|i| (i / cols, i % cols))
+        .map(|(r, c)| if c < width { data[r * width + c] } else { 0.5 })
+        .collect();
+    support["dim"] = serde_json::json!([rows, cols]);
+    support["data"] = serde_json::json!(reshaped);
+    serde_json::to_vec(&json).unwrap()
+}
+
+#[tokio::test]
+async fn hand_edited_versions_are_refused_by_promote_and_never_served() {
+    let registry = common::registry().await;
+    let (v1, good) = common::published(&registry).await;
+    let holder = ModelHolder::load(
+        registry.clone(),
+        "banknote",
+        ModelSource::Alias("production".into()),
+    )
+    .await
+    .unwrap();
+    let x = canonical_matrix();
+    let served_before = holder.current().classifier.decision_values(x.clone());
+    let s3 = ml_pipeline::aws::s3(&common::aws().await, true);
+    let bucket = registry.bucket().to_owned();
+    let upload = |version: u64, body: Vec<u8>| {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(version_key("banknote", version))
+            .body(ByteStream::from(body))
+            .send()
+    };
+    let rows = good.metrics.support_vectors;
+    upload(2, with_support(&good, 2, rows, 3)).await.unwrap();
+    upload(3, with_support(&good, 3, 10, 4)).await.unwrap();
+
+    // (version, what is expected, what was found)
+    let refusals = [
+        (
+            2,
+            "support vectors 4 values wide (one per feature in the spec)".to_owned(),
+            "3 values wide",
+        ),
+        (
+            3,
+            format!("{rows} support vectors (one per coefficient in svm.alpha above"),
+            "10",
+        ),
+    ];
+    for (version, expected, found) in refusals {
+        let err = commands::promote(&registry, "banknote", version, "production", false)
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        for part in [
+            format!("refusing to promote banknote version {version}"),
+            format!("svm.sep_hyperplane.WeightedCombination: expected {expected}"),
+            format!("found {found}. This is not what train writes"),
+        ] {
+            assert!(message.contains(&part), "{part:?} in {message}");
+        }
+        assert_eq!(
+            message.matches("WeightedCombination").count(),
+            1,
+            "{message}"
+        );
+        let alias = registry.alias("banknote", "production").await.unwrap();
+        assert_eq!(alias.unwrap().record.version, v1, "promote left the alias");
+    }
+
+    // Even an alias moved by hand does not make the holder serve it; the refusal is counted
+    // once, and later polls (a 304 on the same alias write) do not try it again.
+    registry
+        .set_alias("banknote", "production", 2, "promote")
+        .await
+        .unwrap();
+    let err = holder.poll_once().await.unwrap_err();
+    assert!(err.to_string().contains("version 2"), "{err}");
+    assert_eq!(holder.poll_once().await.unwrap(), PollOutcome::Unchanged);
+    assert_eq!((holder.failures(), holder.refused().await), (1, Some(2)));
+    let served = holder.current();
+    assert_eq!(served.version, v1);
+    let served_after = served.classifier.decision_values(x);
+    assert!(
+        served_before
+            .iter()
+            .zip(&served_after)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "version 1 keeps serving exactly as before"
+    );
+}
+
+#[tokio::test]
+async fn a_model_json_over_the_size_limit_is_refused_by_load_and_promote_on_s3() {
+    let registry = common::registry().await;
+    let (v1, _) = common::published(&registry).await;
+    let size = registry.artifact_bytes("banknote", v1).await.unwrap().len() as u64;
+    let s3 = ml_pipeline::aws::s3(&common::aws().await, true);
+    let limited = Registry::new(s3, registry.bucket()).with_max_artifact_bytes(size - 1);
+    match limited.load("banknote", v1).await {
+        Err(RegistryError::Artifact {
+            source: ArtifactError::TooLarge { size: found, limit },
+            ..
+        }) => assert_eq!((found, limit), (size, size - 1)),
+        other => panic!("expected a size refusal, got {other:?}"),
+    }
+    assert!(
+        commands::promote(&limited, "banknote", v1, "production", false)
+            .await
+            .is_err(),
+        "promote refuses it too"
+    );
 }
 
 #[tokio::test]

@@ -34,7 +34,11 @@ pub async fn list(registry: &Registry, name: &str) -> anyhow::Result<String> {
                 a.metrics.train_rows,
                 names.join(",")
             ),
-            Err(e) => format!("{v:>7}  unreadable: {e}  {}", names.join(",")),
+            Err(e) => format!(
+                "{v:>7}  refused: {}  {}",
+                crate::text::error_chain(&e),
+                names.join(",")
+            ),
         };
         writeln!(out, "{line}").expect("writing to a String");
     }
@@ -55,11 +59,13 @@ pub fn show(a: &ModelArtifact) -> String {
         "params": a.params,
         "metrics": a.metrics,
         "spec": a.spec,
+        "reference_rows": a.reference.as_ref().map(|r| r.rows.len()),
     });
     serde_json::to_string_pretty(&summary).expect("serializable")
 }
 
-/// Validates a version and points the alias at it.
+/// Validates a version (every check a worker runs before serving it, the reference set
+/// recomputed included) and points the alias at it.
 pub async fn promote(
     registry: &Registry,
     name: &str,
@@ -84,10 +90,15 @@ pub async fn promote(
         }
     }
     registry.set_alias(name, alias, version, "promote").await?;
-    Ok(format!(
+    let mut out = format!(
         "{name}: alias {alias} -> version {version} (CV accuracy {:.2}%)",
         candidate.metrics.cv_accuracy * 100.0
-    ))
+    );
+    if candidate.reference.is_none() {
+        write!(out, "\nwarning: version {version} has no reference set (it was written before they existed): its shapes were checked, its predictions could not be; retrain to get one")
+            .expect("writing to a String");
+    }
+    Ok(out)
 }
 
 /// Metrics side by side, then every spec difference.

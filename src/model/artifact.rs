@@ -3,6 +3,10 @@
 //! Its `format` field is read first, so a worker can still read old formats and refuses, with a
 //! clear error, a format newer than it knows. Floats round-trip bit for bit (serde_json's
 //! `float_roundtrip`), so a loaded model predicts exactly as the model it was saved from.
+//!
+//! [`ModelArtifact::validate`] is what every load and every promote runs: the spec, then every
+//! shape and number of the scaler and SVM ([`super::checks`]), the training parameters against
+//! the SVM, the reference set recomputed, and a smoke prediction on the spec's example row.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +16,18 @@ use linfa_svm::Svm;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use super::checks::{self, FieldError, FittedKernel, ReferenceSet};
 use super::classifier::Classifier;
 use crate::spec::{PipelineSpec, SpecError};
 
 /// The artifact format this build writes.
 pub const ARTIFACT_FORMAT: u32 = 1;
+
+/// The largest `model.json` read by default: 16 MiB (`ML_PIPELINE_MODEL_MAX_BYTES`). The fixture
+/// model (2 000 rows, 158 support vectors) is 26 kB; the largest `train` fits under its default
+/// kernel budget (about 23 000 rows, one coefficient each, every row a support vector) would be
+/// about 2.5 MB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 16 << 20;
 
 /// The SVM kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,13 +170,17 @@ pub struct ModelArtifact {
     pub crate_version: String,
     /// When it was trained.
     pub created_at: DateTime<Utc>,
+    /// Hold-out rows with their decision values, recomputed at every load and promote. Absent
+    /// in versions written before reference sets existed: those are served with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceSet>,
 }
 
 /// Why an artifact cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// Not JSON, or not an artifact.
-    #[error("model artifact is unreadable: {0}")]
+    #[error("model artifact is unreadable")]
     Unreadable(#[from] serde_json::Error),
     /// Written by a newer build.
     #[error("model artifact format {found} is newer than this build reads (up to {ARTIFACT_FORMAT}); upgrade the worker")]
@@ -174,11 +189,30 @@ pub enum ArtifactError {
         found: u32,
     },
     /// Its spec is inconsistent.
-    #[error("model artifact's pipeline spec is invalid: {0}")]
+    #[error("model artifact's pipeline spec is invalid")]
     Spec(#[from] SpecError),
-    /// Scaler, SVM and spec disagree, or the smoke prediction fails.
+    /// `model.json` is larger than the worker reads.
+    #[error("model.json is {size} bytes or more, over the limit of {limit} bytes (ML_PIPELINE_MODEL_MAX_BYTES); train writes far smaller artifacts: check what was uploaded, or raise the limit if the model really is this large")]
+    TooLarge {
+        /// Its size (Content-Length), or the bytes read when the limit was crossed.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A field disagrees with the spec or with another field, or the reference set's decision
+    /// values are not what the model computes.
+    #[error("model artifact is inconsistent: {0}. This is not what train writes (the file was edited or damaged): publish a retrained version (ml-pipeline train) and promote that, or keep the alias on a version that loads")]
+    Field(FieldError),
+    /// The smoke prediction fails.
     #[error("model artifact is inconsistent: {0}")]
     Inconsistent(String),
+}
+
+impl From<FieldError> for ArtifactError {
+    /// The field error is the whole message, not a cause: it is said once.
+    fn from(e: FieldError) -> Self {
+        ArtifactError::Field(e)
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,19 +242,22 @@ impl ModelArtifact {
         Classifier::new(self.scaler.clone(), self.svm.clone())
     }
 
-    /// Checks the spec, the shapes, and a smoke prediction on the spec's example row.
+    /// Checks everything a served version needs (docs/contract.md section 6): the spec, every
+    /// shape and number of the scaler and SVM against the spec and each other, the training
+    /// parameters against the SVM, the reference set when there is one, and a smoke prediction
+    /// on the spec's example row.
     pub fn validate(&self) -> Result<(), ArtifactError> {
         self.spec.validate()?;
         let n = self.spec.features.len();
-        if self.scaler.offsets().len() != n || self.scaler.scales().len() != n {
-            return Err(ArtifactError::Inconsistent(format!(
-                "the scaler has {} features, the spec {n}",
-                self.scaler.offsets().len()
-            )));
+        checks::scaler(n, &self.scaler)?;
+        let fitted = checks::svm(n, &self.svm)?;
+        self.check_params(fitted)?;
+        let classifier = self.classifier();
+        if let Some(reference) = &self.reference {
+            checks::reference(n, reference, &classifier)?;
         }
         let example = Array2::from_shape_vec((1, n), self.spec.example_features.clone())
             .map_err(|e| ArtifactError::Inconsistent(e.to_string()))?;
-        let classifier = self.classifier();
         let score =
             std::panic::catch_unwind(|| classifier.decision_values(example)).map_err(|_| {
                 ArtifactError::Inconsistent(
@@ -235,12 +272,42 @@ impl ModelArtifact {
         }
         Ok(())
     }
+
+    /// The kernel and width recorded in `params` are the ones the SVM computes.
+    fn check_params(&self, fitted: FittedKernel) -> Result<(), FieldError> {
+        let (kernel, width) = match fitted {
+            FittedKernel::Linear => (Kernel::Linear, None),
+            FittedKernel::Gaussian { width } => (Kernel::Gaussian, Some(width)),
+        };
+        if self.params.kernel != kernel {
+            return Err(FieldError {
+                field: "params.kernel".into(),
+                expected: format!("{kernel} (the kernel in svm.kernel_method)"),
+                found: self.params.kernel.to_string(),
+            });
+        }
+        if width.is_some() && self.params.kernel_width != width {
+            let show = |w: Option<f64>| w.map_or("none".to_owned(), |w| w.to_string());
+            return Err(FieldError {
+                field: "params.kernel_width".into(),
+                expected: format!("{} (the width in svm.kernel_method.Gaussian)", show(width)),
+                found: show(self.params.kernel_width),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A small linear model of the banknote spec, fitted on two separable blobs of four features:
 /// vectors near (1, 1, 1, 1) are "real", near (-1, -1, -1, -1) "fake". For unit tests.
 #[cfg(test)]
 pub(crate) fn test_artifact() -> ModelArtifact {
+    test_artifact_with(Kernel::Linear)
+}
+
+/// [`test_artifact`] with another kernel; its reference set is the first 8 rows.
+#[cfg(test)]
+pub(crate) fn test_artifact_with(kernel: Kernel) -> ModelArtifact {
     let n = 60;
     let x = ndarray::Array2::from_shape_fn((n, 4), |(i, j)| {
         let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
@@ -249,9 +316,10 @@ pub(crate) fn test_artifact() -> ModelArtifact {
     let y: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
     let params = TrainParams {
         folds: 2,
-        ..TrainParams::with_kernel(Kernel::Linear)
+        ..TrainParams::with_kernel(kernel)
     };
     let classifier = crate::train::fit::fit(&x, &y, &params).expect("separable data fits");
+    let reference = ReferenceSet::compute(&classifier, x.slice(ndarray::s![..8, ..]).to_owned());
     ModelArtifact {
         format: ARTIFACT_FORMAT,
         name: "banknote".into(),
@@ -266,5 +334,6 @@ pub(crate) fn test_artifact() -> ModelArtifact {
         data_source: "unit test".into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
         created_at: chrono::Utc::now(),
+        reference: Some(reference),
     }
 }

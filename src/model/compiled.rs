@@ -17,27 +17,54 @@ use linfa_svm::Svm;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use serde::Deserialize;
 
-/// The SVM's serde form: the fields the decision value needs.
+/// linfa's threshold on a coefficient: a support vector counts when its |alpha| is above it,
+/// and support vectors are paired, in order, with the coefficients above it.
+pub(crate) const SUPPORT_THRESHOLD: f64 = 100.0 * f64::EPSILON;
+
+/// The SVM's serde form: the fields the decision value needs (also what the artifact's checks
+/// read, in `super::checks`).
 #[derive(Deserialize)]
-struct SvmParts {
-    alpha: Vec<f64>,
-    rho: f64,
-    kernel_method: KernelMethod,
-    sep_hyperplane: Hyperplane,
+pub(crate) struct SvmParts {
+    /// One coefficient per training row; those above [`SUPPORT_THRESHOLD`] belong to a support
+    /// vector.
+    pub(crate) alpha: Vec<f64>,
+    /// The offset subtracted from the weighted sum.
+    pub(crate) rho: f64,
+    /// The kernel.
+    pub(crate) kernel_method: KernelMethod,
+    /// The weights (linear) or the support vectors (any other kernel).
+    pub(crate) sep_hyperplane: Hyperplane,
 }
 
+/// linfa's kernel, by its serde name.
 #[derive(Deserialize)]
-enum KernelMethod {
+pub(crate) enum KernelMethod {
+    /// `exp(-|x - x'|^2 / width)`.
     Gaussian(f64),
+    /// `x . x'`.
     Linear,
+    /// Never written by `train`.
     #[allow(dead_code)]
     Polynomial(f64, f64),
 }
 
+/// linfa's separating hyperplane, by its serde name.
 #[derive(Deserialize)]
-enum Hyperplane {
+pub(crate) enum Hyperplane {
+    /// One weight per feature.
     Linear(Array1<f64>),
+    /// The support vectors, one per row.
     WeightedCombination(Array2<f64>),
+}
+
+impl SvmParts {
+    /// The parts of a fitted SVM, read through its serde form; None when the form is not
+    /// linfa-svm 0.8's.
+    pub(crate) fn of(svm: &Svm<f64, bool>) -> Option<Self> {
+        serde_json::to_value(svm)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+    }
 }
 
 /// A decision function ready for the hot path.
@@ -72,10 +99,7 @@ pub enum Compiled {
 impl Compiled {
     /// Compiles a fitted scaler and SVM; `Fallback` when the SVM's form is not understood.
     pub fn new(scaler: &LinearScaler<f64>, svm: &Svm<f64, bool>) -> Self {
-        let Some(parts) = serde_json::to_value(svm)
-            .ok()
-            .and_then(|v| serde_json::from_value::<SvmParts>(v).ok())
-        else {
+        let Some(parts) = SvmParts::of(svm) else {
             return Self::Fallback;
         };
         let n = scaler.offsets().len();
@@ -102,7 +126,7 @@ impl Compiled {
                     .alpha
                     .iter()
                     .copied()
-                    .filter(|a| a.abs() > 100.0 * f64::EPSILON)
+                    .filter(|a| a.abs() > SUPPORT_THRESHOLD)
                     .take(support.nrows())
                     .collect();
                 let support = support

@@ -2,9 +2,17 @@
 //! restart.
 //!
 //! It polls the alias with a conditional GET (an unchanged alias answers 304, no body), loads
-//! and validates a new version off the hot path, smoke-tests it on the spec's example row, and
+//! and validates a new version off the hot path (every check of `ModelArtifact::validate`), and
 //! swaps it in atomically. A batch holds an `Arc` of the model it started with, so it finishes on
-//! that model. A version that fails to load is logged and counted, and the old one keeps serving.
+//! that model.
+//!
+//! When the reload fails the old version keeps serving, and the failure is counted
+//! (`ml_pipeline_model_reload_failures_total`) and logged where it happens, in `poll_once`:
+//! - a version that is refused (it does not validate, is another model, or does not exist) is
+//!   logged once at ERROR, naming the alias, the version and what is wrong. The alias write that
+//!   named it is remembered, so later polls cost a 304 and neither retry, log nor count it again;
+//!   a new promote (even of the same version) is tried afresh.
+//! - a registry that cannot be read is logged at WARN on each poll, and the next poll retries.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,9 +65,33 @@ pub struct ModelHolder {
     name: String,
     source: ModelSource,
     current: ArcSwap<LoadedModel>,
-    etag: Mutex<Option<String>>,
+    /// Held for a whole poll, so polls never overlap.
+    poll: Mutex<PollState>,
     reloads: AtomicU64,
     failures: AtomicU64,
+}
+
+/// What polls remember of the alias.
+#[derive(Debug, Default)]
+struct PollState {
+    /// The ETag of the alias write last acted on (swapped in, or refused): while the alias still
+    /// has it, a poll costs a 304 and does nothing.
+    etag: Option<String>,
+    /// The version that write names, when it was refused.
+    refused: Option<u64>,
+}
+
+/// Why a poll did not swap.
+enum PollFailure {
+    /// The version the alias names cannot be served; not tried again until the alias is rewritten.
+    Refused {
+        /// The version.
+        version: u64,
+        /// Why.
+        error: RegistryError,
+    },
+    /// The registry could not be read; the next poll tries again.
+    Unavailable(RegistryError),
 }
 
 /// What one poll did.
@@ -102,13 +134,17 @@ impl ModelHolder {
             load_ms = started.elapsed().as_secs_f64() * 1e3,
             "model loaded"
         );
+        warn_without_reference(name, version, &artifact);
         crate::instruments::model_serving(name, version, None);
         Ok(Self {
             registry,
             name: name.to_owned(),
             source,
             current: ArcSwap::from_pointee(LoadedModel::new(version, artifact)),
-            etag: Mutex::new(etag),
+            poll: Mutex::new(PollState {
+                etag,
+                refused: None,
+            }),
             reloads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         })
@@ -124,48 +160,88 @@ impl ModelHolder {
         self.reloads.load(Ordering::Relaxed)
     }
 
-    /// Failed reloads so far (the old model kept serving).
+    /// Failed reloads so far (the old model kept serving): each refused alias write once, each
+    /// poll that could not read the registry once.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Checks the alias once and swaps in a new version when it moved. Any failure (S3
-    /// unreachable, a version that does not load) is counted; the current model keeps serving.
-    pub async fn poll_once(&self) -> Result<PollOutcome, RegistryError> {
-        let outcome = self.try_poll().await;
-        if outcome.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            crate::instruments::model_reload_failed();
-        }
-        outcome
+    /// The version the alias names that was refused, while the alias still names it.
+    pub async fn refused(&self) -> Option<u64> {
+        self.poll.lock().await.refused
     }
 
-    async fn try_poll(&self) -> Result<PollOutcome, RegistryError> {
+    /// Checks the alias once and swaps in a new version when it moved. A failure is counted and
+    /// logged here (see the module doc); the current model keeps serving.
+    pub async fn poll_once(&self) -> Result<PollOutcome, RegistryError> {
         let ModelSource::Alias(alias) = &self.source else {
             return Ok(PollOutcome::Unchanged);
         };
-        let mut etag = self.etag.lock().await;
-        let state = match self
+        let mut state = self.poll.lock().await;
+        let failure = match self.try_poll(alias, &mut state).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(failure) => failure,
+        };
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let serving = self.current.load().version;
+        match failure {
+            PollFailure::Refused { version, error } => {
+                crate::instruments::model_reload_failed("refused");
+                tracing::error!(model = %self.name, alias = %alias, model_version = version, serving, error = %crate::text::error_chain(&error), "model version refused: the current version keeps serving; point the alias at a version that loads");
+                Err(error)
+            }
+            PollFailure::Unavailable(error) => {
+                crate::instruments::model_reload_failed("unavailable");
+                tracing::warn!(model = %self.name, alias = %alias, serving, error = %crate::text::error_chain(&error), "model registry unreadable: the current version keeps serving, the next poll tries again");
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_poll(
+        &self,
+        alias: &str,
+        state: &mut PollState,
+    ) -> Result<PollOutcome, PollFailure> {
+        let read = self
             .registry
-            .alias_if_changed(&self.name, alias, etag.as_deref())
-            .await?
-        {
+            .alias_if_changed(&self.name, alias, state.etag.as_deref())
+            .await
+            .map_err(PollFailure::Unavailable)?;
+        let alias_state = match read {
             AliasPoll::Unchanged => return Ok(PollOutcome::Unchanged),
-            AliasPoll::Changed(state) => state,
+            AliasPoll::Changed(alias_state) => alias_state,
         };
         let from = self.current.load().version;
-        let to = state.record.version;
+        let to = alias_state.record.version;
         if to == from {
-            *etag = Some(state.etag);
+            *state = PollState {
+                etag: Some(alias_state.etag),
+                refused: None,
+            };
             return Ok(PollOutcome::Unchanged);
         }
         // Loading and validating happen here, off the hot path; only the swap touches `current`.
-        // On failure the ETag is not remembered, so the next poll tries again.
         let started = std::time::Instant::now();
-        let artifact = self.registry.load(&self.name, to).await?;
+        let artifact = match self.registry.load(&self.name, to).await {
+            Ok(artifact) => artifact,
+            Err(error) if error.is_version_fault() => {
+                *state = PollState {
+                    etag: Some(alias_state.etag),
+                    refused: Some(to),
+                };
+                return Err(PollFailure::Refused { version: to, error });
+            }
+            // The ETag is not remembered, so the next poll tries again.
+            Err(error) => return Err(PollFailure::Unavailable(error)),
+        };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        warn_without_reference(&self.name, to, &artifact);
         self.current.store(Arc::new(LoadedModel::new(to, artifact)));
-        *etag = Some(state.etag);
+        *state = PollState {
+            etag: Some(alias_state.etag),
+            refused: None,
+        };
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(model = %self.name, from, to, load_ms, "model version swapped in");
         crate::instruments::model_serving(&self.name, to, Some(from));
@@ -186,13 +262,23 @@ impl ModelHolder {
                 _ = ticker.tick() => {}
             }
             // A poll in flight is abandoned at shutdown: the swap happens only at its end.
-            let polled = tokio::select! {
+            // Failures were counted and logged by `poll_once`.
+            tokio::select! {
                 () = cancel.cancelled() => return,
-                polled = self.poll_once() => polled,
-            };
-            if let Err(e) = polled {
-                tracing::error!(model = %self.name, serving = self.current.load().version, error = %crate::text::error_chain(&e), "model reload failed; the current version keeps serving");
+                _ = self.poll_once() => {}
             }
         }
+    }
+}
+
+/// A version written before reference sets existed passed every check but the one on what it
+/// computes: serving it is allowed (backward compatibility), with a warning once per load.
+fn warn_without_reference(name: &str, version: u64, artifact: &ModelArtifact) {
+    if artifact.reference.is_none() {
+        tracing::warn!(
+            model = name,
+            model_version = version,
+            "model version has no reference set (written before they existed): its shapes were checked, its predictions could not be; retrain to get one"
+        );
     }
 }

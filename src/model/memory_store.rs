@@ -79,6 +79,7 @@ impl ModelStore for MemoryStore {
         key: &'a str,
         version_id: Option<&'a str>,
         if_none_match: Option<&'a str>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<Got, StoreError>> {
         async move {
             let mut state = self.lock();
@@ -91,6 +92,14 @@ impl ModelStore for MemoryStore {
             .clone();
             if if_none_match == Some(etag(&stored).as_str()) {
                 return Ok(Got::NotModified);
+            }
+            if stored.bytes.len() as u64 > max_bytes {
+                return Err(StoreError::TooLarge {
+                    location: self.location.clone(),
+                    key: key.to_owned(),
+                    size: stored.bytes.len() as u64,
+                    limit: max_bytes,
+                });
             }
             state.gets += 1;
             Ok(Got::Object {

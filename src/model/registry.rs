@@ -11,12 +11,15 @@ use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::artifact::{ArtifactError, ModelArtifact};
+use super::artifact::{ArtifactError, ModelArtifact, DEFAULT_MAX_ARTIFACT_BYTES};
 use super::s3_store::S3Store;
 use super::store::{Got, ModelStore, Put, StoreError};
 
 /// How many times a publisher retries after losing a version number to another publisher.
 const PUBLISH_ATTEMPTS: u32 = 32;
+
+/// The largest alias object read: a record is about 120 bytes.
+const ALIAS_MAX_BYTES: u64 = 64 << 10;
 
 /// What an alias object holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,7 +58,7 @@ pub enum RegistryError {
         key: String,
     },
     /// The artifact exists but cannot be served.
-    #[error("model {name} version {version}: {source}")]
+    #[error("model {name} version {version} cannot be served")]
     Artifact {
         /// The model name.
         name: String,
@@ -69,10 +72,27 @@ pub enum RegistryError {
     Invalid(String),
 }
 
+impl RegistryError {
+    /// Whether a version's load failed because of the version itself (it does not validate, is
+    /// another model, or does not exist): loading it again cannot help, only pointing the alias
+    /// at another version can.
+    pub fn is_version_fault(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Artifact { .. }
+                | RegistryError::Invalid(_)
+                | RegistryError::NotFound { .. }
+        )
+    }
+}
+
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { location, key } => RegistryError::NotFound { location, key },
+            too_large @ StoreError::TooLarge { .. } => {
+                RegistryError::Invalid(too_large.to_string())
+            }
             other => RegistryError::Store(other),
         }
     }
@@ -82,6 +102,8 @@ impl From<StoreError> for RegistryError {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Arc<dyn ModelStore>,
+    /// The largest `model.json` read, in bytes.
+    max_artifact_bytes: u64,
 }
 
 /// The key of a version's artifact.
@@ -102,7 +124,19 @@ impl Registry {
 
     /// A registry over any store (an in-memory one in unit tests).
     pub fn with_store(store: Arc<dyn ModelStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+        }
+    }
+
+    /// The same registry refusing any `model.json` over `limit` bytes (default
+    /// [`DEFAULT_MAX_ARTIFACT_BYTES`]).
+    pub fn with_max_artifact_bytes(self, limit: u64) -> Self {
+        Self {
+            max_artifact_bytes: limit,
+            ..self
+        }
     }
 
     /// The bucket name.
@@ -184,12 +218,27 @@ impl Registry {
         Ok(out)
     }
 
-    /// The raw bytes of a version's artifact.
+    /// The raw bytes of a version's artifact; refused, without reading it whole, when it is
+    /// over the size limit.
     pub async fn artifact_bytes(&self, name: &str, version: u64) -> Result<Vec<u8>, RegistryError> {
-        self.get(&version_key(name, version), None).await
+        let key = version_key(name, version);
+        match self
+            .store
+            .get(&key, None, None, self.max_artifact_bytes)
+            .await
+        {
+            Ok(Got::Object { bytes, .. }) => Ok(bytes),
+            Ok(Got::NotModified) => unreachable!("no ETag was given"),
+            Err(StoreError::TooLarge { size, limit, .. }) => Err(RegistryError::Artifact {
+                name: name.to_owned(),
+                version,
+                source: ArtifactError::TooLarge { size, limit },
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Loads and validates a version.
+    /// Loads a version and validates it (docs/contract.md section 6).
     pub async fn load(&self, name: &str, version: u64) -> Result<ModelArtifact, RegistryError> {
         let bytes = self.artifact_bytes(name, version).await?;
         let artifact =
@@ -209,8 +258,13 @@ impl Registry {
         Ok(artifact)
     }
 
-    async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Vec<u8>, RegistryError> {
-        match self.store.get(key, version_id, None).await? {
+    /// One stored version of an alias object.
+    async fn alias_bytes(&self, key: &str, version_id: &str) -> Result<Vec<u8>, RegistryError> {
+        match self
+            .store
+            .get(key, Some(version_id), None, ALIAS_MAX_BYTES)
+            .await?
+        {
             Got::Object { bytes, .. } => Ok(bytes),
             Got::NotModified => unreachable!("no ETag was given"),
         }
@@ -238,7 +292,7 @@ impl Registry {
         etag: Option<&str>,
     ) -> Result<AliasPoll, RegistryError> {
         let key = alias_key(name, alias);
-        match self.store.get(&key, None, etag).await? {
+        match self.store.get(&key, None, etag, ALIAS_MAX_BYTES).await? {
             Got::NotModified => Ok(AliasPoll::Unchanged),
             Got::Object { bytes, etag } => {
                 let record = parse_alias(self.store.location(), &key, &bytes)?;
@@ -278,7 +332,7 @@ impl Registry {
         entries.sort_by_key(|v| v.last_modified_ms);
         let mut records = Vec::with_capacity(entries.len());
         for v in entries {
-            let bytes = self.get(&key, Some(&v.version_id)).await?;
+            let bytes = self.alias_bytes(&key, &v.version_id).await?;
             records.push(parse_alias(self.store.location(), &key, &bytes)?);
         }
         // Same-second writes share a LastModified; the records' own times order them.

@@ -1,5 +1,7 @@
 //! The model store over `aws-sdk-s3`: a bucket with object versioning, conditional writes
-//! (`If-None-Match: *`) and conditional reads (an unchanged ETag answers 304, no body).
+//! (`If-None-Match: *`) and conditional reads (an unchanged ETag answers 304, no body). Reads
+//! are bounded: an object over the caller's limit is refused from its Content-Length before the
+//! body is read, and the body is read chunk by chunk, stopping as soon as it crosses the limit.
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
@@ -47,11 +49,21 @@ impl S3Store {
         }
     }
 
+    fn too_large(&self, key: &str, size: u64, limit: u64) -> StoreError {
+        StoreError::TooLarge {
+            location: self.location.clone(),
+            key: key.to_owned(),
+            size,
+            limit,
+        }
+    }
+
     async fn get_object(
         &self,
         key: &str,
         version_id: Option<&str>,
         if_none_match: Option<&str>,
+        max_bytes: u64,
     ) -> Result<Got, StoreError> {
         let out = self
             .s3
@@ -73,12 +85,26 @@ impl S3Store {
             Err(e) => return Err(self.failed("GetObject", key, e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
-        let bytes = out
-            .body
-            .collect()
+        let announced = out.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(size) = announced.filter(|&size| size > max_bytes) {
+            return Err(self.too_large(key, size, max_bytes));
+        }
+        // The announced size is trusted for the allocation only up to the limit, and the reading
+        // stops at the limit whatever was announced.
+        let capacity = announced.unwrap_or(0).min(max_bytes);
+        let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut body = out.body;
+        while let Some(chunk) = body
+            .try_next()
             .await
             .map_err(|e| self.failed("GetObject", key, e))?
-            .to_vec();
+        {
+            let size = (bytes.len() + chunk.len()) as u64;
+            if size > max_bytes {
+                return Err(self.too_large(key, size, max_bytes));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         Ok(Got::Object { bytes, etag })
     }
 
@@ -211,8 +237,10 @@ impl ModelStore for S3Store {
         key: &'a str,
         version_id: Option<&'a str>,
         if_none_match: Option<&'a str>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<Got, StoreError>> {
-        self.get_object(key, version_id, if_none_match).boxed()
+        self.get_object(key, version_id, if_none_match, max_bytes)
+            .boxed()
     }
 
     fn put<'a>(

@@ -46,7 +46,7 @@ pub struct Listing {
     pub folders: Vec<String>,
 }
 
-/// A store call that failed; `NotFound` is an answer, the others may pass on retry.
+/// A store call that failed; `NotFound` and `TooLarge` are answers, `Failed` may pass on retry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The key (or that version of it) does not exist.
@@ -56,6 +56,18 @@ pub enum StoreError {
         location: String,
         /// The key.
         key: String,
+    },
+    /// The object is larger than the read allows; no more of it than the limit was read.
+    #[error("{location}/{key} is {size} bytes or more, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The store, e.g. `s3://bucket`.
+        location: String,
+        /// The key.
+        key: String,
+        /// Its size when the store announced it, else the bytes read when the limit was crossed.
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
     /// The call failed: the store refused it or could not be reached.
     #[error("{op} on {location}/{key} failed")]
@@ -81,12 +93,14 @@ pub trait ModelStore: Send + Sync + std::fmt::Debug {
     fn bucket(&self) -> &str;
 
     /// Reads a key, or one version of it; with `if_none_match`, answers `NotModified` while the
-    /// ETag still matches.
+    /// ETag still matches. An object over `max_bytes` is refused with `TooLarge`, from its
+    /// announced size before the body is read, or as soon as the bytes read cross the limit.
     fn get<'a>(
         &'a self,
         key: &'a str,
         version_id: Option<&'a str>,
         if_none_match: Option<&'a str>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<Got, StoreError>>;
 
     /// Writes a key; with `if_absent`, only when it does not exist yet.

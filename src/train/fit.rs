@@ -11,10 +11,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::artifact::{Kernel, Metrics, TrainParams};
+use crate::model::checks::REFERENCE_ROWS;
 use crate::model::Classifier;
 
 /// The kernel matrix budget: fits whose n x n matrix would exceed it are refused up front.
 pub const DEFAULT_KERNEL_BUDGET_BYTES: u64 = 4 << 30;
+
+/// The share of each class held out for evaluation.
+const HOLDOUT_SHARE: f64 = 0.2;
 
 /// Why a fit cannot run or failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,15 @@ pub fn holdout_split(y: &[bool], test_share: f64, seed: u64) -> (Vec<usize>, Vec
     (train, test)
 }
 
+/// Up to [`REFERENCE_ROWS`] rows of the hold-out split, evenly spaced over it (both classes):
+/// with the final model's decision values they are the version's reference set.
+pub fn reference_rows(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Array2<f64> {
+    let (_, test) = holdout_split(y, HOLDOUT_SHARE, params.seed);
+    let step = test.len().div_ceil(REFERENCE_ROWS).max(1);
+    let picked: Vec<usize> = test.iter().step_by(step).copied().collect();
+    x.select(Axis(0), &picked)
+}
+
 /// Rows of `x` and `y` at `idx`.
 pub fn take(x: &Array2<f64>, y: &[bool], idx: &[usize]) -> (Array2<f64>, Vec<bool>) {
     (x.select(Axis(0), idx), idx.iter().map(|&i| y[i]).collect())
@@ -185,7 +198,7 @@ pub fn train_and_evaluate(
             &format!("cross-validation fold {}/{k}", i + 1),
         );
     }
-    let (train, test) = holdout_split(y, 0.2, params.seed);
+    let (train, test) = holdout_split(y, HOLDOUT_SHARE, params.seed);
     let (xt, yt) = take(x, y, &train);
     let (xv, yv) = take(x, y, &test);
     let holdout_model = fit(&xt, &yt, params)?;

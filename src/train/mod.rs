@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::artifact::{ModelArtifact, TrainParams, ARTIFACT_FORMAT};
+use crate::model::checks::ReferenceSet;
 use crate::model::registry::Registry;
 use crate::spec::PipelineSpec;
 use data::{Form, TrainingData};
@@ -110,6 +111,10 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
             return Err(e.into());
         }
     };
+    let reference = ReferenceSet::compute(
+        &classifier,
+        fit::reference_rows(&data.x, &data.y, &opts.params),
+    );
     let mut artifact = ModelArtifact {
         format: ARTIFACT_FORMAT,
         name: opts.spec.name.clone(),
@@ -124,6 +129,7 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
         data_source: data.source.clone(),
         crate_version: env!("CARGO_PKG_VERSION").to_owned(),
         created_at: chrono::Utc::now(),
+        reference: Some(reference),
     };
     artifact
         .validate()

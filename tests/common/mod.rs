@@ -213,6 +213,10 @@ pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
             p.folds = 2;
             let (classifier, metrics, _) =
                 ml_pipeline::train::fit::train_and_evaluate(&x, &y, &p, &mut |_, _, _| {}).unwrap();
+            let reference = ml_pipeline::model::ReferenceSet::compute(
+                &classifier,
+                ml_pipeline::train::fit::reference_rows(&x, &y, &p),
+            );
             ml_pipeline::model::ModelArtifact {
                 format: ml_pipeline::model::ARTIFACT_FORMAT,
                 name: "banknote".into(),
@@ -227,6 +231,7 @@ pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
                 data_source: "fixtures/default/notes.csv".into(),
                 crate_version: env!("CARGO_PKG_VERSION").into(),
                 created_at: chrono::Utc::now(),
+                reference: Some(reference),
             }
         })
         .clone()
