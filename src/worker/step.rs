@@ -756,7 +756,10 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         let reason = attribute("error-reason").unwrap();
-        assert!(reason.ends_with('…') && reason.chars().count() <= 1_001, "{reason}");
+        assert!(
+            reason.ends_with('…') && reason.chars().count() <= 1_001,
+            "{reason}"
+        );
         assert_eq!(attribute("bundle_id").as_deref(), Some("b-big"));
         assert_eq!(attribute("original-size"), Some(m.body.len().to_string()));
         assert_eq!(attribute("original-sha256").unwrap().len(), 64);
