@@ -379,12 +379,21 @@ async fn outage(run: &Run<'_>) -> anyhow::Result<Tally> {
     let mut worker = run.spawn("0")?;
     let reader = run.read_answers();
     let faults = async {
-        let mut downtimes = Vec::new();
+        let mut downtimes: Vec<Downtime> = Vec::new();
+        let started = Instant::now();
         for service in ["postgres", "mongo"] {
             tokio::time::sleep(Duration::from_secs(5)).await;
             service_script(&run.args.services_dir, service, "stop")?;
             let stopped = Instant::now();
-            println!("  {service} stopped");
+            let since = match downtimes.last() {
+                Some(d) => format!(
+                    "{:.1} s after {} returned",
+                    secs(stopped, d.back),
+                    d.service
+                ),
+                None => format!("{:.1} s into the load", secs(stopped, started)),
+            };
+            println!("  {service} stopped, {since}");
             tokio::time::sleep(Duration::from_secs(run.args.down_secs)).await;
             service_script(&run.args.services_dir, service, "start")?;
             let back = Instant::now();
@@ -433,13 +442,15 @@ fn report_recovery(d: &Downtime, sent: &HashMap<String, Instant>, arrivals: &loa
         "  {service}: down {:.1} s; {answered_while_down} bundles answered while it was down",
         secs(d.back, d.stopped)
     );
+    let total = held.delays.len() + held.unanswered;
+    let within = held.delays.iter().filter(|d| **d <= 5.0).count();
     match super::median_range(&held.delays) {
         Some((median, _, max)) => println!(
-            "  {service}: {} bundles held at its return ({} never answered); all answered {max:.2} s after it returned (median {median:.2} s, max {max:.2} s)",
-            held.delays.len() + held.unanswered,
+            "  {service}: {total} bundles held at its return; {} answered, the last {max:.2} s after it returned (median {median:.2} s, max {max:.2} s); {within} of {total} within 5 s; {} never answered",
+            held.delays.len(),
             held.unanswered
         ),
-        None => println!("  {service}: no bundle held at its return ({} never answered)", held.unanswered),
+        None => println!("  {service}: {total} bundles held at its return, {} never answered", held.unanswered),
     }
 }
 
