@@ -94,6 +94,10 @@ pub struct ChaosArgs {
     /// wide: the worker's rows-per-bundle limit (the same variable as the worker's).
     #[arg(long, env = "ML_PIPELINE_MAX_ROWS", default_value_t = 10_000)]
     pub max_rows: usize,
+    /// wide: fail when the worker's peak RSS is above this many MiB (default: the task memory
+    /// of infra/worker-service.yaml).
+    #[arg(long, default_value_t = 1024)]
+    pub rss_bound_mib: u64,
     /// The queues' visibility timeout in seconds (how soon a killed worker's messages return).
     #[arg(long, default_value_t = 10)]
     pub visibility_secs: u32,

@@ -167,17 +167,24 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<Outcome> {
     let alive = worker.try_wait()?.is_none();
     stop(&mut worker);
     let tally = Tally::new(&times, &arrivals);
-    let failures = report(&wide_ids, &run.ids(), &arrivals, started);
+    let mut failures = report(&wide_ids, &run.ids(), &arrivals, started);
+    let bound = args.rss_bound_mib;
     match peak {
-        Some(bytes) => println!(
-            "  worker peak RSS (VmHWM): {:.1} MiB ({:.0}% of a 1 GiB task)",
-            bytes as f64 / (1 << 20) as f64,
-            bytes as f64 / (1u64 << 30) as f64 * 100.0
-        ),
-        None => println!("  worker peak RSS: not readable (the process is gone)"),
+        Some(bytes) => {
+            let mib = bytes as f64 / (1 << 20) as f64;
+            println!(
+                "  worker peak RSS (VmHWM): {mib:.1} MiB; bound {bound} MiB ({:.0}% of it)",
+                mib / bound as f64 * 100.0
+            );
+            if mib > bound as f64 {
+                failures.push(format!(
+                    "worker peak RSS {mib:.1} MiB is above the bound of {bound} MiB"
+                ));
+            }
+        }
+        None => failures.push("worker peak RSS not readable (the process is gone)".to_owned()),
     }
     println!("  worker process {pid} still running at the end: {alive}");
-    let mut failures = failures;
     if !alive {
         failures.push(format!(
             "the worker process {pid} did not survive the burst"
