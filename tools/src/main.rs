@@ -31,8 +31,9 @@ enum Command {
     /// back, and report records/s, latency p50/p95/p99/max, worker CPU per 1000 records and
     /// peak RSS, beside the emulator's ceiling.
     Bench(bench::BenchArgs),
-    /// Fault runs under load (kill9, outage, sigterm, poison) on their own queues and worker
-    /// processes; prints bundles sent, answered, duplicated and lost.
+    /// Fault runs under load (kill9, kill9-workers, outage, sigterm, poison, wide) on their own
+    /// queues and worker processes; prints bundles sent, answered, duplicated and lost, and
+    /// fails when one is lost or a scenario's own check fails.
     Chaos(bench::chaos::ChaosArgs),
     /// Run the whole job on the local services: load fixtures, train and promote a model, start
     /// the worker, send the fixture bundles, read the answers back, print a summary.

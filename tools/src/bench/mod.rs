@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Skip measuring the emulator's ceiling.
     #[arg(long)]
     pub skip_ceiling: bool,
+    /// Seconds the reader keeps reading after every bundle of a worker run has one answer, so
+    /// that late duplicates are counted (not part of the measured time).
+    #[arg(long, default_value_t = 3)]
+    pub settle_secs: u64,
     /// Use the configured queues and a worker already running on them instead of starting one.
     #[arg(long)]
     pub external: bool,
@@ -237,8 +241,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
                 &sqs,
                 output.url(),
                 &[warm[0].bundle_id.clone()],
-                1,
-                Duration::from_secs(60),
+                &load::ReadPlan::new(1, Duration::from_secs(60)),
             )
             .await;
             let tally = Tally::new(&times.lock().await.clone(), &arrivals);
@@ -451,7 +454,9 @@ async fn measure(
 ) -> anyhow::Result<(f64, Tally)> {
     let ids: Vec<String> = bundles.iter().map(|b| b.bundle_id.clone()).collect();
     let started = Instant::now();
-    let reader = load::collect(sqs, output.url(), &ids, 2, Duration::from_secs(30));
+    let plan = load::ReadPlan::new(2, Duration::from_secs(30))
+        .settle(Duration::from_secs(args.settle_secs));
+    let reader = load::collect(sqs, output.url(), &ids, &plan);
     let sender = load::send(
         input,
         bundles,
@@ -538,7 +543,8 @@ async fn ceiling(
     let result = match relay {
         Some(out) => {
             let ids: Vec<String> = bundles.iter().map(|b| b.bundle_id.clone()).collect();
-            let reader = load::collect(sqs, out.url(), &ids, 2, Duration::from_secs(30));
+            let plan = load::ReadPlan::new(2, Duration::from_secs(30));
+            let reader = load::collect(sqs, out.url(), &ids, &plan);
             let sender = load::send(
                 input,
                 bundles,
@@ -572,6 +578,7 @@ async fn ceiling(
             let arrivals = load::Arrivals {
                 by_bundle: times.keys().map(|id| (id.clone(), vec![end])).collect(),
                 last: Some(end),
+                ..load::Arrivals::default()
             };
             let mut tally = Tally::new(&times, &arrivals);
             tally.latencies_ms.clear();

@@ -220,6 +220,16 @@ pub fn poison_corpus() -> Vec<PoisonCase> {
                 ("micro-unit", with(2, 3, json!("sc-13")), "unit 'micro'"),
             ],
         ),
+        // A key ending in NUL, beside good records: PostgreSQL cannot even compare it, so it
+        // must be the record's error at standardization, never a failed lookup for the batch.
+        answered(
+            "nul-in-key",
+            &[(
+                "nul-scanner",
+                with(0, 3, json!("sc-01\u{0}")),
+                "scanner contains the control character U+0000",
+            )],
+        ),
     ]);
     cases
 }
