@@ -102,9 +102,11 @@ pub fn poison_corpus() -> Vec<PoisonCase> {
         dead("plain-label-zstd-body", None, zs, "not valid JSON"),
         dead("unknown-encoding", Some("br"), good.clone(), "content-encoding 'br'"),
         dead("deeply-nested", None, format!(r#"{{"bundle_id":"p-11","columns":["id","x"],"rows":[["r",{nested}]]}}"#), "recursion limit"),
-        dead("number-out-of-range", None, good.replace("1.25", "1e999"), "out of range"),
-        dead("nan-literal", None, good.replace("1.25", "NaN"), "not valid JSON"),
-        dead("lone-surrogate", None, good.replace("Federal Reserve", "\\ud800"), "not valid JSON"),
+        dead("number-out-of-range", None, good.replace("1.25", "1e999"), "row 0, column 'variance' (value 4): number out of range"),
+        dead("nan-literal", None, good.replace("1.25", "NaN"), "row 0, column 'variance' (value 4)"),
+        dead("columns-over-limit", None, json!({"bundle_id": "p-14", "columns": (0..300).map(|c| format!("c{c}")).collect::<Vec<_>>(), "rows": []}).to_string(), "'columns' holds more than 256 values"),
+        dead("cells-over-limit-gzip", Some("gzip"), compress(ContentEncoding::Gzip, json!({"bundle_id": "p-15", "columns": (0..256).map(|c| format!("c{c}")).collect::<Vec<_>>(), "rows": vec![vec![0; 256]; 2_000]}).to_string().as_bytes()), "the rows hold more than 500000 values"),
+        dead("lone-surrogate-in-id", None, bundle("p-13-MARK", vec![good_row(0)]).to_string().replace("MARK", "\\udc00"), "not valid Unicode"),
         dead("huge-bundle-gzip", Some("gzip"), compress(ContentEncoding::Gzip, huge.as_bytes()), "10001 rows"),
         dead("gzip-bomb", Some("gzip"), compress(ContentEncoding::Gzip, &vec![b' '; 20 << 20]), "more than the limit"),
         dead("unknown-model", None, json!({"bundle_id": "p-12", "model": "giraffe", "columns": COLUMNS, "rows": [good_row(0)]}).to_string(), "model 'giraffe'"),
@@ -113,6 +115,17 @@ pub fn poison_corpus() -> Vec<PoisonCase> {
         dead("seed-wrong-width", None, json!({"batch_id": "s-3", "subjects": ["a"], "features": [[1, 2, 3]]}).to_string(), "have 3 values; model banknote takes 4 features"),
         dead("seed-subject-count", None, json!({"batch_id": "s-4", "subjects": ["a"], "features": [[1, 2, 3, 4], [1, 2, 3, 4]]}).to_string(), "1 subjects for 2"),
     ];
+    // JSON text can carry a lone UTF-16 surrogate that no Rust string can: it is spliced in.
+    let mut lone = answered(
+        "lone-surrogate",
+        &[(
+            "surrogate",
+            with(0, 2, json!("Federal MARK Reserve")),
+            "issuer is not valid Unicode",
+        )],
+    );
+    lone.body = lone.body.replace("MARK", "\\ud800");
+    cases.push(lone);
     cases.extend([
         answered(
             "nan-and-inf-strings",
