@@ -99,6 +99,14 @@ pub struct TrainArgs {
     /// Form of file rows: canonical features by name, or raw request-shaped rows.
     #[arg(long, value_enum, default_value = "canonical")]
     pub form: crate::train::data::Form,
+    /// The column of a file that holds the class (1/0, true/false or real/fake). The
+    /// predecessor's CSV (`variance,skewness,curtosis,entropy,class`) needs `--label-column class`.
+    #[arg(long, default_value = crate::train::data::LABEL_COLUMN)]
+    pub label_column: String,
+    /// Publish under this model name instead of the spec's (a second model from the same spec).
+    /// The worker serves the name in ML_PIPELINE_MODEL_NAME.
+    #[arg(long, env = "ML_PIPELINE_MODEL_NAME")]
+    pub name: Option<String>,
     /// A pipeline spec JSON file; default: the built-in banknote spec.
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
@@ -281,6 +289,7 @@ async fn train(settings: &Settings, args: TrainArgs) -> anyhow::Result<String> {
         path => DataSource::File {
             path: PathBuf::from(path),
             form: args.form,
+            label_column: args.label_column,
         },
     };
     let params = TrainParams {
@@ -293,6 +302,7 @@ async fn train(settings: &Settings, args: TrainArgs) -> anyhow::Result<String> {
         seed: args.seed,
     };
     let job = commands::train::TrainJob {
+        name: args.name,
         spec_file: args.spec,
         features: args.features,
         source,

@@ -397,6 +397,7 @@ async fn raw_request_rows_train_through_the_worker_preprocessing() {
     opts.source = ml_pipeline::train::DataSource::File {
         path,
         form: ml_pipeline::train::data::Form::Raw,
+        label_column: "label".into(),
     };
     let (report, _) = ml_pipeline::train::train(&opts, &loaded.db.pool, &loaded.enricher, None)
         .await

@@ -13,6 +13,8 @@ use crate::train::{DataSource, TrainOptions};
 /// One `train` run as asked for.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
+    /// The model name to publish under; None: the spec's.
+    pub name: Option<String>,
     /// A pipeline spec JSON file; None: the built-in banknote spec.
     pub spec_file: Option<PathBuf>,
     /// Keep only these features, in this order; empty: all of the spec's.
@@ -40,6 +42,9 @@ pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String>
         }
         None => PipelineSpec::banknote(),
     };
+    if let Some(name) = job.name {
+        spec.name = name;
+    }
     if !job.features.is_empty() {
         let names: Vec<&str> = job.features.iter().map(String::as_str).collect();
         spec = spec.with_features(&names)?;

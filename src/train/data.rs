@@ -16,8 +16,29 @@ use crate::bundle::{InputBundle, RequestBundle};
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::spec::PipelineSpec;
 
-/// The column holding the class: 1/0, true/false or "real"/"fake".
+/// The column holding the class unless told otherwise (`train --label-column`): 1/0,
+/// true/false or "real"/"fake".
 pub const LABEL_COLUMN: &str = "label";
+
+/// Checks that the rows have the label column; otherwise names the columns they have, so a
+/// file with another header (the predecessor's `class`) gets an error to act on.
+fn check_label_column(
+    rows: &[Map<String, Value>],
+    label_column: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    let Some(first) = rows.first() else {
+        bail!("{source} has no rows");
+    };
+    if !first.contains_key(label_column) {
+        let found: Vec<&str> = first.keys().map(String::as_str).collect();
+        bail!(
+            "{source} has no label column '{label_column}'; its columns are: {}. Name the label column with --label-column (the predecessor's CSV calls it 'class')",
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
 
 /// Labelled canonical features, ready to fit.
 #[derive(Debug, Clone)]
@@ -103,15 +124,15 @@ fn csv_cell(text: &str) -> Value {
     }
 }
 
-fn label(row: &Map<String, Value>, i: usize) -> anyhow::Result<bool> {
-    match row.get(LABEL_COLUMN) {
+fn label(row: &Map<String, Value>, i: usize, column: &str) -> anyhow::Result<bool> {
+    match row.get(column) {
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Ok(true),
         Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Ok(false),
         Some(Value::String(s)) if s == "real" || s == "1" => Ok(true),
         Some(Value::String(s)) if s == "fake" || s == "0" => Ok(false),
         other => {
-            bail!("row {i}: '{LABEL_COLUMN}' must be 1/0, true/false or real/fake, got {other:?}")
+            bail!("row {i}: '{column}' must be 1/0, true/false or real/fake, got {other:?}")
         }
     }
 }
@@ -121,7 +142,9 @@ pub fn canonical(
     spec: &PipelineSpec,
     rows: &[Map<String, Value>],
     source: &str,
+    label_column: &str,
 ) -> anyhow::Result<TrainingData> {
+    check_label_column(rows, label_column, source)?;
     let names = spec.feature_names();
     let mut cells = Vec::with_capacity(rows.len() * names.len());
     let mut y = Vec::with_capacity(rows.len());
@@ -135,7 +158,7 @@ pub fn canonical(
                 format!("{source} row {i}: feature '{name}' is missing or not a finite number")
             })?);
         }
-        y.push(label(row, i)?);
+        y.push(label(row, i, label_column)?);
     }
     Ok(TrainingData {
         x: Array2::from_shape_vec((y.len(), names.len()), cells)?,
@@ -151,7 +174,9 @@ pub async fn raw<R: ReferenceSource, D: DocumentSource>(
     rows: &[Map<String, Value>],
     source: &str,
     enricher: &Enricher<R, D>,
+    label_column: &str,
 ) -> anyhow::Result<TrainingData> {
+    check_label_column(rows, label_column, source)?;
     let columns: Vec<String> = spec
         .request_columns()
         .into_iter()
@@ -160,7 +185,7 @@ pub async fn raw<R: ReferenceSource, D: DocumentSource>(
     let mut labels = Vec::with_capacity(rows.len());
     let mut request_rows = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        labels.push(label(row, i)?);
+        labels.push(label(row, i, label_column)?);
         let mut cells: Vec<Value> = columns
             .iter()
             .map(|c| row.get(c).cloned().unwrap_or(Value::Null))
@@ -251,4 +276,53 @@ pub fn skipped_by_kind(skipped: &[(String, String)]) -> BTreeMap<String, usize> 
         *out.entry(crate::record::reason_kind(reason)).or_insert(0) += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The predecessor's training CSV, as it was written.
+    const SEED_CSV: &str = "variance,skewness,curtosis,entropy,class\n\
+                            3.6216,8.6661,-2.8073,-0.44699,0\n\
+                            -1.3971,3.3191,-1.3927,-1.9948,1\n";
+
+    fn seed_rows(test: &str) -> Vec<Map<String, Value>> {
+        let dir = std::env::temp_dir().join(format!("seed-csv-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data_banknote_authentication.csv");
+        std::fs::write(&path, SEED_CSV).unwrap();
+        read_rows(&path).unwrap()
+    }
+
+    #[test]
+    fn the_predecessors_csv_reads_as_it_is_with_its_label_column_named() {
+        let data = canonical(
+            &PipelineSpec::banknote(),
+            &seed_rows("class"),
+            "seed",
+            "class",
+        )
+        .unwrap();
+        assert_eq!(data.y, [false, true]);
+        assert_eq!(data.x.row(1).to_vec(), [-1.3971, 3.3191, -1.3927, -1.9948]);
+    }
+
+    #[test]
+    fn a_missing_label_column_names_the_columns_found() {
+        let err = canonical(
+            &PipelineSpec::banknote(),
+            &seed_rows("missing"),
+            "seed",
+            LABEL_COLUMN,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("no label column 'label'")
+                && err.contains("variance, skewness, curtosis, entropy, class")
+                && err.contains("--label-column"),
+            "{err}"
+        );
+    }
 }

@@ -34,6 +34,8 @@ pub enum DataSource {
         path: PathBuf,
         /// Canonical or raw rows.
         form: Form,
+        /// The column holding the class (`label`; the predecessor's CSV says `class`).
+        label_column: String,
     },
 }
 
@@ -66,14 +68,19 @@ pub async fn load_data<R: ReferenceSource, D: DocumentSource>(
                 spec,
                 &rows,
                 &format!("postgres:training_examples/{dataset}"),
+                data::LABEL_COLUMN,
             )
         }
-        DataSource::File { path, form } => {
+        DataSource::File {
+            path,
+            form,
+            label_column,
+        } => {
             let rows = data::read_rows(path)?;
             let name = format!("file:{}", path.display());
             match form {
-                Form::Canonical => data::canonical(spec, &rows, &name),
-                Form::Raw => data::raw(spec, &rows, &name, enricher).await,
+                Form::Canonical => data::canonical(spec, &rows, &name, label_column),
+                Form::Raw => data::raw(spec, &rows, &name, enricher, label_column).await,
             }
         }
     }
