@@ -36,7 +36,7 @@ pub enum Command {
     #[command(subcommand)]
     Fixtures(FixturesCommand),
     /// Train scaler + SVM with the worker's own preprocessing, evaluate, and publish a new version.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// List, inspect, promote, roll back and compare model versions in the S3 registry.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -103,6 +103,17 @@ pub struct TrainArgs {
     /// predecessor's CSV (`variance,skewness,curtosis,entropy,class`) needs `--label-column class`.
     #[arg(long, default_value = crate::train::data::LABEL_COLUMN)]
     pub label_column: String,
+    /// Search C (and, for the Gaussian kernel, the width) by cross-validation on the same folds
+    /// first, folds in parallel on every core; train with the best (ties go to the simpler
+    /// model). The table is printed and recorded in the job row and the report.
+    #[arg(long)]
+    pub search: bool,
+    /// The C values of --search.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::train::search::Grid::default().c)]
+    pub search_c: Vec<f64>,
+    /// The Gaussian widths of --search.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::train::search::Grid::default().widths)]
+    pub search_width: Vec<f64>,
     /// Publish under this model name instead of the spec's (a second model from the same spec).
     /// The worker serves the name in ML_PIPELINE_MODEL_NAME.
     #[arg(long, env = "ML_PIPELINE_MODEL_NAME")]
@@ -247,7 +258,7 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
         Command::Fixtures(FixturesCommand::Load(args)) => {
             commands::fixtures::load(&settings, &args.dir, &args.dataset, args.migrate).await?
         }
-        Command::Train(args) => train(&settings, args).await?,
+        Command::Train(args) => train(&settings, *args).await?,
         Command::Models(cmd) => models(&settings, cmd).await?,
         Command::Worker => {
             let summary = crate::startup::run_worker(&settings, shutdown).await?;
@@ -301,8 +312,13 @@ async fn train(settings: &Settings, args: TrainArgs) -> anyhow::Result<String> {
         folds: args.folds,
         seed: args.seed,
     };
+    let search = args.search.then_some(crate::train::search::Grid {
+        c: args.search_c,
+        widths: args.search_width,
+    });
     let job = commands::train::TrainJob {
         name: args.name,
+        search,
         spec_file: args.spec,
         features: args.features,
         source,

@@ -15,6 +15,8 @@ use crate::train::{DataSource, TrainOptions};
 pub struct TrainJob {
     /// The model name to publish under; None: the spec's.
     pub name: Option<String>,
+    /// Search this grid first and train with the best candidate.
+    pub search: Option<crate::train::search::Grid>,
     /// A pipeline spec JSON file; None: the built-in banknote spec.
     pub spec_file: Option<PathBuf>,
     /// Keep only these features, in this order; empty: all of the spec's.
@@ -55,6 +57,7 @@ pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String>
         params: job.params,
         kernel_budget_bytes: (job.kernel_budget_gib * f64::from(1u32 << 30)) as u64,
         dry_run: job.dry_run,
+        search: job.search,
     };
     let pool = crate::startup::postgres_migrated(settings, 2).await?;
     let enricher = crate::startup::enricher(settings, &pool).await?;

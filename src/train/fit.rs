@@ -165,6 +165,22 @@ pub fn predict(model: &Classifier, x: &Array2<f64>) -> Vec<bool> {
         .collect()
 }
 
+/// The accuracy on fold `test` (sorted row indexes) of a model fitted on every other row.
+pub fn fold_accuracy(
+    x: &Array2<f64>,
+    y: &[bool],
+    test: &[usize],
+    params: &TrainParams,
+) -> Result<f64, FitError> {
+    let train: Vec<usize> = (0..y.len())
+        .filter(|j| test.binary_search(j).is_err())
+        .collect();
+    let (xt, yt) = take(x, y, &train);
+    let (xv, yv) = take(x, y, test);
+    let model = fit(&xt, &yt, params)?;
+    Ok(scores(&confusion(&yv, &predict(&model, &xv))).0)
+}
+
 /// Cross-validates, evaluates on a hold-out split, and fits the final model on all rows.
 /// `progress` is called after each fit with (done, total, what).
 pub fn train_and_evaluate(
@@ -183,15 +199,9 @@ pub fn train_and_evaluate(
     let total = k + 2;
     let started = std::time::Instant::now();
     let folds = stratified_folds(y, k, params.seed);
-    let mut fold_accuracy = Vec::with_capacity(k);
+    let mut fold_accuracies = Vec::with_capacity(k);
     for (i, test) in folds.iter().enumerate() {
-        let train: Vec<usize> = (0..y.len())
-            .filter(|j| test.binary_search(j).is_err())
-            .collect();
-        let (xt, yt) = take(x, y, &train);
-        let (xv, yv) = take(x, y, test);
-        let model = fit(&xt, &yt, params)?;
-        fold_accuracy.push(scores(&confusion(&yv, &predict(&model, &xv))).0);
+        fold_accuracies.push(fold_accuracy(x, y, test, params)?);
         progress(
             i + 1,
             total,
@@ -212,8 +222,8 @@ pub fn train_and_evaluate(
     progress(total, total, "final fit on all rows");
     let train_seconds = started.elapsed().as_secs_f64();
     let metrics = Metrics {
-        cv_accuracy: fold_accuracy.iter().sum::<f64>() / k as f64,
-        cv_fold_accuracy: fold_accuracy,
+        cv_accuracy: fold_accuracies.iter().sum::<f64>() / k as f64,
+        cv_fold_accuracy: fold_accuracies,
         holdout_accuracy: accuracy,
         precision,
         recall,

@@ -4,6 +4,7 @@
 pub mod data;
 pub mod fit;
 pub mod report;
+pub mod search;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub struct TrainOptions {
     pub kernel_budget_bytes: u64,
     /// Fit and evaluate but publish nothing.
     pub dry_run: bool,
+    /// Search this grid first and train with the best candidate.
+    pub search: Option<search::Grid>,
 }
 
 /// Reads the rows of a source.
@@ -110,7 +113,25 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
 
     let job_id = record_start(pool, opts, &data, &fingerprint).await?;
     let mut progress = progress_reporter(data.y.len());
-    let fitted = fit::train_and_evaluate(&data.x, &data.y, &opts.params, &mut progress);
+    let (params, searched) = match &opts.search {
+        None => (opts.params.clone(), None),
+        Some(grid) => {
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            match search::search(&data.x, &data.y, &opts.params, grid, threads, &mut progress) {
+                Ok(found) => {
+                    eprint!("{found}");
+                    let best = found.best_params(&opts.params);
+                    record_search(pool, job_id, &found, &best).await?;
+                    (best, Some(found))
+                }
+                Err(e) => {
+                    record_failure(pool, job_id, &e.to_string()).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let fitted = fit::train_and_evaluate(&data.x, &data.y, &params, &mut progress);
     let (classifier, metrics, times) = match fitted {
         Ok(v) => v,
         Err(e) => {
@@ -118,10 +139,8 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
             return Err(e.into());
         }
     };
-    let reference = ReferenceSet::compute(
-        &classifier,
-        fit::reference_rows(&data.x, &data.y, &opts.params),
-    );
+    let reference =
+        ReferenceSet::compute(&classifier, fit::reference_rows(&data.x, &data.y, &params));
     let mut artifact = ModelArtifact {
         format: ARTIFACT_FORMAT,
         name: opts.spec.name.clone(),
@@ -130,7 +149,7 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
         scaler: classifier.scaler,
         svm: classifier.svm,
         class_names: [(0, "fake".to_owned()), (1, "real".to_owned())].into(),
-        params: opts.params.clone(),
+        params: params.clone(),
         metrics,
         data_fingerprint: fingerprint,
         data_source: data.source.clone(),
@@ -148,7 +167,8 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
         ),
         (true, _) => None,
     };
-    let report = TrainReport::new(&artifact, version, &data, data_seconds, times, job_id);
+    let mut report = TrainReport::new(&artifact, version, &data, data_seconds, times, job_id);
+    report.search = searched;
     record_finish(pool, job_id, &report).await?;
     Ok((report, artifact))
 }
@@ -196,6 +216,23 @@ async fn record_start(
     .await
     .context("recording the training job in training_jobs")?;
     Ok(id)
+}
+
+/// Records the search, and the parameters it chose as the job's parameters.
+async fn record_search(
+    pool: &PgPool,
+    job_id: i64,
+    found: &search::Search,
+    chosen: &TrainParams,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE training_jobs SET search = $2, params = $3 WHERE job_id = $1")
+        .bind(job_id)
+        .bind(serde_json::to_value(found)?)
+        .bind(serde_json::to_value(chosen)?)
+        .execute(pool)
+        .await
+        .context("recording the search in training_jobs")?;
+    Ok(())
 }
 
 async fn record_finish(pool: &PgPool, job_id: i64, report: &TrainReport) -> anyhow::Result<()> {

@@ -43,6 +43,9 @@ pub struct TrainReport {
     pub skipped_rows: BTreeMap<String, usize>,
     /// Time per phase.
     pub seconds: PhaseSeconds,
+    /// The hyperparameter search that chose the parameters, when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<super::search::Search>,
 }
 
 impl TrainReport {
@@ -75,6 +78,7 @@ impl TrainReport {
                 train: times.train_seconds,
                 evaluate: times.eval_seconds,
             },
+            search: None,
         }
     }
 }

@@ -189,6 +189,7 @@ pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOp
         params: params(kernel),
         kernel_budget_bytes: 1 << 30,
         dry_run,
+        search: None,
     }
 }
 

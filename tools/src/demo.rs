@@ -41,6 +41,7 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
         params: TrainParams::default(),
         kernel_budget_bytes: 4 << 30,
         dry_run: false,
+        search: None,
     };
     let (report, _) = ml_pipeline::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
     let version = report.version.expect("published");
