@@ -90,12 +90,9 @@ impl PreparedBatch {
             .collect()
     }
 
-    /// The first source that was down, as an error, for callers that cannot hold records back
-    /// (training).
-    pub fn outage(&self) -> Option<String> {
-        self.outages
-            .first()
-            .map(|(source, reason)| format!("{source} unavailable: {reason}"))
+    /// The first source that was down (`postgres` or `mongo`) and what its client reported.
+    pub fn outage(&self) -> Option<(&'static str, String)> {
+        self.outages.first().cloned()
     }
 
     /// The reported lookup values of a matrix row, in spec order.

@@ -208,8 +208,8 @@ pub async fn raw<R: ReferenceSource, D: DocumentSource>(
         rows: request_rows.into(),
     });
     let prepared = prepare(spec, std::slice::from_ref(&bundle), enricher).await;
-    if let Some(outage) = prepared.outage() {
-        anyhow::bail!("{source}: enrichment needed a source that was down ({outage}); train again once it is back");
+    if let Some((down, reason)) = prepared.outage() {
+        anyhow::bail!("{source}: enrichment needed {down}, which was down ({reason}); train again once it is back");
     }
     let plan = prepared
         .plans

@@ -221,19 +221,20 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 self.finish(&model, ready, prepared, started, &mut report)
                     .await;
             }
-            let Some(outage) = outage.filter(|_| !waiting.messages.is_empty()) else {
+            let Some((source, reason)) = outage.filter(|_| !waiting.messages.is_empty()) else {
                 break;
             };
             if attempt == 0 {
                 tracing::warn!(
-                    error = %outage,
+                    source,
+                    error = %reason,
                     held = waiting.messages.len(),
                     "enrichment source unavailable; holding the bundles that need it and trying again"
                 );
             }
             if let Some(stopping) = self.keep_holding(held_since, attempt).await {
                 let tired = self
-                    .leave_for_redelivery(&outage, stopping, waiting, &mut report)
+                    .leave_for_redelivery(source, &reason, stopping, waiting, &mut report)
                     .await;
                 self.dead_letter(tired, &mut report).await;
                 break;
@@ -304,17 +305,14 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     /// SQS's redrive would move it without one.
     async fn leave_for_redelivery(
         &self,
+        source: &'static str,
         reason: &str,
         stopping: bool,
         readable: Readable,
         report: &mut StepReport,
     ) -> Vec<Refused> {
-        let source = if reason.starts_with("mongo") {
-            "mongo"
-        } else {
-            "postgres"
-        };
         tracing::warn!(
+            source,
             error = %reason,
             messages = readable.messages.len(),
             stopping,
