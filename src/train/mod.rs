@@ -1,6 +1,7 @@
 //! Training: read labelled rows, preprocess them with the worker's own stages, fit and
 //! evaluate, record the job in PostgreSQL and publish the model as a new registry version.
 
+pub mod control;
 pub mod data;
 pub mod fit;
 pub mod report;
