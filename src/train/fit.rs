@@ -14,6 +14,8 @@ use crate::model::artifact::{Kernel, Metrics, TrainParams};
 use crate::model::checks::REFERENCE_ROWS;
 use crate::model::Classifier;
 
+use super::control::Control;
+
 /// The kernel matrix budget: fits whose n x n matrix would exceed it are refused up front.
 pub const DEFAULT_KERNEL_BUDGET_BYTES: u64 = 4 << 30;
 
@@ -42,6 +44,9 @@ pub enum FitError {
     /// The solver failed.
     #[error("fitting the SVM failed: {0}")]
     Svm(#[from] linfa_svm::SvmError),
+    /// The run was cancelled (Ctrl-C) before this fit finished.
+    #[error("training was cancelled")]
+    Cancelled,
 }
 
 /// Checks that the kernel matrix of `rows` rows fits in `budget` bytes.
@@ -59,6 +64,20 @@ pub fn check_budget(rows: usize, budget: u64) -> Result<(), FitError> {
 
 /// Fits a scaler and an SVM on canonical features.
 pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifier, FitError> {
+    fit_with(x, y, params, &Control::new())
+}
+
+/// [`fit`], stopping early with [`FitError::Cancelled`] once `control` is cancelled, and
+/// counting its solver's progress there.
+pub fn fit_with(
+    x: &Array2<f64>,
+    y: &[bool],
+    params: &TrainParams,
+    control: &Control,
+) -> Result<Classifier, FitError> {
+    if control.is_cancelled() {
+        return Err(FitError::Cancelled);
+    }
     let classes = (
         y.iter().filter(|v| **v).count(),
         y.iter().filter(|v| !**v).count(),
@@ -171,13 +190,14 @@ pub fn fold_accuracy(
     y: &[bool],
     test: &[usize],
     params: &TrainParams,
+    control: &Control,
 ) -> Result<f64, FitError> {
     let train: Vec<usize> = (0..y.len())
         .filter(|j| test.binary_search(j).is_err())
         .collect();
     let (xt, yt) = take(x, y, &train);
     let (xv, yv) = take(x, y, test);
-    let model = fit(&xt, &yt, params)?;
+    let model = fit_with(&xt, &yt, params, control)?;
     Ok(scores(&confusion(&yv, &predict(&model, &xv))).0)
 }
 
@@ -187,6 +207,7 @@ pub fn train_and_evaluate(
     x: &Array2<f64>,
     y: &[bool],
     params: &TrainParams,
+    control: &Control,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<(Classifier, Metrics, EvalTimes), FitError> {
     let k = params.folds.max(2);
@@ -201,7 +222,7 @@ pub fn train_and_evaluate(
     let folds = stratified_folds(y, k, params.seed);
     let mut fold_accuracies = Vec::with_capacity(k);
     for (i, test) in folds.iter().enumerate() {
-        fold_accuracies.push(fold_accuracy(x, y, test, params)?);
+        fold_accuracies.push(fold_accuracy(x, y, test, params, control)?);
         progress(
             i + 1,
             total,
@@ -211,14 +232,14 @@ pub fn train_and_evaluate(
     let (train, test) = holdout_split(y, HOLDOUT_SHARE, params.seed);
     let (xt, yt) = take(x, y, &train);
     let (xv, yv) = take(x, y, &test);
-    let holdout_model = fit(&xt, &yt, params)?;
+    let holdout_model = fit_with(&xt, &yt, params, control)?;
     let m = confusion(&yv, &predict(&holdout_model, &xv));
     let (accuracy, precision, recall, f1) = scores(&m);
     progress(k + 1, total, "hold-out evaluation");
     let eval_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
-    let model = fit(x, y, params)?;
+    let model = fit_with(x, y, params, control)?;
     progress(total, total, "final fit on all rows");
     let train_seconds = started.elapsed().as_secs_f64();
     let metrics = Metrics {

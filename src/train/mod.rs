@@ -113,12 +113,21 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
     }
 
     let job_id = record_start(pool, opts, &data, &fingerprint).await?;
+    let control = control::Control::new();
     let mut progress = progress_reporter(data.y.len());
     let (params, searched) = match &opts.search {
         None => (opts.params.clone(), None),
         Some(grid) => {
             let threads = std::thread::available_parallelism().map_or(1, usize::from);
-            match search::search(&data.x, &data.y, &opts.params, grid, threads, &mut progress) {
+            match search::search(
+                &data.x,
+                &data.y,
+                &opts.params,
+                grid,
+                threads,
+                &control,
+                &mut progress,
+            ) {
                 Ok(found) => {
                     eprint!("{found}");
                     let best = found.best_params(&opts.params);
@@ -132,7 +141,7 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
             }
         }
     };
-    let fitted = fit::train_and_evaluate(&data.x, &data.y, &params, &mut progress);
+    let fitted = fit::train_and_evaluate(&data.x, &data.y, &params, &control, &mut progress);
     let (classifier, metrics, times) = match fitted {
         Ok(v) => v,
         Err(e) => {

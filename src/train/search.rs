@@ -10,6 +10,7 @@ use std::time::Instant;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use super::control::Control;
 use super::fit::{fold_accuracy, stratified_folds, FitError};
 use crate::model::artifact::{Kernel, TrainParams};
 
@@ -105,6 +106,7 @@ pub fn search(
     base: &TrainParams,
     grid: &Grid,
     threads: usize,
+    control: &Control,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Search, FitError> {
     let started = Instant::now();
@@ -131,7 +133,7 @@ pub fn search(
                     return;
                 };
                 let t = Instant::now();
-                let scored = fold_accuracy(x, y, &folds[f], &params[c])
+                let scored = fold_accuracy(x, y, &folds[f], &params[c], control)
                     .map(|accuracy| (accuracy, t.elapsed().as_secs_f64()));
                 results.lock().expect("never poisoned")[i] = Some(scored);
                 let _ = done_tx.send(i);
@@ -306,10 +308,18 @@ mod tests {
             widths: vec![1.0, 4.0],
         };
         let mut calls = 0;
-        let search = search(&x, &y, &base, &grid, 2, &mut |_, total, _| {
-            calls += 1;
-            assert_eq!(total, 12);
-        })
+        let search = search(
+            &x,
+            &y,
+            &base,
+            &grid,
+            2,
+            &Control::new(),
+            &mut |_, total, _| {
+                calls += 1;
+                assert_eq!(total, 12);
+            },
+        )
         .unwrap();
         assert_eq!(calls, 12, "one progress call per fit");
         assert_eq!(search.candidates.len(), 4);
@@ -326,6 +336,7 @@ mod tests {
             &y,
             &stratified_folds(&y, 3, 5)[0],
             &search.best_params(&base),
+            &Control::new(),
         )
         .unwrap();
         assert_eq!(again, best.fold_accuracy[0]);

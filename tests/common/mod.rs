@@ -212,8 +212,14 @@ pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
             let y: Vec<bool> = set.notes.iter().map(|n| n.label == 1).collect();
             let mut p = params("gaussian");
             p.folds = 2;
-            let (classifier, metrics, _) =
-                ml_pipeline::train::fit::train_and_evaluate(&x, &y, &p, &mut |_, _, _| {}).unwrap();
+            let (classifier, metrics, _) = ml_pipeline::train::fit::train_and_evaluate(
+                &x,
+                &y,
+                &p,
+                &ml_pipeline::train::control::Control::new(),
+                &mut |_, _, _| {},
+            )
+            .unwrap();
             let reference = ml_pipeline::model::ReferenceSet::compute(
                 &classifier,
                 ml_pipeline::train::fit::reference_rows(&x, &y, &p),
