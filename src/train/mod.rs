@@ -6,6 +6,7 @@ pub mod data;
 pub mod fit;
 pub mod report;
 pub mod search;
+pub mod solver;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -50,8 +51,8 @@ pub struct TrainOptions {
     pub source: DataSource,
     /// Hyperparameters.
     pub params: TrainParams,
-    /// The kernel matrix memory budget, in bytes.
-    pub kernel_budget_bytes: u64,
+    /// The kernel-column cache of a Gaussian fit, in bytes (split between parallel fits).
+    pub kernel_cache_bytes: u64,
     /// Fit and evaluate but publish nothing.
     pub dry_run: bool,
     /// Search this grid first and train with the best candidate.
@@ -103,7 +104,6 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
     let data = load_data(&opts.spec, &opts.source, pool, enricher).await?;
     let data_seconds = started.elapsed().as_secs_f64();
     let fingerprint = data.fingerprint(&opts.spec);
-    fit::check_budget(data.y.len(), opts.kernel_budget_bytes)?;
     if !data.skipped.is_empty() {
         tracing::warn!(
             skipped = data.skipped.len(),
@@ -113,7 +113,7 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
     }
 
     let job_id = record_start(pool, opts, &data, &fingerprint).await?;
-    let control = control::Control::new();
+    let control = control::Control::new().with_kernel_cache(opts.kernel_cache_bytes);
     let mut progress = progress_reporter(data.y.len());
     let (params, searched) = match &opts.search {
         None => (opts.params.clone(), None),

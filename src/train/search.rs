@@ -123,8 +123,11 @@ pub fn search(
         Mutex::new((0..jobs.len()).map(|_| None).collect());
     let next = AtomicUsize::new(0);
     let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let workers = threads.clamp(1, jobs.len());
+    // The cache budget is the run's, not each fit's.
+    let control = &control.with_kernel_cache(control.kernel_cache_bytes() / workers as u64);
     std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, jobs.len()) {
+        for _ in 0..workers {
             let done_tx = done_tx.clone();
             let (jobs, params, folds, results, next) = (&jobs, &params, &folds, &results, &next);
             scope.spawn(move || loop {
