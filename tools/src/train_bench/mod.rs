@@ -329,11 +329,12 @@ pub fn render_table(report: &BenchReport) -> String {
                     t.median, t.min, t.max
                 );
             }
-            _ => out += &format!("{head} - | - | - | - | - |\n"),
+            _ => out += &format!("{head} failed | - | - | - | - |\n"),
         }
-        if let Some(e) = &s.error {
-            out += &format!("|  | {} |\n", e.replace('|', "/"));
-        }
+    }
+    for s in report.sizes.iter().filter(|s| s.error.is_some()) {
+        let error = s.error.as_deref().unwrap_or_default();
+        out += &format!("\n{} rows: {error}\n", s.rows);
     }
     out
 }
