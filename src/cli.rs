@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::commands;
 use crate::model::artifact::{Kernel, TrainParams, DEFAULT_KERNEL_WIDTH};
 use crate::settings::Settings;
+use crate::train::control::DEFAULT_KERNEL_CACHE_BYTES;
 use crate::train::DataSource;
 
 /// SQS ML pipeline worker: bundles of banknote-inspection requests in, SVM predictions out.
@@ -150,7 +151,7 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Memory for kernel columns per Gaussian fit, in MiB (split between fits run in
     /// parallel): more makes large fits faster, never more accurate.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_KERNEL_CACHE_BYTES >> 20)]
     pub kernel_cache_mib: u64,
     /// Write the JSON report here.
     #[arg(long, default_value = "train-report.json")]

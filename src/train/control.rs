@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-/// The kernel-column cache of one Gaussian fit, unless told otherwise: 1 GiB.
-pub const DEFAULT_KERNEL_CACHE_BYTES: u64 = 1 << 30;
+/// The kernel-column cache of one Gaussian fit, unless told otherwise: 256 MiB. Shrinking keeps
+/// the columns short, so the cache matters little: 100 000 fixture rows fit in 5.0 s with 8 MiB,
+/// 5.3 s with 256 MiB and 6.8 s with 1 GiB (BENCHMARKS.md).
+pub const DEFAULT_KERNEL_CACHE_BYTES: u64 = 256 << 20;
 
 /// Shared by every fit of one training run. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ use ml_pipeline::model::artifact::{Kernel, TrainParams, DEFAULT_KERNEL_WIDTH};
 use ml_pipeline::spec::PipelineSpec;
 use ml_pipeline::train::data::LABEL_COLUMN;
 
+use ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES;
 use one::{OneArgs, Sample};
 use stats::{growth, Growth, SizeFigures, Spread};
 
@@ -43,6 +44,9 @@ pub struct FitArgs {
     /// Gaussian width eps in exp(-|x-x'|^2/eps) (gamma = 1/eps); unused for linear.
     #[arg(long, default_value_t = DEFAULT_KERNEL_WIDTH)]
     pub width: f64,
+    /// The kernel-column cache of a Gaussian fit, in MiB (`train --kernel-cache-mib`).
+    #[arg(long, default_value_t = DEFAULT_KERNEL_CACHE_BYTES >> 20)]
+    pub kernel_cache_mib: u64,
 }
 
 impl FitArgs {
@@ -259,6 +263,7 @@ async fn run_child(args: &TrainBenchArgs, csv: &Path, rows: usize) -> anyhow::Re
         .args(["--label-column", &args.label_column])
         .args(["--kernel", fit.kernel.as_str()])
         .args(["--width", &fit.width.to_string()])
+        .args(["--kernel-cache-mib", &fit.kernel_cache_mib.to_string()])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     if let Some(c) = fit.c {

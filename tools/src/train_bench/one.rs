@@ -11,6 +11,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use ml_pipeline::spec::PipelineSpec;
+use ml_pipeline::train::control::Control;
 use ml_pipeline::train::data::LABEL_COLUMN;
 use ml_pipeline::train::fit;
 
@@ -72,7 +73,8 @@ pub fn measure(args: &OneArgs) -> anyhow::Result<Sample> {
     let peak_reset = reset_own_peak_rss();
     let params = args.fit.params();
     let started = Instant::now();
-    let model = fit::fit(&rows.x, &rows.y, &params)
+    let control = Control::new().with_kernel_cache(args.fit.kernel_cache_mib << 20);
+    let model = fit::fit_with(&rows.x, &rows.y, &params, &control)
         .with_context(|| format!("fitting {} rows", args.rows))?;
     let seconds = started.elapsed().as_secs_f64();
     let fit_peak_kib = status_kib(OWN_STATUS, "VmHWM")?;
