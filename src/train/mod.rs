@@ -12,6 +12,7 @@ pub mod search;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -140,12 +141,14 @@ pub async fn train_until<R: ReferenceSource, D: DocumentSource>(
         fits_in_run(&opts.params, opts.search.as_ref()),
         control.clone(),
     ));
-    let fits = tokio::task::spawn_blocking({
+    let start_fits = || {
         let (data, params, grid) = (data.clone(), opts.params.clone(), opts.search.clone());
         let (control, progress) = (control.clone(), progress.clone());
-        move || fit_all(&data, &params, grid.as_ref(), &control, &progress)
-    });
-    let (joined, stopped_by) = watch(fits, stop, &control, &progress).await;
+        tokio::task::spawn_blocking(move || {
+            fit_all(&data, &params, grid.as_ref(), &control, &progress)
+        })
+    };
+    let (joined, stopped_by) = watch(stop, &control, &progress, start_fits).await;
     progress.finish();
     let fitted = match joined {
         Ok(fitted) => fitted,
@@ -280,19 +283,26 @@ fn fits_in_run(params: &TrainParams, grid: Option<&search::Grid>) -> usize {
     searched + k + 2
 }
 
-/// Waits for the fits, ticking the progress display once a second; when `stop` finishes
-/// first, cancels `control` and goes on waiting for the fits to return. Returns the fits'
-/// outcome and what stopped them, if anything did.
+/// Starts the fits and waits for them, ticking the progress display once a second; when
+/// `stop` finishes first, cancels `control` and goes on waiting for the fits to return. Returns
+/// the fits' outcome and what stopped them, if anything did.
 async fn watch<T>(
-    mut fits: tokio::task::JoinHandle<T>,
     stop: impl Future<Output = String>,
     control: &control::Control,
     progress: &progress::Progress,
+    start: impl FnOnce() -> tokio::task::JoinHandle<T>,
 ) -> (Result<T, tokio::task::JoinError>, Option<String>) {
     let mut stop = std::pin::pin!(stop);
+    let mut stopped_by = None;
+    // Polled once before the fits start, so a signal handler behind `stop` is in place by then.
+    if let Poll::Ready(signal) = futures::poll!(stop.as_mut()) {
+        control.cancel();
+        progress.stopping(&signal);
+        stopped_by = Some(signal);
+    }
+    let mut fits = start();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stopped_by = None;
     loop {
         tokio::select! {
             joined = &mut fits => return (joined, stopped_by),
