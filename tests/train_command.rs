@@ -16,6 +16,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_ml-pipeline");
 /// Long enough for a busy 2-core machine: the test never waits for a duration, only up to one.
 const PATIENCE: Duration = Duration::from_secs(300);
 
+/// The child process, killed if the test fails before it exits.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The default notes as the canonical CSV `train --data` reads.
 fn notes_csv(path: &std::path::Path) {
     let mut text = String::from("variance,skewness,curtosis,entropy,label\n");
@@ -44,34 +54,37 @@ async fn ctrl_c_stops_training_and_records_the_job_as_failed() {
         .map(|i| format!("{:.4}", 0.25 * 1.2f64.powi(i)))
         .collect();
     let html = dir.join("report.html");
-    let mut child = Command::new(BIN)
-        .args([
-            "train",
-            "--dry-run",
-            "--kernel",
-            "gaussian",
-            "--folds",
-            "10",
-        ])
-        .args(["--search", "--search-c", &c_values.join(",")])
-        .args(["--search-width", &widths.join(",")])
-        .arg("--name")
-        .arg(&name)
-        .arg("--data")
-        .arg(&csv)
-        .arg("--report")
-        .arg(dir.join("report.json"))
-        .arg("--html-report")
-        .arg(&html)
-        .env("DATABASE_URL", db.url.expose_secret())
-        .env("MONGODB_URI", common::mongodb_uri())
-        .env("MONGODB_DATABASE", mongo.name())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut running = Running(
+        Command::new(BIN)
+            .args([
+                "train",
+                "--dry-run",
+                "--kernel",
+                "gaussian",
+                "--folds",
+                "10",
+            ])
+            .args(["--search", "--search-c", &c_values.join(",")])
+            .args(["--search-width", &widths.join(",")])
+            .arg("--name")
+            .arg(&name)
+            .arg("--data")
+            .arg(&csv)
+            .arg("--report")
+            .arg(dir.join("report.json"))
+            .arg("--html-report")
+            .arg(&html)
+            .env("DATABASE_URL", db.url.expose_secret())
+            .env("MONGODB_URI", common::mongodb_uri())
+            .env("MONGODB_DATABASE", mongo.name())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
 
     // stderr is read to its end on a thread, so the child never blocks on a full pipe.
     let (lines_tx, lines) = mpsc::channel::<String>();

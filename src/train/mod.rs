@@ -1,5 +1,9 @@
 //! Training: read labelled rows, preprocess them with the worker's own stages, fit and
 //! evaluate, record the job in PostgreSQL and publish the model as a new registry version.
+//!
+//! The fits run on a blocking thread ([`fit`], [`search`]), watched from the async side: a
+//! [`control::Control`] cancels them when the run is stopped (Ctrl-C), [`progress`] shows them.
+//! [`report`] is the text and JSON report, [`figures`] the HTML one.
 
 pub mod control;
 pub mod data;
