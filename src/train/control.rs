@@ -9,18 +9,47 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+/// The kernel-column cache of one Gaussian fit, unless told otherwise: 1 GiB.
+pub const DEFAULT_KERNEL_CACHE_BYTES: u64 = 1 << 30;
+
 /// Shared by every fit of one training run. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Control {
     cancel: CancellationToken,
     iterations: Arc<AtomicU64>,
     chunks: Arc<AtomicU64>,
+    kernel_cache_bytes: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            iterations: Arc::default(),
+            chunks: Arc::default(),
+            kernel_cache_bytes: DEFAULT_KERNEL_CACHE_BYTES,
+        }
+    }
 }
 
 impl Control {
-    /// A control nobody has cancelled.
+    /// A control nobody has cancelled, with the default kernel cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same control (flag and counters shared) with each fit's kernel-column cache held
+    /// to `bytes`: the memory bound of a Gaussian fit besides its data.
+    pub fn with_kernel_cache(&self, bytes: u64) -> Self {
+        Self {
+            kernel_cache_bytes: bytes,
+            ..self.clone()
+        }
+    }
+
+    /// The kernel-column cache budget of one fit, in bytes.
+    pub fn kernel_cache_bytes(&self) -> u64 {
+        self.kernel_cache_bytes
     }
 
     /// Asks every fit using this control to stop at its next check.

@@ -4,20 +4,17 @@
 use linfa::dataset::Dataset;
 use linfa::traits::{Fit, Transformer};
 use linfa_preprocessing::linear_scaling::LinearScaler;
-use linfa_svm::Svm;
 use ndarray::{Array1, Array2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::artifact::{Kernel, Metrics, TrainParams};
+use crate::model::artifact::{Metrics, TrainParams};
 use crate::model::checks::REFERENCE_ROWS;
 use crate::model::Classifier;
 
 use super::control::Control;
-
-/// The kernel matrix budget: fits whose n x n matrix would exceed it are refused up front.
-pub const DEFAULT_KERNEL_BUDGET_BYTES: u64 = 4 << 30;
+use super::solver;
 
 /// The share of each class held out for evaluation.
 const HOLDOUT_SHARE: f64 = 0.2;
@@ -28,38 +25,15 @@ pub enum FitError {
     /// Too few rows, or one class only.
     #[error("cannot train: {0}")]
     Data(String),
-    /// The kernel matrix would not fit the memory budget.
-    #[error("cannot train on {rows} rows: the SVM's kernel matrix would take {need_gib:.1} GiB, over the budget of {budget_gib:.1} GiB; sample the data down (linfa-svm precomputes an n x n matrix)")]
-    TooLarge {
-        /// Rows requested.
-        rows: usize,
-        /// Memory the matrix needs.
-        need_gib: f64,
-        /// The budget.
-        budget_gib: f64,
-    },
     /// The scaler failed.
     #[error("fitting the scaler failed: {0}")]
     Scaler(#[from] linfa_preprocessing::PreprocessingError),
-    /// The solver failed.
-    #[error("fitting the SVM failed: {0}")]
-    Svm(#[from] linfa_svm::SvmError),
+    /// The solved SVM could not be made into linfa-svm's model.
+    #[error("the fitted SVM could not be built as linfa-svm's model: {0}")]
+    Model(String),
     /// The run was cancelled (Ctrl-C) before this fit finished.
     #[error("training was cancelled")]
     Cancelled,
-}
-
-/// Checks that the kernel matrix of `rows` rows fits in `budget` bytes.
-pub fn check_budget(rows: usize, budget: u64) -> Result<(), FitError> {
-    let need = (rows as u64).saturating_mul(rows as u64).saturating_mul(8);
-    if need > budget {
-        return Err(FitError::TooLarge {
-            rows,
-            need_gib: need as f64 / f64::from(1u32 << 30),
-            budget_gib: budget as f64 / f64::from(1u32 << 30),
-        });
-    }
-    Ok(())
 }
 
 /// Fits a scaler and an SVM on canonical features.
@@ -89,19 +63,18 @@ pub fn fit_with(
         )));
     }
     let targets = Array1::from_vec(y.to_vec());
-    let dataset = Dataset::new(x.clone(), targets.clone());
+    let dataset = Dataset::new(x.clone(), targets);
     let scaler = LinearScaler::standard().fit(&dataset)?;
-    let scaled = Dataset::new(scaler.transform(x.clone()), targets);
-    let (w_fake, w_real) = params.class_weights;
-    let base = Svm::<f64, bool>::params()
-        .pos_neg_weights(params.c * w_real, params.c * w_fake)
-        .eps(params.tolerance);
-    let base = match params.kernel_width {
-        Some(width) if params.kernel == Kernel::Gaussian => base.gaussian_kernel(width),
-        _ => base.linear_kernel(),
-    };
-    let svm = base.fit(&scaled)?;
-    tracing::debug!(solver = %svm, "SVM fitted");
+    let scaled = scaler.transform(x.clone());
+    let (svm, run) = solver::fit_svm(scaled.view(), y, params, control)?;
+    tracing::debug!(
+        solver = run.solver,
+        iterations = run.iterations,
+        converged = run.converged,
+        support_vectors = run.support_vectors,
+        rows = y.len(),
+        "SVM fitted"
+    );
     Ok(Classifier::new(scaler, svm))
 }
 
@@ -298,6 +271,7 @@ pub struct EvalTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::artifact::Kernel;
 
     #[test]
     fn folds_are_disjoint_cover_everything_and_keep_class_shares() {
@@ -319,13 +293,6 @@ mod tests {
         assert_eq!(m, [[1, 1], [1, 1]]);
         let (acc, p, r, f1) = scores(&m);
         assert_eq!((acc, p, r, f1), (0.5, 0.5, 0.5, 0.5));
-    }
-
-    #[test]
-    fn the_memory_budget_refuses_huge_fits() {
-        assert!(check_budget(10_000, DEFAULT_KERNEL_BUDGET_BYTES).is_ok());
-        let err = check_budget(204_000, DEFAULT_KERNEL_BUDGET_BYTES).unwrap_err();
-        assert!(err.to_string().contains("310.1 GiB"), "{err}");
     }
 
     /// Two noisy blobs, separable along the first feature.

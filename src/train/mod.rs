@@ -12,6 +12,7 @@ pub mod fit;
 pub mod progress;
 pub mod report;
 pub mod search;
+pub mod solver;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,8 +60,8 @@ pub struct TrainOptions {
     pub source: DataSource,
     /// Hyperparameters.
     pub params: TrainParams,
-    /// The kernel matrix memory budget, in bytes.
-    pub kernel_budget_bytes: u64,
+    /// The kernel-column cache of a Gaussian fit, in bytes (split between parallel fits).
+    pub kernel_cache_bytes: u64,
     /// Fit and evaluate but publish nothing.
     pub dry_run: bool,
     /// Search this grid first and train with the best candidate.
@@ -128,7 +129,6 @@ pub async fn train_until<R: ReferenceSource, D: DocumentSource>(
     let data = load_data(&opts.spec, &opts.source, pool, enricher).await?;
     let data_seconds = started.elapsed().as_secs_f64();
     let fingerprint = data.fingerprint(&opts.spec);
-    fit::check_budget(data.y.len(), opts.kernel_budget_bytes)?;
     if !data.skipped.is_empty() {
         tracing::warn!(
             skipped = data.skipped.len(),
@@ -139,7 +139,7 @@ pub async fn train_until<R: ReferenceSource, D: DocumentSource>(
 
     let job_id = record_start(pool, opts, &data, &fingerprint).await?;
     let data = Arc::new(data);
-    let control = control::Control::new();
+    let control = control::Control::new().with_kernel_cache(opts.kernel_cache_bytes);
     let progress = Arc::new(progress::Progress::new(
         data.y.len(),
         fits_in_run(&opts.params, opts.search.as_ref()),

@@ -125,8 +125,11 @@ pub fn search(
     // (job, whether its fit succeeded): progress counts fits done, not fits refused after a
     // cancel.
     let (done_tx, done_rx) = mpsc::channel::<(usize, bool)>();
+    let workers = threads.clamp(1, jobs.len());
+    // The cache budget is the run's, not each fit's.
+    let control = &control.with_kernel_cache(control.kernel_cache_bytes() / workers as u64);
     std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, jobs.len()) {
+        for _ in 0..workers {
             let done_tx = done_tx.clone();
             let (jobs, params, folds, results, next) = (&jobs, &params, &folds, &results, &next);
             scope.spawn(move || loop {

@@ -187,7 +187,7 @@ pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOp
             dataset: "default".into(),
         },
         params: params(kernel),
-        kernel_budget_bytes: 1 << 30,
+        kernel_cache_bytes: 256 << 20,
         dry_run,
         search: None,
         html_report: None,

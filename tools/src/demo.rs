@@ -39,7 +39,7 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
             dataset: "default".into(),
         },
         params: TrainParams::default(),
-        kernel_budget_bytes: 4 << 30,
+        kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
         dry_run: false,
         search: None,
         html_report: None,

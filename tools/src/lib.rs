@@ -4,12 +4,15 @@
 //!   binary started as a child process on queues of their own.
 //! - [`demo`]: the whole job end to end on the local services, with a summary to check.
 //! - [`generator`]: the deterministic banknote fixture domain and the poison corpus.
+//! - [`train_bench`]: the training benchmark (time and peak RSS of a fit per size) and our
+//!   side of the scikit-learn comparison (`tools/compare/`).
 //!
 //! Everything here uses only the `ml_pipeline` library's public API.
 
 pub mod bench;
 pub mod demo;
 pub mod generator;
+pub mod train_bench;
 
 use ml_pipeline::bundle::ContentEncoding;
 

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use ml_pipeline::settings::Settings;
 use ml_pipeline::spec::PipelineSpec;
-use ml_pipeline_tools::{bench, demo, generator};
+use ml_pipeline_tools::{bench, demo, generator, train_bench};
 
 /// Developer tools for the ml-pipeline worker: load generator, chaos runs, fixture generator,
 /// demo. Settings come from the same environment variables as the worker (see the README).
@@ -42,6 +42,13 @@ enum Command {
     /// The deterministic banknote fixture domain.
     #[command(subcommand)]
     Fixtures(FixturesCommand),
+    /// Training benchmark (issue 13): time and peak RSS of the final fit at several sizes,
+    /// each fit in a child process of its own; a markdown table and the growth between sizes.
+    TrainBench(train_bench::TrainBenchArgs),
+    /// Our side of the scikit-learn comparison: out-of-fold decisions on the library's seeded
+    /// folds (oof.csv) and per-fold accuracy and full-fit time (ours.json); then run
+    /// tools/compare/sklearn_compare.py on the same directory.
+    TrainCompare(train_bench::compare::CompareArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(&settings, &args.fixtures).await,
         Command::Fixtures(FixturesCommand::Generate(args)) => generate(&args),
+        Command::TrainBench(args) => train_bench::run(&args).await,
+        Command::TrainCompare(args) => train_bench::compare::run(&args).map(drop),
     }
 }
 
