@@ -37,6 +37,8 @@ pub enum Command {
     #[command(subcommand)]
     Fixtures(FixturesCommand),
     /// Train scaler + SVM with the worker's own preprocessing, evaluate, and publish a new version.
+    /// Writes a text, JSON and HTML report. Ctrl-C (or SIGTERM) stops it between fits: the job
+    /// is recorded as failed with the reason and nothing is published.
     Train(Box<TrainArgs>),
     /// List, inspect, promote, roll back and compare model versions in the S3 registry.
     #[command(subcommand)]
@@ -156,6 +158,11 @@ pub struct TrainArgs {
     /// Write the JSON report here.
     #[arg(long, default_value = "train-report.json")]
     pub report: PathBuf,
+    /// Write the HTML report here: one self-contained file with the hold-out confusion matrix,
+    /// decision scores per class, the ROC curve with its AUC, CV accuracy per fold and, after
+    /// --search, accuracy against C and width. The job row records the path.
+    #[arg(long, value_name = "PATH", default_value = "train-report.html")]
+    pub html_report: PathBuf,
     /// Fit and evaluate, record the job, publish nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -252,18 +259,25 @@ impl From<EncodingArg> for crate::bundle::ContentEncoding {
     }
 }
 
-/// Runs a parsed command line; `shutdown` (SIGTERM or SIGINT, from main) stops the worker.
-pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs a parsed command line; `shutdown` (SIGTERM or SIGINT, from main, naming the signal)
+/// stops the worker, or cancels a training run.
+pub async fn run(
+    cli: Cli,
+    shutdown: impl std::future::Future<Output = String>,
+) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("reading settings")?;
     let output = match cli.command {
         Command::Migrate => commands::migrate::migrate(&settings).await?,
         Command::Fixtures(FixturesCommand::Load(args)) => {
             commands::fixtures::load(&settings, &args.dir, &args.dataset, args.migrate).await?
         }
-        Command::Train(args) => train(&settings, *args).await?,
+        Command::Train(args) => train(&settings, *args, shutdown).await?,
         Command::Models(cmd) => models(&settings, cmd).await?,
         Command::Worker => {
-            let summary = crate::startup::run_worker(&settings, shutdown).await?;
+            let summary = crate::startup::run_worker(&settings, async {
+                shutdown.await;
+            })
+            .await?;
             anyhow::ensure!(
                 summary.drained,
                 "drain timeout reached; unfinished bundles were left for redelivery"
@@ -294,7 +308,11 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
     Ok(())
 }
 
-async fn train(settings: &Settings, args: TrainArgs) -> anyhow::Result<String> {
+async fn train(
+    settings: &Settings,
+    args: TrainArgs,
+    stop: impl std::future::Future<Output = String>,
+) -> anyhow::Result<String> {
     let source = match args.data.as_str() {
         "postgres" => DataSource::Postgres {
             dataset: args.dataset,
@@ -327,9 +345,10 @@ async fn train(settings: &Settings, args: TrainArgs) -> anyhow::Result<String> {
         params,
         kernel_cache_mib: args.kernel_cache_mib,
         report: args.report,
+        html_report: args.html_report,
         dry_run: args.dry_run,
     };
-    commands::train::train(settings, job).await
+    commands::train::train(settings, job, stop).await
 }
 
 async fn models(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<String> {

@@ -19,7 +19,8 @@
 //! - [`model`]: the fitted scaler and SVM, their versioned artifact, the registry over a model
 //!   store (S3 or memory), and the holder that hot-swaps promoted versions.
 //! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
-//! - [`train`]: training with the worker's own preprocessing, evaluation, publishing.
+//! - [`train`]: training with the worker's own preprocessing, evaluation, publishing, the
+//!   reports (text, JSON, HTML figures), progress and Ctrl-C.
 //!
 //! Beside the stages:
 //! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;

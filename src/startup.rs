@@ -314,8 +314,9 @@ pub async fn run_worker(
     Ok(serve(worker, options, shutdown).await)
 }
 
-/// Completes on SIGTERM (how ECS stops a task) or SIGINT.
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM (how ECS stops a task) or SIGINT, naming the signal as a person reads it
+/// (`Ctrl-C (SIGINT)`, `SIGTERM`).
+pub async fn shutdown_signal() -> String {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -328,8 +329,15 @@ pub async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    let signal = tokio::select! {
+        _ = ctrl_c => {
+            tracing::info!("SIGINT received");
+            "Ctrl-C (SIGINT)"
+        }
+        () = term => {
+            tracing::info!("SIGTERM received");
+            "SIGTERM"
+        }
+    };
+    signal.to_owned()
 }

@@ -29,14 +29,13 @@ fn canonical_matrix() -> Array2<f64> {
 async fn train_publish_promote_and_serve_bit_for_bit() {
     let loaded = common::Loaded::new().await;
     let registry = common::registry().await;
-    let (report, trained) = ml_pipeline::train::train(
-        &common::train_options("gaussian", false),
-        &loaded.db.pool,
-        &loaded.enricher,
-        Some(&registry),
-    )
-    .await
-    .unwrap();
+    let html = std::env::temp_dir().join(format!("train-report-{}.html", common::suffix()));
+    let mut opts = common::train_options("gaussian", false);
+    opts.html_report = Some(html.clone());
+    let (report, trained) =
+        ml_pipeline::train::train(&opts, &loaded.db.pool, &loaded.enricher, Some(&registry))
+            .await
+            .unwrap();
     assert_eq!(report.version, Some(1));
     assert!(
         report.metrics.cv_accuracy >= 0.97,
@@ -59,13 +58,28 @@ async fn train_publish_promote_and_serve_bit_for_bit() {
         linear.metrics.cv_accuracy
     );
 
-    let (status, rows): (String, i64) =
-        sqlx::query_as("SELECT status, rows FROM training_jobs WHERE job_id = $1")
+    let (status, rows, report_path): (String, i64, Option<String>) =
+        sqlx::query_as("SELECT status, rows, report_path FROM training_jobs WHERE job_id = $1")
             .bind(report.job_id)
             .fetch_one(&loaded.db.pool)
             .await
             .unwrap();
     assert_eq!((status.as_str(), rows), ("succeeded", 2000));
+    // The HTML report is where the job row and the JSON report say, with every figure.
+    let report_path = report_path.expect("the job row names the HTML report");
+    assert_eq!(report.html_report.as_deref(), Some(report_path.as_str()));
+    assert_eq!(std::path::Path::new(&report_path), html.as_path());
+    let page = std::fs::read_to_string(&report_path).unwrap();
+    for id in [
+        "confusion-matrix",
+        "score-distribution",
+        "roc-curve",
+        "cv-folds",
+    ] {
+        assert!(page.contains(&format!("<figure id=\"{id}\">")), "{id}");
+    }
+    assert!(!page.contains("search-accuracy"), "no search ran");
+    std::fs::remove_file(&html).unwrap();
 
     assert!(commands::list(&registry, "banknote")
         .await

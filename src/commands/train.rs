@@ -1,6 +1,7 @@
 //! `train`: the spec and data named on the command line, fitted, evaluated, recorded and
 //! published (or not, with `--dry-run`).
 
+use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -29,12 +30,20 @@ pub struct TrainJob {
     pub kernel_cache_mib: u64,
     /// Where the JSON report is written.
     pub report: PathBuf,
+    /// Where the HTML report with the figures is written.
+    pub html_report: PathBuf,
     /// Fit and evaluate, record the job, publish nothing.
     pub dry_run: bool,
 }
 
-/// Runs the job; returns the report text to print.
-pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String> {
+/// Runs the job; returns the report text to print. When `stop` (SIGINT or SIGTERM, named by
+/// its output) finishes while the fits run, training stops, the job is recorded as failed and
+/// the error says why.
+pub async fn train(
+    settings: &Settings,
+    job: TrainJob,
+    stop: impl Future<Output = String>,
+) -> anyhow::Result<String> {
     let mut spec = match &job.spec_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -58,6 +67,7 @@ pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String>
         kernel_cache_bytes: job.kernel_cache_mib << 20,
         dry_run: job.dry_run,
         search: job.search,
+        html_report: Some(job.html_report),
     };
     let pool = crate::startup::postgres_migrated(settings, 2).await?;
     let enricher = crate::startup::enricher(settings, &pool).await?;
@@ -66,8 +76,13 @@ pub async fn train(settings: &Settings, job: TrainJob) -> anyhow::Result<String>
     } else {
         Some(crate::startup::registry(settings).await?)
     };
-    let (report, _) = crate::train::train(&opts, &pool, &enricher, registry.as_ref()).await?;
+    let (report, _) =
+        crate::train::train_until(&opts, &pool, &enricher, registry.as_ref(), stop).await?;
     std::fs::write(&job.report, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", job.report.display()))?;
-    Ok(format!("{report}\n  report     {}", job.report.display()))
+    let mut text = format!("{report}\n  report     {}", job.report.display());
+    if let Some(html) = &report.html_report {
+        text.push_str(&format!("\n  figures    {html}"));
+    }
+    Ok(text)
 }

@@ -182,7 +182,7 @@ pub fn train_and_evaluate(
     params: &TrainParams,
     control: &Control,
     progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<(Classifier, Metrics, EvalTimes), FitError> {
+) -> Result<(Classifier, Metrics, EvalTimes, Holdout), FitError> {
     let k = params.folds.max(2);
     if y.len() < k * 2 {
         return Err(FitError::Data(format!(
@@ -206,7 +206,11 @@ pub fn train_and_evaluate(
     let (xt, yt) = take(x, y, &train);
     let (xv, yv) = take(x, y, &test);
     let holdout_model = fit_with(&xt, &yt, params, control)?;
-    let m = confusion(&yv, &predict(&holdout_model, &xv));
+    let holdout = Holdout {
+        scores: holdout_model.decision_values(xv),
+        truth: yv,
+    };
+    let m = confusion(&holdout.truth, &holdout.predicted());
     let (accuracy, precision, recall, f1) = scores(&m);
     progress(k + 1, total, "hold-out evaluation");
     let eval_seconds = started.elapsed().as_secs_f64();
@@ -234,7 +238,25 @@ pub fn train_and_evaluate(
             eval_seconds,
             train_seconds,
         },
+        holdout,
     ))
+}
+
+/// The hold-out rows as the hold-out model scored them: the report draws its ROC curve and
+/// score distributions from these.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Holdout {
+    /// The true class of each hold-out row (true: real).
+    pub truth: Vec<bool>,
+    /// The hold-out model's decision value for each row; 0 and above predicts real.
+    pub scores: Vec<f64>,
+}
+
+impl Holdout {
+    /// The predicted classes, with the threshold [`predict`] uses.
+    pub fn predicted(&self) -> Vec<bool> {
+        self.scores.iter().map(|s| *s >= 0.0).collect()
+    }
 }
 
 /// Seconds spent evaluating (CV and hold-out) and fitting the final model.
@@ -271,6 +293,65 @@ mod tests {
         assert_eq!(m, [[1, 1], [1, 1]]);
         let (acc, p, r, f1) = scores(&m);
         assert_eq!((acc, p, r, f1), (0.5, 0.5, 0.5, 0.5));
+    }
+
+    /// Two noisy blobs, separable along the first feature.
+    fn blobs(n: usize) -> (Array2<f64>, Vec<bool>) {
+        let y: Vec<bool> = (0..n).map(|i| i % 2 == 0).collect();
+        let x = Array2::from_shape_fn((n, 2), |(i, j)| {
+            let noise = ((i * 7919 + j * 104_729) % 97) as f64 / 97.0 - 0.5;
+            if j == 0 && y[i] {
+                1.0 + noise
+            } else {
+                noise
+            }
+        });
+        (x, y)
+    }
+
+    #[test]
+    fn the_holdout_scores_are_the_confusion_matrix_s_source() {
+        let (x, y) = blobs(60);
+        let params = TrainParams {
+            folds: 2,
+            ..TrainParams::with_kernel(Kernel::Linear)
+        };
+        let (_, metrics, _, holdout) =
+            train_and_evaluate(&x, &y, &params, &Control::new(), &mut |_, _, _| {}).unwrap();
+        assert_eq!(holdout.truth.len(), metrics.holdout_rows);
+        assert_eq!(holdout.scores.len(), metrics.holdout_rows);
+        assert_eq!(
+            confusion(&holdout.truth, &holdout.predicted()),
+            metrics.confusion
+        );
+    }
+
+    #[test]
+    fn a_cancelled_control_stops_training() {
+        let (x, y) = blobs(60);
+        let params = TrainParams {
+            folds: 3,
+            ..TrainParams::with_kernel(Kernel::Linear)
+        };
+        let control = Control::new();
+        control.cancel();
+        let mut fits = 0;
+        let before = train_and_evaluate(&x, &y, &params, &control, &mut |_, _, _| fits += 1);
+        assert!(matches!(before, Err(FitError::Cancelled)), "{before:?}");
+        assert_eq!(fits, 0);
+
+        // Cancelled while running: after the second fold, as Ctrl-C would between fits.
+        let control = Control::new();
+        let watcher = control.clone();
+        let mut fits = 0;
+        let during = train_and_evaluate(&x, &y, &params, &control, &mut |done, _, _| {
+            fits = done;
+            if done == 2 {
+                watcher.cancel();
+            }
+        });
+        assert!(matches!(during, Err(FitError::Cancelled)), "{during:?}");
+        assert_eq!(fits, 2, "no fit completes after the cancel");
     }
 
     #[test]

@@ -1,24 +1,33 @@
 //! Training: read labelled rows, preprocess them with the worker's own stages, fit and
 //! evaluate, record the job in PostgreSQL and publish the model as a new registry version.
+//!
+//! The fits run on a blocking thread ([`fit`], [`search`]), watched from the async side: a
+//! [`control::Control`] cancels them when the run is stopped (Ctrl-C), [`progress`] shows them.
+//! [`report`] is the text and JSON report, [`figures`] the HTML one.
 
 pub mod control;
 pub mod data;
+pub mod figures;
 pub mod fit;
+pub mod progress;
 pub mod report;
 pub mod search;
 pub mod solver;
 
-use std::io::IsTerminal;
+use std::future::Future;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
-use crate::model::artifact::{ModelArtifact, TrainParams, ARTIFACT_FORMAT};
+use crate::model::artifact::{Metrics, ModelArtifact, TrainParams, ARTIFACT_FORMAT};
 use crate::model::checks::ReferenceSet;
 use crate::model::registry::Registry;
+use crate::model::Classifier;
 use crate::spec::PipelineSpec;
 use data::{Form, TrainingData};
 pub use report::TrainReport;
@@ -57,6 +66,8 @@ pub struct TrainOptions {
     pub dry_run: bool,
     /// Search this grid first and train with the best candidate.
     pub search: Option<search::Grid>,
+    /// Write the HTML report with the figures here; None: no HTML report.
+    pub html_report: Option<PathBuf>,
 }
 
 /// Reads the rows of a source.
@@ -91,13 +102,27 @@ pub async fn load_data<R: ReferenceSource, D: DocumentSource>(
     }
 }
 
-/// Runs a whole training job: data, fit, evaluation, job row, publish. Returns the report and
-/// the artifact as published (with its version set).
+/// Runs a whole training job: data, fit, evaluation, job row, publish, reports. Returns the
+/// report and the artifact as published (with its version set).
 pub async fn train<R: ReferenceSource, D: DocumentSource>(
     opts: &TrainOptions,
     pool: &PgPool,
     enricher: &Enricher<R, D>,
     registry: Option<&Registry>,
+) -> anyhow::Result<(TrainReport, ModelArtifact)> {
+    train_until(opts, pool, enricher, registry, std::future::pending()).await
+}
+
+/// [`train`], stopped when `stop` finishes while the fits run (the `train` command passes
+/// SIGINT/SIGTERM). `stop` yields what stopped the run, for the job row's reason. The fits then
+/// return [`fit::FitError::Cancelled`] at their next check, the job is marked failed, nothing
+/// is published and the error names the signal and the fits done.
+pub async fn train_until<R: ReferenceSource, D: DocumentSource>(
+    opts: &TrainOptions,
+    pool: &PgPool,
+    enricher: &Enricher<R, D>,
+    registry: Option<&Registry>,
+    stop: impl Future<Output = String>,
 ) -> anyhow::Result<(TrainReport, ModelArtifact)> {
     opts.spec.validate()?;
     let started = Instant::now();
@@ -113,42 +138,49 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
     }
 
     let job_id = record_start(pool, opts, &data, &fingerprint).await?;
+    let data = Arc::new(data);
     let control = control::Control::new().with_kernel_cache(opts.kernel_cache_bytes);
-    let mut progress = progress_reporter(data.y.len());
-    let (params, searched) = match &opts.search {
-        None => (opts.params.clone(), None),
-        Some(grid) => {
-            let threads = std::thread::available_parallelism().map_or(1, usize::from);
-            match search::search(
-                &data.x,
-                &data.y,
-                &opts.params,
-                grid,
-                threads,
-                &control,
-                &mut progress,
-            ) {
-                Ok(found) => {
-                    eprint!("{found}");
-                    let best = found.best_params(&opts.params);
-                    record_search(pool, job_id, &found, &best).await?;
-                    (best, Some(found))
-                }
-                Err(e) => {
-                    record_failure(pool, job_id, &e.to_string()).await;
-                    return Err(e.into());
-                }
-            }
+    let progress = Arc::new(progress::Progress::new(
+        data.y.len(),
+        fits_in_run(&opts.params, opts.search.as_ref()),
+        control.clone(),
+    ));
+    let start_fits = || {
+        let (data, params, grid) = (data.clone(), opts.params.clone(), opts.search.clone());
+        let (control, progress) = (control.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            fit_all(&data, &params, grid.as_ref(), &control, &progress)
+        })
+    };
+    let (joined, stopped_by) = watch(stop, &control, &progress, start_fits).await;
+    progress.finish();
+    let fitted = match joined {
+        Ok(fitted) => fitted,
+        Err(e) => {
+            let reason = format!("a fit panicked: {e}");
+            record_failure(pool, job_id, &reason).await;
+            anyhow::bail!(reason);
         }
     };
-    let fitted = fit::train_and_evaluate(&data.x, &data.y, &params, &control, &mut progress);
-    let (classifier, metrics, times) = match fitted {
-        Ok(v) => v,
-        Err(e) => {
+    if let Some(found) = &fitted.search {
+        eprint!("{found}");
+        record_search(pool, job_id, found, &fitted.params).await?;
+    }
+    let (classifier, metrics, times, holdout) = match (fitted.result, stopped_by) {
+        // Whether or not the fits noticed in time, a stopped run publishes nothing.
+        (_, Some(signal)) => {
+            let (done, total) = progress.fits();
+            let reason = format!("cancelled by {signal} after {done} of {total} fits");
+            record_failure(pool, job_id, &reason).await;
+            anyhow::bail!("training job {job_id} {reason}");
+        }
+        (Ok(v), None) => v,
+        (Err(e), None) => {
             record_failure(pool, job_id, &e.to_string()).await;
             return Err(e.into());
         }
     };
+    let params = fitted.params;
     let reference =
         ReferenceSet::compute(&classifier, fit::reference_rows(&data.x, &data.y, &params));
     let mut artifact = ModelArtifact {
@@ -178,32 +210,115 @@ pub async fn train<R: ReferenceSource, D: DocumentSource>(
         (true, _) => None,
     };
     let mut report = TrainReport::new(&artifact, version, &data, data_seconds, times, job_id);
-    report.search = searched;
+    report.search = fitted.search;
+    if let Some(path) = &opts.html_report {
+        // The model is published by now: a report that cannot be written costs a warning,
+        // not the job.
+        match figures::write_html(path, &report, &holdout) {
+            Ok(()) => {
+                let written = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                report.html_report = Some(written.display().to_string());
+            }
+            Err(e) => tracing::warn!(job_id, error = %e, "the HTML report was not written"),
+        }
+    }
     record_finish(pool, job_id, &report).await?;
     Ok((report, artifact))
 }
 
-/// A progress bar on a terminal, plain progress lines otherwise.
-fn progress_reporter(rows: usize) -> impl FnMut(usize, usize, &str) {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} fits  {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar
-    });
-    move |done, total, what| match &bar {
-        Some(bar) => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(what.to_owned());
-            if done == total {
-                bar.finish_and_clear();
+/// What the fits of a run produced.
+struct Fitted {
+    /// The search, when one ran and finished.
+    search: Option<search::Search>,
+    /// The parameters trained with: the search's best, or the options'.
+    params: TrainParams,
+    /// The final model, its metrics and timings, and the hold-out scores.
+    result: Result<(Classifier, Metrics, fit::EvalTimes, fit::Holdout), fit::FitError>,
+}
+
+/// The search (when asked for), then cross-validation, hold-out and final fit, on this thread.
+fn fit_all(
+    data: &TrainingData,
+    params: &TrainParams,
+    grid: Option<&search::Grid>,
+    control: &control::Control,
+    progress: &progress::Progress,
+) -> Fitted {
+    let (x, y) = (&data.x, data.y.as_slice());
+    let mut searched = None;
+    let mut params = params.clone();
+    if let Some(grid) = grid {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        match search::search(
+            x,
+            y,
+            &params,
+            grid,
+            threads,
+            control,
+            &mut progress.phase(0),
+        ) {
+            Ok(found) => {
+                params = found.best_params(&params);
+                searched = Some(found);
+            }
+            Err(e) => {
+                return Fitted {
+                    search: None,
+                    params,
+                    result: Err(e),
+                }
             }
         }
-        None => eprintln!("train: {done}/{total} fits done ({what}, {rows} rows)"),
+    }
+    let offset = progress.fits().0;
+    let result = fit::train_and_evaluate(x, y, &params, control, &mut progress.phase(offset));
+    Fitted {
+        search: searched,
+        params,
+        result,
+    }
+}
+
+/// The fits a run makes: the search's candidates x folds, then the folds, hold-out and final.
+fn fits_in_run(params: &TrainParams, grid: Option<&search::Grid>) -> usize {
+    let k = params.folds.max(2);
+    let searched = grid.map_or(0, |g| search::candidates(params, g).len() * k);
+    searched + k + 2
+}
+
+/// Starts the fits and waits for them, ticking the progress display once a second; when
+/// `stop` finishes first, cancels `control` and goes on waiting for the fits to return. Returns
+/// the fits' outcome and what stopped them, if anything did.
+async fn watch<T>(
+    stop: impl Future<Output = String>,
+    control: &control::Control,
+    progress: &progress::Progress,
+    start: impl FnOnce() -> tokio::task::JoinHandle<T>,
+) -> (Result<T, tokio::task::JoinError>, Option<String>) {
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped_by = None;
+    // Polled once before the fits start, so a signal handler behind `stop` is in place by then.
+    if let Poll::Ready(signal) = futures::poll!(stop.as_mut()) {
+        control.cancel();
+        progress.stopping(&signal);
+        stopped_by = Some(signal);
+    }
+    let mut fits = start();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            joined = &mut fits => return (joined, stopped_by),
+            signal = &mut stop, if stopped_by.is_none() => {
+                control.cancel();
+                progress.stopping(&signal);
+                stopped_by = Some(signal);
+            }
+            _ = ticks.tick() => {
+                progress.tick(Instant::now());
+            }
+        }
     }
 }
 
@@ -248,7 +363,8 @@ async fn record_search(
 async fn record_finish(pool: &PgPool, job_id: i64, report: &TrainReport) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE training_jobs SET status = $2, model_version = $3, metrics = $4, data_seconds = $5, \
-         train_seconds = $6, eval_seconds = $7, finished_at = now() WHERE job_id = $1",
+         train_seconds = $6, eval_seconds = $7, report_path = $8, finished_at = now() \
+         WHERE job_id = $1",
     )
     .bind(job_id)
     .bind(if report.version.is_some() { "succeeded" } else { "dry_run" })
@@ -257,6 +373,7 @@ async fn record_finish(pool: &PgPool, job_id: i64, report: &TrainReport) -> anyh
     .bind(report.seconds.data)
     .bind(report.seconds.train)
     .bind(report.seconds.evaluate)
+    .bind(&report.html_report)
     .execute(pool)
     .await
     .context("updating the training job")?;

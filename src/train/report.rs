@@ -46,6 +46,9 @@ pub struct TrainReport {
     /// The hyperparameter search that chose the parameters, when one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<super::search::Search>,
+    /// Where the HTML report with the figures was written (None: not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html_report: Option<String>,
 }
 
 impl TrainReport {
@@ -79,6 +82,7 @@ impl TrainReport {
                 evaluate: times.eval_seconds,
             },
             search: None,
+            html_report: None,
         }
     }
 }

@@ -122,7 +122,9 @@ pub fn search(
     let results: Mutex<Vec<Option<FoldScore>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
     let next = AtomicUsize::new(0);
-    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    // (job, whether its fit succeeded): progress counts fits done, not fits refused after a
+    // cancel.
+    let (done_tx, done_rx) = mpsc::channel::<(usize, bool)>();
     let workers = threads.clamp(1, jobs.len());
     // The cache budget is the run's, not each fit's.
     let control = &control.with_kernel_cache(control.kernel_cache_bytes() / workers as u64);
@@ -138,12 +140,18 @@ pub fn search(
                 let t = Instant::now();
                 let scored = fold_accuracy(x, y, &folds[f], &params[c], control)
                     .map(|accuracy| (accuracy, t.elapsed().as_secs_f64()));
+                let ok = scored.is_ok();
                 results.lock().expect("never poisoned")[i] = Some(scored);
-                let _ = done_tx.send(i);
+                let _ = done_tx.send((i, ok));
             });
         }
         drop(done_tx);
-        for (done, i) in done_rx.iter().enumerate() {
+        for (done, i) in done_rx
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(i, _)| i)
+            .enumerate()
+        {
             let (c, f) = jobs[i];
             let p = &params[c];
             progress(

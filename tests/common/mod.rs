@@ -190,6 +190,7 @@ pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOp
         kernel_cache_bytes: 256 << 20,
         dry_run,
         search: None,
+        html_report: None,
     }
 }
 
@@ -212,7 +213,7 @@ pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
             let y: Vec<bool> = set.notes.iter().map(|n| n.label == 1).collect();
             let mut p = params("gaussian");
             p.folds = 2;
-            let (classifier, metrics, _) = ml_pipeline::train::fit::train_and_evaluate(
+            let (classifier, metrics, _, _) = ml_pipeline::train::fit::train_and_evaluate(
                 &x,
                 &y,
                 &p,

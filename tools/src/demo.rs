@@ -42,6 +42,7 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
         kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
         dry_run: false,
         search: None,
+        html_report: None,
     };
     let (report, _) = ml_pipeline::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
     let version = report.version.expect("published");
