@@ -36,6 +36,15 @@ pub enum FitError {
     Cancelled,
 }
 
+impl From<solver::SolverError> for FitError {
+    fn from(e: solver::SolverError) -> Self {
+        match e {
+            solver::SolverError::Cancelled => FitError::Cancelled,
+            solver::SolverError::Form(why) => FitError::Model(why),
+        }
+    }
+}
+
 /// Fits a scaler and an SVM on canonical features.
 pub fn fit(x: &Array2<f64>, y: &[bool], params: &TrainParams) -> Result<Classifier, FitError> {
     fit_with(x, y, params, &Control::new())

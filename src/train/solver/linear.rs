@@ -11,9 +11,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::Solution;
+use super::dual::Solution;
+use super::dual::SolverError;
 use crate::train::control::Control;
-use crate::train::fit::FitError;
 
 /// The constant feature whose weight is the offset. At 1 (liblinear's default) the fixture data's
 /// offset (about 9 on standardized features) is pulled towards 0 and labels near the boundary
@@ -53,7 +53,7 @@ pub fn solve(
     tolerance: f64,
     seed: u64,
     control: &Control,
-) -> Result<LinearFit, FitError> {
+) -> Result<LinearFit, SolverError> {
     let (n, d) = x.dim();
     let tolerance = tolerance.max(LINEAR_TOLERANCE);
     let x = x.as_standard_layout();
@@ -75,7 +75,7 @@ pub fn solve(
     let mut converged = false;
     while passes < MAX_PASSES {
         if control.is_cancelled() {
-            return Err(FitError::Cancelled);
+            return Err(SolverError::Cancelled);
         }
         let (mut pg_max, mut pg_min) = (f64::NEG_INFINITY, f64::INFINITY);
         index[..active].shuffle(&mut rng);

@@ -16,58 +16,19 @@
 //! scikit-learn row by row (BENCHMARKS.md, "Training at scale").
 
 pub mod cache;
+pub mod dual;
 pub mod linear;
 pub mod smo;
+
+pub use dual::{KernelFn, Solution, SolverError};
 
 use linfa_svm::Svm;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde_json::json;
 
 use super::control::Control;
-use super::fit::FitError;
 use crate::model::artifact::{Kernel, TrainParams};
 use crate::model::compiled::SUPPORT_THRESHOLD;
-
-/// A kernel function on two rows of the same width.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum KernelFn {
-    /// `x · x'`.
-    Linear,
-    /// `exp(-|x - x'|² / width)` (linfa's Gaussian `eps`).
-    Gaussian {
-        /// The width, > 0.
-        width: f64,
-    },
-}
-
-impl KernelFn {
-    /// K(a, b).
-    #[inline]
-    pub fn eval(self, a: &[f64], b: &[f64]) -> f64 {
-        match self {
-            KernelFn::Linear => a.iter().zip(b).map(|(p, q)| p * q).sum(),
-            KernelFn::Gaussian { width } => {
-                let d2: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum();
-                (-d2 / width).exp()
-            }
-        }
-    }
-}
-
-/// A solved dual: what linfa-svm keeps of a fit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Solution {
-    /// yᵢ·αᵢ for every training row, in the original order.
-    pub signed_alpha: Vec<f64>,
-    /// The offset: the decision value is Σ yᵢαᵢK(xᵢ, x) − ρ.
-    pub rho: f64,
-    /// Solver iterations (SMO steps, or passes over the data for the linear solver).
-    pub iterations: usize,
-    /// The dual objective reached.
-    pub objective: f64,
-    /// Whether the tolerance was reached (false: it ran out of iterations).
-    pub converged: bool,
-}
 
 /// What a fit did, for the log and the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +49,7 @@ pub fn fit_svm(
     y: &[bool],
     params: &TrainParams,
     control: &Control,
-) -> Result<(Svm<f64, bool>, SolverRun), FitError> {
+) -> Result<(Svm<f64, bool>, SolverRun), SolverError> {
     let (w_fake, w_real) = params.class_weights;
     let bounds = (params.c * w_real, params.c * w_fake);
     let (svm, solution, solver) = match (params.kernel, params.kernel_width) {
@@ -146,7 +107,7 @@ fn gaussian_svm(
     scaled: ArrayView2<f64>,
     solution: &Solution,
     width: f64,
-) -> Result<Svm<f64, bool>, FitError> {
+) -> Result<Svm<f64, bool>, SolverError> {
     let (rows, alpha) = support(solution);
     let vectors: Array2<f64> = scaled.select(Axis(0), &rows);
     linfa_form(
@@ -158,7 +119,7 @@ fn gaussian_svm(
 }
 
 /// linfa-svm's linear model: the weight vector (coefficients kept for `nsupport`).
-fn linear_svm(weights: &[f64], solution: &Solution) -> Result<Svm<f64, bool>, FitError> {
+fn linear_svm(weights: &[f64], solution: &Solution) -> Result<Svm<f64, bool>, SolverError> {
     let (_, alpha) = support(solution);
     linfa_form(
         solution,
@@ -178,7 +139,7 @@ fn linfa_form(
     alpha: Vec<f64>,
     kernel_method: serde_json::Value,
     sep_hyperplane: serde_json::Value,
-) -> Result<Svm<f64, bool>, FitError> {
+) -> Result<Svm<f64, bool>, SolverError> {
     let form = json!({
         "alpha": alpha,
         "rho": solution.rho,
@@ -192,7 +153,7 @@ fn linfa_form(
         "phantom": null,
     });
     serde_json::from_value(form).map_err(|e| {
-        FitError::Model(format!(
+        SolverError::Form(format!(
             "linfa-svm refused its serde form ({e}): this build's linfa-svm changed the form"
         ))
     })

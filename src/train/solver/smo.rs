@@ -9,9 +9,9 @@
 use ndarray::ArrayView2;
 
 use super::cache::ColumnCache;
-use super::{KernelFn, Solution};
+use super::dual::SolverError;
+use super::dual::{KernelFn, Solution};
 use crate::train::control::Control;
-use crate::train::fit::FitError;
 
 /// libsvm's stand-in for a non-positive curvature.
 const TAU: f64 = 1e-12;
@@ -70,9 +70,9 @@ pub fn solve(
     kernel: KernelFn,
     params: SmoParams,
     control: &Control,
-) -> Result<Solution, FitError> {
+) -> Result<Solution, SolverError> {
     if control.is_cancelled() {
-        return Err(FitError::Cancelled);
+        return Err(SolverError::Cancelled);
     }
     let n = y.len();
     let width = x.ncols();
@@ -142,7 +142,7 @@ impl Smo<'_> {
     }
 
     /// The main loop; returns the iterations run and whether the tolerance was reached.
-    fn run(&mut self) -> Result<(usize, bool), FitError> {
+    fn run(&mut self) -> Result<(usize, bool), SolverError> {
         let n = self.len();
         let max_iterations = (100 * n).max(10_000_000);
         let mut counter = CHECK_EVERY.min(n) + 1;
@@ -159,7 +159,7 @@ impl Smo<'_> {
                 self.control.add_iterations((iterations - counted) as u64);
                 counted = iterations;
                 if self.control.is_cancelled() {
-                    return Err(FitError::Cancelled);
+                    return Err(SolverError::Cancelled);
                 }
             }
             let pair = match self.select_pair() {

@@ -189,7 +189,7 @@ fn a_cancelled_control_stops_both_solvers() {
     control.cancel();
     for kernel in [Kernel::Linear, Kernel::Gaussian] {
         let result = fit_svm(x.view(), &y, &params(kernel, 1.0, 1e-3), &control);
-        assert!(matches!(result, Err(FitError::Cancelled)), "{kernel}");
+        assert!(matches!(result, Err(SolverError::Cancelled)), "{kernel}");
     }
 }
 
