@@ -50,6 +50,7 @@ pub mod instruments;
 pub mod model;
 pub mod mongo;
 pub mod normalize;
+pub mod providers;
 pub mod queue;
 pub mod record;
 pub mod settings;
