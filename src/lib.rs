@@ -25,6 +25,8 @@
 //! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;
 //!   [`text`]: bounded descriptions for messages.
 //! - [`fixtures`]: the banknote fixture files, read and loaded.
+//! - [`providers`]: provider deliveries into MongoDB with their history, the deliveries ledger
+//!   in PostgreSQL, rollback (what puts the documents [`enrich`] reads in place).
 //! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs.
 //! - [`aws`], [`db`], [`mongo`], [`http`]: the outside systems' clients.
 //! - [`settings`]: typed configuration from environment variables.
