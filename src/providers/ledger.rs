@@ -392,7 +392,7 @@ impl Ledger {
         .bind(provider)
         .fetch_one(&mut conn)
         .await?;
-        Ok(taken.then_some(ProviderLock { conn: conn }))
+        Ok(taken.then_some(ProviderLock { conn }))
     }
 }
 

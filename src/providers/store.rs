@@ -30,7 +30,7 @@ pub enum StoreError {
         operation: &'static str,
         collection: String,
         #[source]
-        error: mongodb::error::Error,
+        error: Box<mongodb::error::Error>,
     },
     /// The command ran but some statements failed (e.g. a duplicate key).
     #[error("MongoDB {operation} on {collection}: {failed} statements failed, the first: {first}")]
@@ -88,7 +88,7 @@ impl DocumentStore {
         move |error| StoreError::Mongo {
             operation,
             collection: self.collection(shelf).name().to_owned(),
-            error,
+            error: Box::new(error),
         }
     }
 
