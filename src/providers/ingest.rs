@@ -23,10 +23,10 @@ use super::check::{
     check_row, stored_content_hash, Accepted, ProviderShape, Refusal, UnknownProvider,
 };
 use super::ledger::{Counts, Kind, Ledger, NewDelivery, Outcome, RefusedRow, Status};
+use super::progress::{Pass, Progress};
 use super::read::{ContentDigest, Format, ReadError};
 use super::source::{DeliverySource, SourceClients};
 use super::store::{version_of, DocumentStore, Shelf, StoreError};
-use super::{Pass, Progress};
 use crate::spec::PipelineSpec;
 
 /// One delivery to load.

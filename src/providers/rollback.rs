@@ -14,8 +14,8 @@ use mongodb::bson::Document;
 use super::check::{ProviderShape, UnknownProvider};
 use super::ingest::{archived, new_delivery_id};
 use super::ledger::{Counts, Kind, Ledger, NewDelivery, Outcome, Status};
+use super::progress::{Pass, Progress};
 use super::store::{integer, version_of, DocumentStore, Shelf, StoreError};
-use super::{Pass, Progress};
 use crate::spec::PipelineSpec;
 
 /// What a rollback did.
