@@ -530,3 +530,51 @@ async fn a_crashed_delivery_resumes_under_its_id_without_writing_twice() {
     let rows = env.ledger.list(Some("aurum"), 10).await.unwrap();
     assert_eq!(rows.len(), 2, "one ledger row per delivery, resumed or not");
 }
+
+#[tokio::test]
+async fn a_rollback_leaves_documents_a_later_delivery_changed_again() {
+    let env = Env::new().await;
+    let set = common::default_fixtures();
+    env.ingest(&fixture("provider_scans.jsonl")).await.unwrap();
+    let update = env
+        .ingest(&fixture("provider_update_aurum.jsonl"))
+        .await
+        .unwrap();
+    // A third delivery changes five of the documents the update wrote.
+    let later: Vec<Value> = set
+        .provider_update
+        .iter()
+        .rev()
+        .take(5)
+        .map(|d| {
+            let mut d = d.clone();
+            d["scan"]["kurtosis"] = serde_json::json!(42.5);
+            d
+        })
+        .collect();
+    let lines: Vec<String> = later.iter().map(Value::to_string).collect();
+    let third = temp_file("third.jsonl", lines.join("\n").as_bytes());
+    let third = env.ingest(&third).await.unwrap();
+    assert_eq!(third.counts.updated, 5);
+
+    let rollback = env.rollback(&update.delivery_id).await.unwrap();
+    assert_eq!(rollback.counts.changed_since, 5);
+    assert_eq!(
+        rollback.counts.rows,
+        update.counts.updated + update.counts.inserted - 5
+    );
+    let notes: Vec<&str> = later
+        .iter()
+        .map(|d| d["note_id"].as_str().unwrap())
+        .collect();
+    let read = env.worker_kurtosis(&notes).await;
+    assert!(notes.iter().all(|n| read[*n] == 42.5), "{read:?}");
+    // The third delivery can still be undone on its own.
+    let undo_third = env.rollback(&third.delivery_id).await.unwrap();
+    assert_eq!(undo_third.counts.updated, 5);
+    let read = env.worker_kurtosis(&notes).await;
+    for d in set.provider_update.iter().rev().take(5) {
+        let note = d["note_id"].as_str().unwrap();
+        assert_eq!(read[note], d["scan"]["kurtosis"].as_f64().unwrap());
+    }
+}
