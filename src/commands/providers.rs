@@ -18,7 +18,7 @@ use crate::settings::Settings;
 use crate::spec::PipelineSpec;
 
 /// Refused rows printed in the summary (the ledger keeps more).
-const REFUSED_SHOWN: usize = 10;
+const REFUSED_SHOWN: usize = 5;
 
 /// One `providers ingest` as asked for.
 #[derive(Debug, Clone)]
@@ -124,14 +124,22 @@ pub fn ingest_summary(request: &IngestRequest, s: &IngestSummary) -> String {
         s.documents_per_second(),
         s.elapsed.as_secs_f64(),
     );
-    for (i, r) in s.refused_sample.iter().take(REFUSED_SHOWN).enumerate() {
-        let label = if i == 0 { "refused" } else { "" };
-        writeln!(out, "{label:<9} line {}: {}", r.line, r.reason).expect("writing to a String");
+    if c.refused > 0 {
+        let kinds: Vec<String> = s
+            .refused_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        writeln!(out, "refused   {}: {}", c.refused, kinds.join(", "))
+            .expect("writing to a String");
+    }
+    for r in s.refused_sample.iter().take(REFUSED_SHOWN) {
+        writeln!(out, "          line {}: {}", r.line, r.reason).expect("writing to a String");
     }
     if c.refused > REFUSED_SHOWN as u64 {
         writeln!(
             out,
-            "          ... {} more refused rows (the first {} are in the ledger: providers deliveries)",
+            "          ... {} more; the first {} with their reasons are in the ledger (provider_deliveries.refused_sample)",
             c.refused - REFUSED_SHOWN as u64,
             s.refused_sample.len()
         )

@@ -148,6 +148,28 @@ pub enum Refusal {
     DuplicateKey { key: String, other_line: u64 },
 }
 
+impl Refusal {
+    /// The kind of refusal in a few words, for counts by reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreadable(_) => "unreadable",
+            Self::LineTooLong { .. } => "line too long",
+            Self::NotAnObject => "not an object",
+            Self::MissingKey { .. } | Self::BadKey { .. } => "bad key",
+            Self::OtherProvider { .. } => "another provider's row",
+            Self::OtherId { .. } => "wrong _id",
+            Self::ReservedField { .. } => "reserved field",
+            Self::MissingField { .. } => "missing field",
+            Self::NotANumber { .. } => "not a number",
+            Self::NotFinite { .. } => "NaN or infinite",
+            Self::DollarKey { .. } => "'$' key",
+            Self::DottedKey { .. } => "dotted key",
+            Self::TooLarge { .. } => "over 16 MiB",
+            Self::DuplicateKey { .. } => "duplicate key",
+        }
+    }
+}
+
 /// A row that passed every check: its key, the content to store, and the content's hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {

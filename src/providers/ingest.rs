@@ -12,7 +12,7 @@
 //!   at any instant loses no version. A document whose content did not change, or that this
 //!   delivery already wrote (a resumed run), is not written again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub struct IngestSummary {
     pub counts: Counts,
     /// The first refused rows, by line.
     pub refused_sample: Vec<RefusedRow>,
+    /// Every refused row counted by the kind of its reason ([`Refusal::kind`]).
+    pub refused_by_kind: BTreeMap<&'static str, u64>,
     /// Wall time of both passes.
     pub elapsed: Duration,
 }
@@ -239,6 +241,7 @@ impl Ingest<'_> {
             bytes: scan.digest.bytes,
             counts: scan.counts,
             refused_sample: scan.sample.clone(),
+            refused_by_kind: scan.by_kind.clone(),
             elapsed: Duration::ZERO,
         };
         let source_name = request.source.to_string();
@@ -482,6 +485,8 @@ struct Scan {
     counts: Counts,
     /// The first refused rows, by line.
     sample: Vec<RefusedRow>,
+    /// Every refused row counted by the kind of its reason.
+    by_kind: BTreeMap<&'static str, u64>,
     /// Hashes of the keys that appear more than once (every occurrence is refused).
     duplicates: HashSet<u64>,
 }
@@ -498,8 +503,10 @@ async fn scan(
     ingest.progress.start(Pass::Check, None);
     let mut counts = Counts::default();
     let mut sample = Vec::new();
+    let mut by_kind = BTreeMap::new();
     let mut refuse = |counts: &mut Counts, line: u64, reason: &Refusal| {
         counts.refused += 1;
+        *by_kind.entry(reason.kind()).or_insert(0) += 1;
         if sample.len() < options.refused_sample {
             sample.push(RefusedRow {
                 line,
@@ -552,6 +559,7 @@ async fn scan(
         digest,
         counts,
         sample,
+        by_kind,
         duplicates,
     })
 }
