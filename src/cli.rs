@@ -51,6 +51,69 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Publish bundles to the input queue (the fixtures' bundles, or a .json/.jsonl file).
     Send(SendArgs),
+    /// Provider data: load a delivery (keeping earlier versions), list deliveries, roll one back.
+    ///
+    /// Each delivery is recorded in PostgreSQL (provider_deliveries); earlier versions of the
+    /// documents are kept in MongoDB (<collection>_history).
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+}
+
+/// Provider-data subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Load one delivery for one provider into MongoDB, keeping the versions it replaces.
+    ///
+    /// Two passes over the source: the first checks every
+    /// row and writes nothing (a truncated gzip or wrong CSV columns fail the delivery here),
+    /// the second writes the accepted rows in batches. Refused rows are counted and listed with
+    /// their line and reason. The same content twice is `unchanged`; running a delivery that
+    /// crashed or failed while writing again completes it without writing anything twice.
+    Ingest(IngestArgs),
+    /// The deliveries ledger, newest first: status, counts, errors, rollbacks.
+    Deliveries {
+        /// Only this provider's deliveries.
+        #[arg(long)]
+        provider: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Undo one delivery: its documents go back to their previous versions.
+    ///
+    /// Restores the documents a delivery changed to their previous versions (and removes the
+    /// ones it inserted); documents changed again by a later delivery are left alone. Recorded
+    /// as a delivery of its own; a delivery is rolled back at most once.
+    Rollback {
+        /// The delivery to undo (from `providers deliveries`).
+        #[arg(long)]
+        delivery: String,
+        /// Documents per write batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_docs: usize,
+    },
+}
+
+/// Options of `providers ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The provider, as named in the pipeline spec (aurum, lumen). Rows naming another provider
+    /// are refused.
+    #[arg(long)]
+    pub provider: String,
+    /// A local file or s3://bucket/key; JSON lines or CSV (a header of dotted field paths),
+    /// optionally gzip-compressed (recognized by its content).
+    #[arg(long, value_name = "PATH|s3://BUCKET/KEY")]
+    pub source: String,
+    /// The format, when the name does not end in .jsonl/.json/.ndjson/.csv (before any .gz).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::providers::Format>,
+    /// The id to record the delivery under; default <provider>-<UTC time>-<random>.
+    #[arg(long)]
+    pub delivery_id: Option<String>,
+    /// Documents per write batch (one round trip per collection per batch).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_docs: usize,
 }
 
 /// Options of `healthcheck`.
@@ -303,9 +366,32 @@ pub async fn run(
             )
             .await?
         }
+        Command::Providers(cmd) => providers(&settings, cmd).await?,
     };
     println!("{}", output.trim_end());
     Ok(())
+}
+
+async fn providers(settings: &Settings, cmd: ProvidersCommand) -> anyhow::Result<String> {
+    match cmd {
+        ProvidersCommand::Ingest(args) => {
+            let job = commands::providers::IngestJob {
+                provider: args.provider,
+                source: args.source,
+                format: args.format,
+                delivery_id: args.delivery_id,
+                batch_docs: args.batch_docs,
+            };
+            commands::providers::ingest(settings, job).await
+        }
+        ProvidersCommand::Deliveries { provider, limit } => {
+            commands::providers::deliveries(settings, provider.as_deref(), limit).await
+        }
+        ProvidersCommand::Rollback {
+            delivery,
+            batch_docs,
+        } => commands::providers::rollback(settings, &delivery, batch_docs).await,
+    }
 }
 
 async fn train(

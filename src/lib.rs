@@ -26,6 +26,8 @@
 //! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;
 //!   [`text`]: bounded descriptions for messages.
 //! - [`fixtures`]: the banknote fixture files, read and loaded.
+//! - [`providers`]: provider deliveries into MongoDB with their history, the deliveries ledger
+//!   in PostgreSQL, rollback (what puts the documents [`enrich`] reads in place).
 //! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs.
 //! - [`aws`], [`db`], [`mongo`], [`http`]: the outside systems' clients.
 //! - [`settings`]: typed configuration from environment variables.
@@ -51,6 +53,7 @@ pub mod instruments;
 pub mod model;
 pub mod mongo;
 pub mod normalize;
+pub mod providers;
 pub mod queue;
 pub mod record;
 pub mod settings;

@@ -79,6 +79,13 @@ pub async fn queue(
     Ok(SqsQueue::resolve(sqs.clone(), name).await?)
 }
 
+/// An S3 client for the settings (provider deliveries at `s3://` URLs); a call's first answer
+/// must come within 60 s, the body then streams for as long as it takes.
+pub async fn s3(settings: &Settings) -> aws_sdk_s3::Client {
+    let config = crate::aws::sdk_config(Duration::from_secs(60)).await;
+    crate::aws::s3(&config, settings.s3_force_path_style)
+}
+
 /// The model registry named by the settings.
 pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     let config = crate::aws::sdk_config(Duration::from_secs(30)).await;

@@ -6,5 +6,6 @@ pub mod fixtures;
 pub mod healthcheck;
 pub mod migrate;
 pub mod models;
+pub mod providers;
 pub mod send;
 pub mod train;

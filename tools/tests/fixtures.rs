@@ -47,7 +47,7 @@ fn the_same_seed_gives_the_same_bytes_and_another_seed_does_not() {
         files(&tmp.join("b")),
         files(&tmp.join("c")),
     );
-    assert_eq!(a.len(), 8);
+    assert_eq!(a.len(), 9);
     assert_eq!(a, b);
     assert_ne!(
         a.iter().find(|f| f.0 == "notes.csv"),
@@ -85,6 +85,7 @@ fn a_written_set_reads_back_equal() {
     assert_eq!(back.bundles, set.bundles);
     assert_eq!(back.seed_bundles, set.seed_bundles);
     assert_eq!(back.provider_scans, set.provider_scans);
+    assert_eq!(back.provider_update, set.provider_update);
     assert_eq!(back.expectations, set.expectations);
     assert_eq!(back.poison, set.poison);
     assert_eq!(back.reference, set.reference);
