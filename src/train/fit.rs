@@ -14,6 +14,7 @@ use crate::model::checks::REFERENCE_ROWS;
 use crate::model::Classifier;
 
 use super::control::Control;
+use super::parallel;
 use super::solver;
 
 /// The share of each class held out for evaluation.
@@ -202,26 +203,39 @@ pub fn train_and_evaluate(
     let total = k + 2;
     let started = std::time::Instant::now();
     let folds = stratified_folds(y, k, params.seed);
+    // The k folds and the hold-out fit side by side, sharing the cache budget.
+    let workers = parallel::threads().min(k + 1);
+    let shared = control.with_kernel_cache(control.kernel_cache_bytes() / workers as u64);
+    let mut done = 0;
+    let evaluated = parallel::run(
+        k + 1,
+        workers,
+        |i| match folds.get(i) {
+            Some(test) => fold_accuracy(x, y, test, params, &shared).map(Evaluation::Fold),
+            None => holdout_fit(x, y, params, &shared).map(Evaluation::Holdout),
+        },
+        |i, result: &Result<Evaluation, FitError>| {
+            if result.is_ok() {
+                done += 1;
+                let what = if i < k {
+                    format!("cross-validation fold {}/{k}", i + 1)
+                } else {
+                    "hold-out evaluation".to_owned()
+                };
+                progress(done, total, &what);
+            }
+        },
+    );
     let mut fold_accuracies = Vec::with_capacity(k);
-    for (i, test) in folds.iter().enumerate() {
-        fold_accuracies.push(fold_accuracy(x, y, test, params, control)?);
-        progress(
-            i + 1,
-            total,
-            &format!("cross-validation fold {}/{k}", i + 1),
-        );
+    let mut holdout = Holdout::default();
+    for result in evaluated {
+        match result? {
+            Evaluation::Fold(accuracy) => fold_accuracies.push(accuracy),
+            Evaluation::Holdout(h) => holdout = h,
+        }
     }
-    let (train, test) = holdout_split(y, HOLDOUT_SHARE, params.seed);
-    let (xt, yt) = take(x, y, &train);
-    let (xv, yv) = take(x, y, &test);
-    let holdout_model = fit_with(&xt, &yt, params, control)?;
-    let holdout = Holdout {
-        scores: holdout_model.decision_values(xv),
-        truth: yv,
-    };
     let m = confusion(&holdout.truth, &holdout.predicted());
     let (accuracy, precision, recall, f1) = scores(&m);
-    progress(k + 1, total, "hold-out evaluation");
     let eval_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
@@ -238,7 +252,7 @@ pub fn train_and_evaluate(
         confusion: m,
         support_vectors: model.svm.nsupport(),
         train_rows: y.len(),
-        holdout_rows: test.len(),
+        holdout_rows: holdout.truth.len(),
     };
     Ok((
         model,
@@ -249,6 +263,31 @@ pub fn train_and_evaluate(
         },
         holdout,
     ))
+}
+
+/// One evaluation fit's outcome.
+enum Evaluation {
+    /// A cross-validation fold's accuracy.
+    Fold(f64),
+    /// The hold-out model's scores.
+    Holdout(Holdout),
+}
+
+/// Fits on the training share of the hold-out split and scores the held-out rows.
+fn holdout_fit(
+    x: &Array2<f64>,
+    y: &[bool],
+    params: &TrainParams,
+    control: &Control,
+) -> Result<Holdout, FitError> {
+    let (train, test) = holdout_split(y, HOLDOUT_SHARE, params.seed);
+    let (xt, yt) = take(x, y, &train);
+    let (xv, yv) = take(x, y, &test);
+    let model = fit_with(&xt, &yt, params, control)?;
+    Ok(Holdout {
+        scores: model.decision_values(xv),
+        truth: yv,
+    })
 }
 
 /// The hold-out rows as the hold-out model scored them: the report draws its ROC curve and

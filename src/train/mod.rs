@@ -9,6 +9,7 @@ pub mod control;
 pub mod data;
 pub mod figures;
 pub mod fit;
+pub mod parallel;
 pub mod progress;
 pub mod report;
 pub mod search;

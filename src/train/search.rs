@@ -3,8 +3,6 @@
 //! candidates fitted in parallel on the available cores. The best mean accuracy wins; a tie
 //! goes to the simpler model (linear before Gaussian, smaller C, wider kernel).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -12,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::control::Control;
 use super::fit::{fold_accuracy, stratified_folds, FitError};
+use super::parallel;
 use crate::model::artifact::{Kernel, TrainParams};
 
 /// One fold of one candidate: its accuracy and the seconds it took.
@@ -119,50 +118,34 @@ pub fn search(
     let jobs: Vec<(usize, usize)> = (0..params.len())
         .flat_map(|c| (0..k).map(move |f| (c, f)))
         .collect();
-    let results: Mutex<Vec<Option<FoldScore>>> =
-        Mutex::new((0..jobs.len()).map(|_| None).collect());
-    let next = AtomicUsize::new(0);
-    // (job, whether its fit succeeded): progress counts fits done, not fits refused after a
-    // cancel.
-    let (done_tx, done_rx) = mpsc::channel::<(usize, bool)>();
     let workers = threads.clamp(1, jobs.len());
     // The cache budget is the run's, not each fit's.
     let control = &control.with_kernel_cache(control.kernel_cache_bytes() / workers as u64);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let done_tx = done_tx.clone();
-            let (jobs, params, folds, results, next) = (&jobs, &params, &folds, &results, &next);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(c, f)) = jobs.get(i) else {
-                    return;
-                };
-                let t = Instant::now();
-                let scored = fold_accuracy(x, y, &folds[f], &params[c], control)
-                    .map(|accuracy| (accuracy, t.elapsed().as_secs_f64()));
-                let ok = scored.is_ok();
-                results.lock().expect("never poisoned")[i] = Some(scored);
-                let _ = done_tx.send((i, ok));
-            });
-        }
-        drop(done_tx);
-        for (done, i) in done_rx
-            .iter()
-            .filter(|(_, ok)| *ok)
-            .map(|(i, _)| i)
-            .enumerate()
-        {
+    let mut done = 0;
+    let results = parallel::run(
+        jobs.len(),
+        workers,
+        |i| {
             let (c, f) = jobs[i];
-            let p = &params[c];
-            progress(
-                done + 1,
-                jobs.len(),
-                &format!("search: C {} {} fold {}/{k}", p.c, width_text(p), f + 1),
-            );
-        }
-    });
-    let results = results.into_inner().expect("never poisoned");
-    let mut scored = results.into_iter().map(|r| r.expect("every job ran"));
+            let t = Instant::now();
+            fold_accuracy(x, y, &folds[f], &params[c], control)
+                .map(|accuracy| (accuracy, t.elapsed().as_secs_f64()))
+        },
+        // Progress counts fits done, not fits refused after a cancel.
+        |i, scored: &FoldScore| {
+            if scored.is_ok() {
+                done += 1;
+                let (c, f) = jobs[i];
+                let p = &params[c];
+                progress(
+                    done,
+                    jobs.len(),
+                    &format!("search: C {} {} fold {}/{k}", p.c, width_text(p), f + 1),
+                );
+            }
+        },
+    );
+    let mut scored = results.into_iter();
     let mut out = Vec::with_capacity(params.len());
     for p in &params {
         let mut fold_accuracy = Vec::with_capacity(k);
