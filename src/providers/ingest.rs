@@ -1,5 +1,8 @@
 //! One delivery loaded for one provider, in two streaming passes over its source.
 //!
+//! - An HTTP API source is first fetched whole into a spool file ([`super::api`]), and both
+//!   passes read the spool. A page that cannot be had or is not a page of documents fails the
+//!   delivery here, with nothing written. Its requests are recorded under the delivery either way.
 //! - Pass 1 reads everything and writes nothing: the content hash, the rows, every row's
 //!   check, duplicate keys (kept as 64-bit hashes, not strings), the refused rows (all counted,
 //!   the first few kept with their reason). A delivery that cannot be read whole (a truncated
@@ -19,12 +22,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mongodb::bson::{doc, Bson, Document};
 
+use super::api::{fetch, FetchError, Spool};
 use super::check::{
     check_row, stored_content_hash, Accepted, ProviderShape, Refusal, UnknownProvider,
 };
 use super::ledger::{Counts, Kind, Ledger, NewDelivery, Outcome, RefusedRow, Status};
 use super::progress::{Pass, Progress};
 use super::read::{ContentDigest, Format, ReadError};
+use super::request::RequestRecord;
 use super::source::{DeliverySource, SourceClients};
 use super::store::{version_of, DocumentStore, Shelf, StoreError};
 use crate::spec::PipelineSpec;
@@ -87,6 +92,8 @@ pub struct IngestSummary {
     pub refused_by_kind: BTreeMap<&'static str, u64>,
     /// Wall time of both passes.
     pub elapsed: Duration,
+    /// For an HTTP source: every request made, retries included (also in `provider_requests`).
+    pub requests: Vec<RequestRecord>,
 }
 
 impl IngestSummary {
@@ -111,6 +118,13 @@ pub enum IngestError {
     /// The delivery id given names another delivery.
     #[error("delivery id {delivery_id} is already used by another delivery")]
     IdTaken { delivery_id: String },
+    /// An HTTP source's pages could not be fetched whole: nothing was written.
+    #[error("delivery {delivery_id} failed, nothing was written: {error}")]
+    Fetch {
+        delivery_id: String,
+        #[source]
+        error: FetchError,
+    },
     /// The source could not be read whole: nothing was written.
     #[error("delivery {delivery_id} failed, nothing was written: {error}")]
     Read {
@@ -204,20 +218,65 @@ impl Ingest<'_> {
                 provider: shape.provider,
             });
         };
+        // An HTTP source is read from its spool, which lives until both passes are done.
+        let (spooled, requests) = match &request.source {
+            DeliverySource::Http(api) => {
+                self.progress.start(Pass::Fetch, None);
+                let fetched = fetch(api, |documents| self.progress.advance(documents)).await;
+                self.progress.finish();
+                match fetched.result {
+                    Ok(spool) => {
+                        let spooled = spooled_request(request, &spool);
+                        (Some((spooled, spool)), fetched.requests)
+                    }
+                    Err(error) => {
+                        let delivery_id = failed_before_reading(error.to_string()).await?;
+                        let recorded = self
+                            .ledger
+                            .record_requests(&delivery_id, &shape.provider, &fetched.requests)
+                            .await;
+                        lock.release().await;
+                        recorded?;
+                        return Err(IngestError::Fetch { delivery_id, error });
+                    }
+                }
+            }
+            _ => (None, Vec::new()),
+        };
+        let (request, format) = match &spooled {
+            Some((spooled, _)) => (spooled, Format::Jsonl),
+            None => (request, format),
+        };
         let scan = match scan(self, request, format, &shape, options).await {
             Ok(scan) => scan,
             Err(error) => {
                 let delivery_id = failed_before_reading(error.to_string()).await?;
+                let recorded = self
+                    .ledger
+                    .record_requests(&delivery_id, &shape.provider, &requests)
+                    .await;
                 lock.release().await;
+                recorded?;
                 return Err(IngestError::Read { delivery_id, error });
             }
         };
         let result = self
             .write(request, format, &shape, options, scan, started_at)
             .await;
+        let recorded = match &result {
+            Ok(IngestSummary { delivery_id, .. })
+            | Err(IngestError::Read { delivery_id, .. } | IngestError::Store { delivery_id, .. }) => {
+                self.ledger
+                    .record_requests(delivery_id, &shape.provider, &requests)
+                    .await
+            }
+            Err(_) => Ok(()),
+        };
         lock.release().await;
         let mut summary = result?;
+        recorded?;
         summary.elapsed = started.elapsed();
+        summary.requests = requests;
         Ok(summary)
     }
 
@@ -243,6 +302,7 @@ impl Ingest<'_> {
             refused_sample: scan.sample.clone(),
             refused_by_kind: scan.by_kind.clone(),
             elapsed: Duration::ZERO,
+            requests: Vec::new(),
         };
         let source_name = request.source.to_string();
         if let Some(earlier) = self.ledger.succeeded_with(&shape.provider, &hash).await? {
@@ -562,6 +622,19 @@ async fn scan(
         by_kind,
         duplicates,
     })
+}
+
+/// The request that reads an HTTP source's spool (named by the API's URL); the spool must
+/// outlive it.
+fn spooled_request(request: &IngestRequest, spool: &Spool) -> IngestRequest {
+    IngestRequest {
+        source: DeliverySource::Spooled {
+            origin: request.source.to_string(),
+            path: spool.path().to_owned(),
+        },
+        format: Some(Format::Jsonl),
+        ..request.clone()
+    }
 }
 
 /// A key's 64-bit hash (SipHash with fixed keys: the same in both passes). Two different keys
