@@ -108,6 +108,7 @@ pub struct IngestArgs {
     #[arg(long, value_name = "PATH|s3://BUCKET/KEY|http://URL")]
     pub source: String,
     /// The format, when the name does not end in .jsonl/.json/.ndjson/.csv (before any .gz).
+    /// Not used for an HTTP source, whose pages are JSON.
     #[arg(long, value_enum)]
     pub format: Option<crate::providers::Format>,
     /// The id to record the delivery under; default <provider>-<UTC time>-<random>.
