@@ -152,9 +152,9 @@ pub struct ApiArgs {
     #[arg(long, default_value_t = 30.0)]
     pub request_timeout_secs: f64,
     /// Attempts per page at most, the first included. Timeouts, connection errors, 429 and
-    /// 5xx are retried after an exponential backoff with jitter (or the answer's Retry-After
-    /// in seconds); other 4xx are not retried. A page that fails every attempt fails the
-    /// delivery, with nothing written.
+    /// 5xx are retried after an exponential backoff with jitter (or the answer's Retry-After,
+    /// seconds or an HTTP date); other 4xx are not retried. A page that fails every attempt
+    /// fails the delivery, with nothing written.
     #[arg(long, default_value_t = 5)]
     pub max_attempts: u32,
     /// The first retry's backoff in milliseconds; it doubles per retry, up to

@@ -210,18 +210,10 @@ pub fn parse_page(
     documents_field: &str,
     paging: &Paging,
 ) -> Result<(Vec<Value>, Option<String>), String> {
-    let page: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let documents = match &page {
-        Value::Array(documents) => documents.clone(),
-        _ => match field(&page, documents_field) {
-            Some(Value::Array(documents)) => documents.clone(),
-            Some(_) => return Err(format!("field '{documents_field}' is not an array")),
-            None => return Err(format!("no field '{documents_field}' with the documents")),
-        },
-    };
+    let mut page: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let next = match paging {
         Paging::Page { .. } => None,
-        Paging::Cursor { next_field, .. } => match field(&page, next_field) {
+        Paging::Cursor { next_field, .. } => match page.pointer(&pointer(next_field)) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(s.clone()),
@@ -229,13 +221,23 @@ pub fn parse_page(
             Some(_) => return Err(format!("field '{next_field}' is not a string or number")),
         },
     };
+    // Taken out of the page, not copied: a page is held once.
+    let documents = match &mut page {
+        Value::Array(documents) => std::mem::take(documents),
+        _ => match page.pointer_mut(&pointer(documents_field)).map(Value::take) {
+            Some(Value::Array(documents)) => documents,
+            Some(_) => return Err(format!("field '{documents_field}' is not an array")),
+            None => return Err(format!("no field '{documents_field}' with the documents")),
+        },
+    };
     Ok((documents, next))
 }
 
-/// A field by dotted path.
-fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+/// A dotted field path as a JSON pointer (`data.items` -> `/data/items`).
+fn pointer(path: &str) -> String {
     path.split('.')
-        .try_fold(value, |v, name| v.as_object()?.get(name))
+        .map(|name| format!("/{}", name.replace('~', "~0").replace('/', "~1")))
+        .collect()
 }
 
 /// `url` with `name=value` added to its query (the value percent-encoded).

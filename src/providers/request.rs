@@ -307,8 +307,7 @@ impl Requester {
                     .headers()
                     .get(header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(|v| retry_after(v, Utc::now()));
                 let limited = Limited::new(response.into_body(), self.policy.max_page_bytes);
                 match limited.collect().await {
                     Ok(body) => Attempt::Answer {
@@ -324,6 +323,20 @@ impl Requester {
         driver.abort();
         attempt
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (a date in the past is no wait).
+fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Statuses worth asking again: 429 and 5xx.
@@ -382,6 +395,23 @@ mod tests {
             let late = backoff(&policy, 30);
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
         }
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = DateTime::parse_from_rfc2822("Tue, 01 Dec 2026 06:00:00 GMT")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 06:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 05:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
     }
 
     #[test]
