@@ -167,57 +167,55 @@ impl Ingest<'_> {
     ) -> Result<IngestSummary, IngestError> {
         let started = Instant::now();
         let started_at = Utc::now();
-        let source_name = request.source.to_string();
-        let provisional_id = request
+        let provisional = request
             .delivery_id
             .clone()
             .unwrap_or_else(|| new_delivery_id(&request.provider, started_at));
-        let (provisional, source_ref) = (provisional_id.as_str(), source_name.as_str());
-        let failed_before_reading = |error: String| async move {
-            let row = NewDelivery {
-                delivery_id: provisional,
-                provider: &request.provider,
-                kind: Kind::Ingest,
-                source: source_ref,
-                content_hash: None,
-                status: Status::Failed,
-                started_at,
-                rolls_back: None,
-            };
-            self.ledger.insert(&row).await?;
-            self.ledger
-                .finish(
-                    provisional,
-                    &Outcome {
-                        status: Status::Failed,
-                        content_hash: None,
-                        counts: Counts::default(),
-                        refused_sample: &[],
-                        error: Some(&error),
-                    },
-                )
-                .await?;
-            Ok::<_, IngestError>(provisional.to_owned())
-        };
         let shape = match ProviderShape::from_spec(self.spec, &request.provider) {
             Ok(shape) => shape,
             Err(unknown) => {
-                failed_before_reading(unknown.to_string()).await?;
+                self.failed_early(request, &provisional, started_at, &unknown.to_string())
+                    .await?;
                 return Err(unknown.into());
             }
         };
         let Some(format) = request.format.or_else(|| request.source.format_from_name()) else {
             let error = ReadError::UnknownFormat {
-                source_name: source_name.clone(),
+                source_name: request.source.to_string(),
             };
-            let delivery_id = failed_before_reading(error.to_string()).await?;
-            return Err(IngestError::Read { delivery_id, error });
+            self.failed_early(request, &provisional, started_at, &error.to_string())
+                .await?;
+            return Err(IngestError::Read {
+                delivery_id: provisional,
+                error,
+            });
         };
         let Some(lock) = self.ledger.lock_provider(&shape.provider).await? else {
             return Err(IngestError::Busy {
                 provider: shape.provider,
             });
         };
+        let early = Early {
+            delivery_id: &provisional,
+            started_at,
+        };
+        let result = self.locked(request, format, &shape, options, early).await;
+        lock.release().await;
+        let mut summary = result?;
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Under the provider's lock: an HTTP source fetched into its spool, pass 1, then the rest;
+    /// an HTTP source's requests recorded under the delivery however it ended.
+    async fn locked(
+        &self,
+        request: &IngestRequest,
+        format: Format,
+        shape: &ProviderShape,
+        options: IngestOptions,
+        early: Early<'_>,
+    ) -> Result<IngestSummary, IngestError> {
         // An HTTP source is read from its spool, which lives until both passes are done.
         let (spooled, requests) = match &request.source {
             DeliverySource::Http(api) => {
@@ -225,19 +223,21 @@ impl Ingest<'_> {
                 let fetched = fetch(api, |documents| self.progress.advance(documents)).await;
                 self.progress.finish();
                 match fetched.result {
-                    Ok(spool) => {
-                        let spooled = spooled_request(request, &spool);
-                        (Some((spooled, spool)), fetched.requests)
-                    }
+                    Ok(spool) => (
+                        Some((spooled_request(request, &spool), spool)),
+                        fetched.requests,
+                    ),
                     Err(error) => {
-                        let delivery_id = failed_before_reading(error.to_string()).await?;
-                        let recorded = self
-                            .ledger
-                            .record_requests(&delivery_id, &shape.provider, &fetched.requests)
-                            .await;
-                        lock.release().await;
-                        recorded?;
-                        return Err(IngestError::Fetch { delivery_id, error });
+                        let id = early.delivery_id;
+                        self.failed_early(request, id, early.started_at, &error.to_string())
+                            .await?;
+                        self.ledger
+                            .record_requests(id, &shape.provider, &fetched.requests)
+                            .await?;
+                        return Err(IngestError::Fetch {
+                            delivery_id: id.to_owned(),
+                            error,
+                        });
                     }
                 }
             }
@@ -247,37 +247,64 @@ impl Ingest<'_> {
             Some((spooled, _)) => (spooled, Format::Jsonl),
             None => (request, format),
         };
-        let scan = match scan(self, request, format, &shape, options).await {
-            Ok(scan) => scan,
-            Err(error) => {
-                let delivery_id = failed_before_reading(error.to_string()).await?;
-                let recorded = self
-                    .ledger
-                    .record_requests(&delivery_id, &shape.provider, &requests)
-                    .await;
-                lock.release().await;
-                recorded?;
-                return Err(IngestError::Read { delivery_id, error });
-            }
-        };
-        let result = self
-            .write(request, format, &shape, options, scan, started_at)
-            .await;
-        let recorded = match &result {
-            Ok(IngestSummary { delivery_id, .. })
-            | Err(IngestError::Read { delivery_id, .. } | IngestError::Store { delivery_id, .. }) => {
-                self.ledger
-                    .record_requests(delivery_id, &shape.provider, &requests)
+        let result = match scan(self, request, format, shape, options).await {
+            Ok(scan) => {
+                self.write(request, format, shape, options, scan, early.started_at)
                     .await
             }
-            Err(_) => Ok(()),
+            Err(error) => {
+                let id = early.delivery_id;
+                self.failed_early(request, id, early.started_at, &error.to_string())
+                    .await?;
+                Err(IngestError::Read {
+                    delivery_id: id.to_owned(),
+                    error,
+                })
+            }
         };
-        lock.release().await;
-        let mut summary = result?;
-        recorded?;
-        summary.elapsed = started.elapsed();
-        summary.requests = requests;
-        Ok(summary)
+        if let Ok(IngestSummary { delivery_id, .. })
+        | Err(IngestError::Read { delivery_id, .. } | IngestError::Store { delivery_id, .. }) =
+            &result
+        {
+            self.ledger
+                .record_requests(delivery_id, &shape.provider, &requests)
+                .await?;
+        }
+        result.map(|summary| IngestSummary {
+            requests,
+            ..summary
+        })
+    }
+
+    /// The ledger row of a delivery that failed before its first pass ended: nothing written.
+    async fn failed_early(
+        &self,
+        request: &IngestRequest,
+        delivery_id: &str,
+        started_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), IngestError> {
+        let source = request.source.to_string();
+        let row = NewDelivery {
+            delivery_id,
+            provider: &request.provider,
+            kind: Kind::Ingest,
+            source: &source,
+            content_hash: None,
+            status: Status::Failed,
+            started_at,
+            rolls_back: None,
+        };
+        self.ledger.insert(&row).await?;
+        let outcome = Outcome {
+            status: Status::Failed,
+            content_hash: None,
+            counts: Counts::default(),
+            refused_sample: &[],
+            error: Some(error),
+        };
+        self.ledger.finish(delivery_id, &outcome).await?;
+        Ok(())
     }
 
     /// Everything after pass 1: the ledger's decision, then pass 2.
@@ -535,6 +562,14 @@ impl IngestSummary {
 enum PassTwoError {
     Read(ReadError),
     Store(StoreError),
+}
+
+/// The delivery id and start time a delivery that fails before its first pass ends is
+/// recorded under.
+#[derive(Debug, Clone, Copy)]
+struct Early<'a> {
+    delivery_id: &'a str,
+    started_at: DateTime<Utc>,
 }
 
 /// What pass 1 found.
