@@ -102,10 +102,13 @@ pub struct IngestArgs {
     #[arg(long)]
     pub provider: String,
     /// A local file or s3://bucket/key; JSON lines or CSV (a header of dotted field paths),
-    /// optionally gzip-compressed (recognized by its content).
-    #[arg(long, value_name = "PATH|s3://BUCKET/KEY")]
+    /// optionally gzip-compressed (recognized by its content). Or a provider's HTTP JSON API,
+    /// http://HOST[:PORT]/PATH[?QUERY], walked page by page (see the API options below); its
+    /// documents are fetched once into a temporary spool file that both passes read.
+    #[arg(long, value_name = "PATH|s3://BUCKET/KEY|http://URL")]
     pub source: String,
     /// The format, when the name does not end in .jsonl/.json/.ndjson/.csv (before any .gz).
+    /// Not used for an HTTP source, whose pages are JSON.
     #[arg(long, value_enum)]
     pub format: Option<crate::providers::Format>,
     /// The id to record the delivery under; default <provider>-<UTC time>-<random>.
@@ -114,6 +117,97 @@ pub struct IngestArgs {
     /// Documents per write batch (one round trip per collection per batch).
     #[arg(long, default_value_t = 1000)]
     pub batch_docs: usize,
+    /// HTTP API sources only.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// How an HTTP API source is paged, paced and retried (`providers ingest --source http://...`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "HTTP API source")]
+pub struct ApiArgs {
+    /// cursor: each page's NEXT_FIELD names the next page's cursor, sent back as
+    /// ?CURSOR_PARAM=...; absent, null or "" ends the delivery. page: ?PAGE_PARAM=1, 2, ...
+    /// until a page with no documents.
+    #[arg(long, value_enum, default_value_t = PageStyle::Cursor)]
+    pub page_style: PageStyle,
+    /// The page's field holding its array of documents (dots for nested fields: data.items).
+    /// A page that is itself a JSON array is the documents.
+    #[arg(long, default_value = "documents")]
+    pub documents_field: String,
+    /// Cursor paging: the page's field holding the next cursor (dots for nested fields).
+    #[arg(long, default_value = "next")]
+    pub next_field: String,
+    /// Cursor paging: the query parameter the cursor is sent back in.
+    #[arg(long, default_value = "cursor")]
+    pub cursor_param: String,
+    /// Page paging: the query parameter carrying the page number (from 1).
+    #[arg(long, default_value = "page")]
+    pub page_param: String,
+    /// Requests per second at most, retries included; 0: no limit.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate_per_sec: f64,
+    /// Seconds one request may take, connecting and reading the whole page included; a
+    /// request that takes longer is retried.
+    #[arg(long, default_value_t = 30.0)]
+    pub request_timeout_secs: f64,
+    /// Attempts per page at most, the first included. Timeouts, connection errors, 429 and
+    /// 5xx are retried after an exponential backoff with jitter (or the answer's Retry-After,
+    /// seconds or an HTTP date); other 4xx are not retried. A page that fails every attempt
+    /// fails the delivery, with nothing written.
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// The first retry's backoff in milliseconds; it doubles per retry, up to
+    /// --backoff-max-secs, and a random 50-100 % of it is waited.
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// The longest wait between two attempts in seconds, Retry-After included.
+    #[arg(long, default_value_t = 30.0)]
+    pub backoff_max_secs: f64,
+}
+
+/// How an HTTP API's pages follow each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PageStyle {
+    /// Each page names the next page's cursor.
+    Cursor,
+    /// Pages numbered from 1 until an empty page.
+    Page,
+}
+
+impl ApiArgs {
+    /// The API settings these options give, for the URL `url`.
+    pub fn http_api(&self, url: &str) -> anyhow::Result<crate::providers::HttpApi> {
+        use crate::providers::{HttpApi, Paging, RequestPolicy};
+        let seconds = |name: &str, value: f64| {
+            anyhow::ensure!(
+                value.is_finite() && value > 0.0,
+                "{name} must be a positive number of seconds"
+            );
+            Ok(std::time::Duration::from_secs_f64(value))
+        };
+        Ok(HttpApi {
+            url: url.to_owned(),
+            paging: match self.page_style {
+                PageStyle::Cursor => Paging::Cursor {
+                    next_field: self.next_field.clone(),
+                    cursor_param: self.cursor_param.clone(),
+                },
+                PageStyle::Page => Paging::Page {
+                    page_param: self.page_param.clone(),
+                },
+            },
+            documents_field: self.documents_field.clone(),
+            policy: RequestPolicy {
+                rate_per_sec: (self.rate_per_sec > 0.0).then_some(self.rate_per_sec),
+                timeout: seconds("--request-timeout-secs", self.request_timeout_secs)?,
+                max_attempts: self.max_attempts.max(1),
+                backoff_base: std::time::Duration::from_millis(self.backoff_base_ms),
+                backoff_max: seconds("--backoff-max-secs", self.backoff_max_secs)?,
+                ..RequestPolicy::default()
+            },
+        })
+    }
 }
 
 /// Options of `healthcheck`.
@@ -375,9 +469,17 @@ pub async fn run(
 async fn providers(settings: &Settings, cmd: ProvidersCommand) -> anyhow::Result<String> {
     match cmd {
         ProvidersCommand::Ingest(args) => {
+            let source = match crate::providers::DeliverySource::parse(&args.source)
+                .map_err(anyhow::Error::msg)?
+            {
+                crate::providers::DeliverySource::Http(api) => {
+                    crate::providers::DeliverySource::Http(args.api.http_api(&api.url)?)
+                }
+                other => other,
+            };
             let job = commands::providers::IngestJob {
                 provider: args.provider,
-                source: args.source,
+                source,
                 format: args.format,
                 delivery_id: args.delivery_id,
                 batch_docs: args.batch_docs,

@@ -26,8 +26,9 @@
 //! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;
 //!   [`text`]: bounded descriptions for messages.
 //! - [`fixtures`]: the banknote fixture files, read and loaded.
-//! - [`providers`]: provider deliveries into MongoDB with their history, the deliveries ledger
-//!   in PostgreSQL, rollback (what puts the documents [`enrich`] reads in place).
+//! - [`providers`]: provider deliveries (files, S3 objects, HTTP APIs) into MongoDB with their
+//!   history, the deliveries ledger and API request records in PostgreSQL, rollback (what puts
+//!   the documents [`enrich`] reads in place).
 //! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs.
 //! - [`aws`], [`db`], [`mongo`], [`http`]: the outside systems' clients.
 //! - [`settings`]: typed configuration from environment variables.

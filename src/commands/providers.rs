@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::providers::ledger::{Delivery, Kind};
+use crate::providers::request::{self, RequestRecord};
 use crate::providers::{
     DeliverySource, DocumentStore, Format, Ingest, IngestOptions, IngestRequest, IngestSummary,
     Ledger, Pass, Progress, Rollback, RollbackSummary, SourceClients, Status,
@@ -25,8 +26,8 @@ const REFUSED_SHOWN: usize = 5;
 pub struct IngestJob {
     /// The provider.
     pub provider: String,
-    /// A path or `s3://bucket/key`.
-    pub source: String,
+    /// A path, `s3://bucket/key`, or an HTTP API with its paging and policy.
+    pub source: DeliverySource,
     /// The format, when the name does not say it.
     pub format: Option<Format>,
     /// The delivery id to record; None: generated.
@@ -64,12 +65,12 @@ async fn systems(settings: &Settings) -> anyhow::Result<Systems> {
 
 /// Loads one delivery; returns the summary to print.
 pub async fn ingest(settings: &Settings, job: IngestJob) -> anyhow::Result<String> {
-    let source = DeliverySource::parse(&job.source).map_err(anyhow::Error::msg)?;
+    let source = job.source;
     let systems = systems(settings).await?;
     let clients = SourceClients {
         s3: match source {
             DeliverySource::S3 { .. } => Some(crate::startup::s3(settings).await),
-            DeliverySource::File(_) => None,
+            _ => None,
         },
     };
     let progress = progress_display();
@@ -124,6 +125,9 @@ pub fn ingest_summary(request: &IngestRequest, s: &IngestSummary) -> String {
         s.documents_per_second(),
         s.elapsed.as_secs_f64(),
     );
+    if let Some(line) = requests_line(&s.requests) {
+        out.push_str(&line);
+    }
     if c.refused > 0 {
         let kinds: Vec<String> = s
             .refused_by_kind
@@ -146,6 +150,24 @@ pub fn ingest_summary(request: &IngestRequest, s: &IngestSummary) -> String {
         .expect("writing to a String");
     }
     out
+}
+
+/// An HTTP delivery's requests in one line: pages, attempts, failures, median and worst latency.
+fn requests_line(requests: &[RequestRecord]) -> Option<String> {
+    let pages = requests.iter().map(|r| r.page).max()?;
+    let failed = requests
+        .iter()
+        .filter(|r| r.outcome != request::Outcome::Ok)
+        .count();
+    let mut latencies: Vec<f64> = requests.iter().map(|r| r.latency_ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    Some(format!(
+        "requests  {pages} pages, {} requests ({failed} failed), latency median {:.0} ms, max {:.0} ms \
+         (provider_requests)\n",
+        requests.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    ))
 }
 
 /// The ledger as a table, newest first.
@@ -268,6 +290,7 @@ fn progress_display() -> Box<dyn Progress> {
 
 fn pass_name(pass: Pass) -> &'static str {
     match pass {
+        Pass::Fetch => "fetching pages",
         Pass::Check => "pass 1, checking",
         Pass::Write => "pass 2, writing",
         Pass::Rollback => "rolling back",

@@ -1,5 +1,8 @@
 //! One delivery loaded for one provider, in two streaming passes over its source.
 //!
+//! - An HTTP API source is first fetched whole into a spool file ([`super::api`]), and both
+//!   passes read the spool. A page that cannot be had or is not a page of documents fails the
+//!   delivery here, with nothing written. Its requests are recorded under the delivery either way.
 //! - Pass 1 reads everything and writes nothing: the content hash, the rows, every row's
 //!   check, duplicate keys (kept as 64-bit hashes, not strings), the refused rows (all counted,
 //!   the first few kept with their reason). A delivery that cannot be read whole (a truncated
@@ -19,12 +22,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mongodb::bson::{doc, Bson, Document};
 
+use super::api::{fetch, FetchError, Spool};
 use super::check::{
     check_row, stored_content_hash, Accepted, ProviderShape, Refusal, UnknownProvider,
 };
 use super::ledger::{Counts, Kind, Ledger, NewDelivery, Outcome, RefusedRow, Status};
 use super::progress::{Pass, Progress};
 use super::read::{ContentDigest, Format, ReadError};
+use super::request::RequestRecord;
 use super::source::{DeliverySource, SourceClients};
 use super::store::{version_of, DocumentStore, Shelf, StoreError};
 use crate::spec::PipelineSpec;
@@ -87,6 +92,8 @@ pub struct IngestSummary {
     pub refused_by_kind: BTreeMap<&'static str, u64>,
     /// Wall time of both passes.
     pub elapsed: Duration,
+    /// For an HTTP source: every request made, retries included (also in `provider_requests`).
+    pub requests: Vec<RequestRecord>,
 }
 
 impl IngestSummary {
@@ -111,6 +118,13 @@ pub enum IngestError {
     /// The delivery id given names another delivery.
     #[error("delivery id {delivery_id} is already used by another delivery")]
     IdTaken { delivery_id: String },
+    /// An HTTP source's pages could not be fetched whole: nothing was written.
+    #[error("delivery {delivery_id} failed, nothing was written: {error}")]
+    Fetch {
+        delivery_id: String,
+        #[source]
+        error: FetchError,
+    },
     /// The source could not be read whole: nothing was written.
     #[error("delivery {delivery_id} failed, nothing was written: {error}")]
     Read {
@@ -153,72 +167,144 @@ impl Ingest<'_> {
     ) -> Result<IngestSummary, IngestError> {
         let started = Instant::now();
         let started_at = Utc::now();
-        let source_name = request.source.to_string();
-        let provisional_id = request
+        let provisional = request
             .delivery_id
             .clone()
             .unwrap_or_else(|| new_delivery_id(&request.provider, started_at));
-        let (provisional, source_ref) = (provisional_id.as_str(), source_name.as_str());
-        let failed_before_reading = |error: String| async move {
-            let row = NewDelivery {
-                delivery_id: provisional,
-                provider: &request.provider,
-                kind: Kind::Ingest,
-                source: source_ref,
-                content_hash: None,
-                status: Status::Failed,
-                started_at,
-                rolls_back: None,
-            };
-            self.ledger.insert(&row).await?;
-            self.ledger
-                .finish(
-                    provisional,
-                    &Outcome {
-                        status: Status::Failed,
-                        content_hash: None,
-                        counts: Counts::default(),
-                        refused_sample: &[],
-                        error: Some(&error),
-                    },
-                )
-                .await?;
-            Ok::<_, IngestError>(provisional.to_owned())
-        };
         let shape = match ProviderShape::from_spec(self.spec, &request.provider) {
             Ok(shape) => shape,
             Err(unknown) => {
-                failed_before_reading(unknown.to_string()).await?;
+                self.failed_early(request, &provisional, started_at, &unknown.to_string())
+                    .await?;
                 return Err(unknown.into());
             }
         };
         let Some(format) = request.format.or_else(|| request.source.format_from_name()) else {
             let error = ReadError::UnknownFormat {
-                source_name: source_name.clone(),
+                source_name: request.source.to_string(),
             };
-            let delivery_id = failed_before_reading(error.to_string()).await?;
-            return Err(IngestError::Read { delivery_id, error });
+            self.failed_early(request, &provisional, started_at, &error.to_string())
+                .await?;
+            return Err(IngestError::Read {
+                delivery_id: provisional,
+                error,
+            });
         };
         let Some(lock) = self.ledger.lock_provider(&shape.provider).await? else {
             return Err(IngestError::Busy {
                 provider: shape.provider,
             });
         };
-        let scan = match scan(self, request, format, &shape, options).await {
-            Ok(scan) => scan,
-            Err(error) => {
-                let delivery_id = failed_before_reading(error.to_string()).await?;
-                lock.release().await;
-                return Err(IngestError::Read { delivery_id, error });
-            }
+        let early = Early {
+            delivery_id: &provisional,
+            started_at,
         };
-        let result = self
-            .write(request, format, &shape, options, scan, started_at)
-            .await;
+        let result = self.locked(request, format, &shape, options, early).await;
         lock.release().await;
         let mut summary = result?;
         summary.elapsed = started.elapsed();
         Ok(summary)
+    }
+
+    /// Under the provider's lock: an HTTP source fetched into its spool, pass 1, then the rest;
+    /// an HTTP source's requests recorded under the delivery however it ended.
+    async fn locked(
+        &self,
+        request: &IngestRequest,
+        format: Format,
+        shape: &ProviderShape,
+        options: IngestOptions,
+        early: Early<'_>,
+    ) -> Result<IngestSummary, IngestError> {
+        // An HTTP source is read from its spool, which lives until both passes are done.
+        let (spooled, requests) = match &request.source {
+            DeliverySource::Http(api) => {
+                self.progress.start(Pass::Fetch, None);
+                let fetched = fetch(api, |documents| self.progress.advance(documents)).await;
+                self.progress.finish();
+                match fetched.result {
+                    Ok(spool) => (
+                        Some((spooled_request(request, &spool), spool)),
+                        fetched.requests,
+                    ),
+                    Err(error) => {
+                        let id = early.delivery_id;
+                        self.failed_early(request, id, early.started_at, &error.to_string())
+                            .await?;
+                        self.ledger
+                            .record_requests(id, &shape.provider, &fetched.requests)
+                            .await?;
+                        return Err(IngestError::Fetch {
+                            delivery_id: id.to_owned(),
+                            error,
+                        });
+                    }
+                }
+            }
+            _ => (None, Vec::new()),
+        };
+        let (request, format) = match &spooled {
+            Some((spooled, _)) => (spooled, Format::Jsonl),
+            None => (request, format),
+        };
+        let result = match scan(self, request, format, shape, options).await {
+            Ok(scan) => {
+                self.write(request, format, shape, options, scan, early.started_at)
+                    .await
+            }
+            Err(error) => {
+                let id = early.delivery_id;
+                self.failed_early(request, id, early.started_at, &error.to_string())
+                    .await?;
+                Err(IngestError::Read {
+                    delivery_id: id.to_owned(),
+                    error,
+                })
+            }
+        };
+        if let Ok(IngestSummary { delivery_id, .. })
+        | Err(IngestError::Read { delivery_id, .. } | IngestError::Store { delivery_id, .. }) =
+            &result
+        {
+            self.ledger
+                .record_requests(delivery_id, &shape.provider, &requests)
+                .await?;
+        }
+        result.map(|summary| IngestSummary {
+            requests,
+            ..summary
+        })
+    }
+
+    /// The ledger row of a delivery that failed before its first pass ended: nothing written.
+    async fn failed_early(
+        &self,
+        request: &IngestRequest,
+        delivery_id: &str,
+        started_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), IngestError> {
+        let source = request.source.to_string();
+        let row = NewDelivery {
+            delivery_id,
+            provider: &request.provider,
+            kind: Kind::Ingest,
+            source: &source,
+            content_hash: None,
+            status: Status::Failed,
+            started_at,
+            rolls_back: None,
+        };
+        self.ledger.insert(&row).await?;
+        let outcome = Outcome {
+            status: Status::Failed,
+            content_hash: None,
+            counts: Counts::default(),
+            refused_sample: &[],
+            error: Some(error),
+        };
+        self.ledger.finish(delivery_id, &outcome).await?;
+        Ok(())
     }
 
     /// Everything after pass 1: the ledger's decision, then pass 2.
@@ -243,6 +329,7 @@ impl Ingest<'_> {
             refused_sample: scan.sample.clone(),
             refused_by_kind: scan.by_kind.clone(),
             elapsed: Duration::ZERO,
+            requests: Vec::new(),
         };
         let source_name = request.source.to_string();
         if let Some(earlier) = self.ledger.succeeded_with(&shape.provider, &hash).await? {
@@ -477,6 +564,14 @@ enum PassTwoError {
     Store(StoreError),
 }
 
+/// The delivery id and start time a delivery that fails before its first pass ends is
+/// recorded under.
+#[derive(Debug, Clone, Copy)]
+struct Early<'a> {
+    delivery_id: &'a str,
+    started_at: DateTime<Utc>,
+}
+
 /// What pass 1 found.
 #[derive(Debug, Clone)]
 struct Scan {
@@ -562,6 +657,19 @@ async fn scan(
         by_kind,
         duplicates,
     })
+}
+
+/// The request that reads an HTTP source's spool (named by the API's URL); the spool must
+/// outlive it.
+fn spooled_request(request: &IngestRequest, spool: &Spool) -> IngestRequest {
+    IngestRequest {
+        source: DeliverySource::Spooled {
+            origin: request.source.to_string(),
+            path: spool.path().to_owned(),
+        },
+        format: Some(Format::Jsonl),
+        ..request.clone()
+    }
 }
 
 /// A key's 64-bit hash (SipHash with fixed keys: the same in both passes). Two different keys

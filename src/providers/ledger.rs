@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use super::request::{Outcome as RequestOutcome, RequestRecord};
+
 /// What a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +381,63 @@ impl Ledger {
         .into_iter()
         .map(from_row)
         .collect()
+    }
+
+    /// Records an HTTP delivery's requests (`provider_requests`, migration 0005) under its
+    /// delivery, in chunks of a thousand rows per statement.
+    pub async fn record_requests(
+        &self,
+        delivery_id: &str,
+        provider: &str,
+        requests: &[RequestRecord],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in requests.chunks(1000) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO provider_requests (delivery_id, provider, page, attempt, url, \
+                 started_at, latency_ms, status, outcome, error) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(delivery_id)
+                    .push_bind(provider)
+                    .push_bind(r.page as i32)
+                    .push_bind(r.attempt as i32)
+                    .push_bind(&r.url)
+                    .push_bind(r.started_at)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.status.map(i32::from))
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(&r.error);
+            });
+            insert.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// A delivery's recorded requests, in the order they were made.
+    pub async fn requests(&self, delivery_id: &str) -> Result<Vec<RequestRecord>, sqlx::Error> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT page, attempt, url, started_at, latency_ms, status, outcome, error \
+             FROM provider_requests WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let outcome: String = row.try_get("outcome")?;
+                Ok(RequestRecord {
+                    page: row.try_get::<i32, _>("page")? as u32,
+                    attempt: row.try_get::<i32, _>("attempt")? as u32,
+                    url: row.try_get("url")?,
+                    started_at: row.try_get("started_at")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    status: row.try_get::<Option<i32>, _>("status")?.map(|s| s as u16),
+                    outcome: RequestOutcome::parse(&outcome),
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
     }
 
     /// Takes the provider's lock, or None when another ingest or rollback holds it. The lock

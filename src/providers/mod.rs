@@ -4,7 +4,10 @@
 //! fields this module adds (`_version`, `_delivery`, `_content`, `_replaces`) are not projected.
 //!
 //! One file per job:
-//! - [`source`]: where a delivery is (a file, an `s3://` object) and its rows as a stream;
+//! - [`source`]: where a delivery is (a file, an `s3://` object, an HTTP API) and its rows as a
+//!   stream;
+//! - [`api`]: an HTTP JSON API's pages walked and spooled to a file; [`request`]: one paced,
+//!   timed, retried and recorded GET;
 //! - [`read`]: bytes to numbered rows (JSON lines or CSV, gzip by magic bytes), hashed;
 //! - [`check`]: one row against the provider's shape in the spec, and its stored content;
 //! - [`store`]: the current and history collections in MongoDB, written in batches;
@@ -12,20 +15,24 @@
 //! - [`ingest`]: the two passes of one delivery; [`rollback`]: undoing one;
 //! - [`progress`]: where both report how far they got.
 
+pub mod api;
 pub mod check;
 pub mod ingest;
 pub mod ledger;
 pub mod progress;
 pub mod read;
+pub mod request;
 pub mod rollback;
 pub mod source;
 pub mod store;
 
+pub use api::{FetchError, HttpApi, Paging};
 pub use check::{ProviderShape, Refusal};
 pub use ingest::{Ingest, IngestError, IngestOptions, IngestRequest, IngestSummary};
 pub use ledger::{Counts, Delivery, Ledger, Status};
 pub use progress::{Pass, Progress, Silent};
 pub use read::Format;
+pub use request::{RequestPolicy, RequestRecord};
 pub use rollback::{Rollback, RollbackError, RollbackSummary};
 pub use source::{DeliverySource, SourceClients};
 pub use store::DocumentStore;

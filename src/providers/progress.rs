@@ -3,6 +3,8 @@
 /// The stages a progress display shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
+    /// Before pass 1, for an HTTP source: fetching its pages into the spool file.
+    Fetch,
     /// Pass 1: reading and checking every row.
     Check,
     /// Pass 2: writing the accepted rows.

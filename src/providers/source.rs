@@ -3,7 +3,8 @@
 //! a few thousand rows are in memory whatever the delivery's size.
 //!
 //! A source is one variant of [`DeliverySource`]; each produces the same [`RowStream`]. An HTTP
-//! API source joins as another variant whose pages feed the same channel.
+//! API ([`super::api`]) is fetched into a spool file first and read from there, as
+//! [`DeliverySource::Spooled`].
 
 use std::fmt;
 use std::io::{self, Read};
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::api::HttpApi;
 use super::check::ProviderShape;
 use super::read::{read_rows, ContentDigest, Format, ReadError, Row};
 
@@ -23,7 +25,7 @@ const ROWS_IN_FLIGHT: usize = 2048;
 const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// One delivery's location.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeliverySource {
     /// A local file.
     File(PathBuf),
@@ -33,6 +35,16 @@ pub enum DeliverySource {
         bucket: String,
         /// The object key.
         key: String,
+    },
+    /// A provider's HTTP JSON API (`http://...`), walked page by page.
+    Http(HttpApi),
+    /// An HTTP API's documents as fetched into a local spool file (JSON lines); named by the
+    /// API's URL.
+    Spooled {
+        /// The API's URL.
+        origin: String,
+        /// The spool file.
+        path: PathBuf,
     },
 }
 
@@ -44,8 +56,11 @@ pub struct SourceClients {
 }
 
 impl DeliverySource {
-    /// `s3://bucket/key` or a local path.
+    /// `s3://bucket/key`, `http(s)://...` (an API with the default paging) or a local path.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Ok(Self::Http(HttpApi::new(text)));
+        }
         match text.strip_prefix("s3://") {
             Some(rest) => match rest.split_once('/') {
                 Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(Self::S3 {
@@ -63,6 +78,7 @@ impl DeliverySource {
         match self {
             Self::File(path) => Format::from_name(&path.to_string_lossy()),
             Self::S3 { key, .. } => Format::from_name(key),
+            Self::Http(_) | Self::Spooled { .. } => Some(Format::Jsonl),
         }
     }
 
@@ -79,7 +95,14 @@ impl DeliverySource {
             error,
         };
         let raw: Box<dyn Read + Send> = match self {
-            Self::File(path) => Box::new(std::fs::File::open(path).map_err(io_error)?),
+            Self::File(path) | Self::Spooled { path, .. } => {
+                Box::new(std::fs::File::open(path).map_err(io_error)?)
+            }
+            Self::Http(_) => {
+                return Err(io_error(io::Error::other(
+                    "an HTTP source is read from its spool file once fetched",
+                )))
+            }
             Self::S3 { bucket, key } => {
                 let s3 = clients
                     .s3
@@ -108,6 +131,8 @@ impl fmt::Display for DeliverySource {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            Self::Http(api) => write!(f, "{api}"),
+            Self::Spooled { origin, .. } => f.write_str(origin),
         }
     }
 }
@@ -219,5 +244,11 @@ mod tests {
         let file = DeliverySource::parse("fixtures/default/provider_scans.jsonl").unwrap();
         assert_eq!(file.format_from_name(), Some(Format::Jsonl));
         assert_eq!(file.to_string(), "fixtures/default/provider_scans.jsonl");
+        let api = DeliverySource::parse("http://127.0.0.1:8080/scans?since=2026").unwrap();
+        assert_eq!(
+            api,
+            DeliverySource::Http(HttpApi::new("http://127.0.0.1:8080/scans?since=2026"))
+        );
+        assert_eq!(api.format_from_name(), Some(Format::Jsonl));
     }
 }
