@@ -89,7 +89,7 @@ pub enum ProvidersCommand {
         #[arg(long)]
         delivery: String,
         /// Documents per write batch.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = crate::providers::DEFAULT_BATCH_DOCS)]
         batch_docs: usize,
     },
 }
@@ -115,7 +115,7 @@ pub struct IngestArgs {
     #[arg(long)]
     pub delivery_id: Option<String>,
     /// Documents per write batch (one round trip per collection per batch).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = crate::providers::DEFAULT_BATCH_DOCS)]
     pub batch_docs: usize,
     /// HTTP API sources only.
     #[command(flatten)]

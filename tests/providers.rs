@@ -578,3 +578,28 @@ async fn a_rollback_leaves_documents_a_later_delivery_changed_again() {
         assert_eq!(read[note], d["scan"]["kurtosis"].as_f64().unwrap());
     }
 }
+
+#[tokio::test]
+async fn a_fixture_load_starts_the_ground_truth_again() {
+    let env = Env::new().await;
+    let set = common::default_fixtures();
+    let update = fixture(ml_pipeline::fixtures::files::PROVIDER_UPDATE_FILE);
+    env.ingest(&fixture("provider_scans.jsonl")).await.unwrap();
+    let before = env.ingest(&update).await.unwrap();
+    assert!(before.counts.updated > 0, "{before:?}");
+    assert!(!env.all("provider_scans_history").await.is_empty());
+
+    ml_pipeline::fixtures::load::load(set, &env.spec, &env._db.pool, &env.mongo, "t")
+        .await
+        .unwrap();
+    assert!(env.all("provider_scans_history").await.is_empty());
+    assert_eq!(
+        env.all("provider_scans").await.len(),
+        set.provider_scans.len()
+    );
+    assert!(env.ledger.list(Some("aurum"), 10).await.unwrap().is_empty());
+    // The same update is news again: the store no longer holds it.
+    let again = env.ingest(&update).await.unwrap();
+    assert_eq!(again.status, Status::Succeeded);
+    assert!(again.counts.updated > 0, "{again:?}");
+}

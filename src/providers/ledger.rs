@@ -364,6 +364,21 @@ impl Ledger {
         .transpose()
     }
 
+    /// Forgets every delivery of these providers and their requests: their documents were
+    /// replaced wholesale (`fixtures load`), so no delivery describes the store any more.
+    pub async fn forget(&self, providers: &[String]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM provider_requests WHERE provider = ANY($1)")
+            .bind(providers)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM provider_deliveries WHERE provider = ANY($1)")
+            .bind(providers)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
     /// Deliveries, newest first, of one provider or all.
     pub async fn list(
         &self,

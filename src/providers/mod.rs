@@ -35,4 +35,4 @@ pub use read::Format;
 pub use request::{RequestPolicy, RequestRecord};
 pub use rollback::{Rollback, RollbackError, RollbackSummary};
 pub use source::{DeliverySource, SourceClients};
-pub use store::DocumentStore;
+pub use store::{DocumentStore, DEFAULT_BATCH_DOCS};

@@ -17,6 +17,9 @@ use crate::spec::DocumentSpec;
 /// Statements in one `update` or `delete` command.
 pub const STATEMENTS_PER_COMMAND: usize = 1000;
 
+/// Documents written per round trip unless told otherwise (`--batch-docs`).
+pub const DEFAULT_BATCH_DOCS: usize = 1000;
+
 /// Bytes of documents in one command, below MongoDB's 16 MiB command size; a larger document
 /// goes alone.
 const BYTES_PER_COMMAND: usize = 8 * 1024 * 1024;
@@ -90,6 +93,18 @@ impl DocumentStore {
             collection: self.collection(shelf).name().to_owned(),
             error: Box::new(error),
         }
+    }
+
+    /// Removes every current and earlier version: the ground truth starts again (what
+    /// `fixtures load` does before it loads a fixture set's documents).
+    pub async fn clear(&self) -> Result<(), StoreError> {
+        for shelf in [Shelf::Current, Shelf::History] {
+            self.collection(shelf)
+                .delete_many(doc! {})
+                .await
+                .map_err(self.failed(shelf, "delete"))?;
+        }
+        Ok(())
     }
 
     /// The indexes rollback and version numbering use (the worker's own index on key and

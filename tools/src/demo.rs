@@ -109,6 +109,25 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
         "{} bundles were not answered within 120 s",
         wanted.len() - answers.len()
     );
+    provider_delivery(settings, fixtures_dir).await
+}
+
+/// The data side: a provider's second delivery (updated documents and new notes) ingested with
+/// its history kept, as `ml-pipeline providers ingest` does it.
+async fn provider_delivery(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()> {
+    let path = fixtures_dir.join(ml_pipeline::fixtures::files::PROVIDER_UPDATE_FILE);
+    let job = ml_pipeline::commands::providers::IngestJob {
+        provider: "aurum".into(),
+        source: ml_pipeline::providers::DeliverySource::File(path.clone()),
+        format: None,
+        delivery_id: None,
+        batch_docs: ml_pipeline::providers::DEFAULT_BATCH_DOCS,
+    };
+    let summary = ml_pipeline::commands::providers::ingest(settings, job).await?;
+    println!("6. provider aurum's second delivery ({}):", path.display());
+    for line in summary.lines() {
+        println!("   {line}");
+    }
     Ok(())
 }
 
