@@ -388,7 +388,8 @@ mod tests {
         assert!(matches!(before, Err(FitError::Cancelled)), "{before:?}");
         assert_eq!(fits, 0);
 
-        // Cancelled while running: after the second fold, as Ctrl-C would between fits.
+        // Cancelled while running, after the second fit: the fits already running on other
+        // cores may still finish, none starts after, and the final fit never runs.
         let control = Control::new();
         let watcher = control.clone();
         let mut fits = 0;
@@ -399,7 +400,8 @@ mod tests {
             }
         });
         assert!(matches!(during, Err(FitError::Cancelled)), "{during:?}");
-        assert_eq!(fits, 2, "no fit completes after the cancel");
+        assert!(fits < 2 + parallel::threads(), "{fits} fits done");
+        assert!(fits < 5, "the final fit never ran");
     }
 
     #[test]
