@@ -388,8 +388,9 @@ mod tests {
         assert!(matches!(before, Err(FitError::Cancelled)), "{before:?}");
         assert_eq!(fits, 0);
 
-        // Cancelled while running, after the second fit: the fits already running on other
-        // cores may still finish, none starts after, and the final fit never runs.
+        // Cancelled while running, after the second fit: evaluation fits already running on
+        // other cores (or finished and not yet reported) still count, but the final fit, which
+        // starts only after them all, never runs.
         let control = Control::new();
         let watcher = control.clone();
         let mut fits = 0;
@@ -400,8 +401,10 @@ mod tests {
             }
         });
         assert!(matches!(during, Err(FitError::Cancelled)), "{during:?}");
-        assert!(fits < 2 + parallel::threads(), "{fits} fits done");
-        assert!(fits < 5, "the final fit never ran");
+        assert!(
+            (2..5).contains(&fits),
+            "{fits} fits done: the final fit never ran"
+        );
     }
 
     #[test]
