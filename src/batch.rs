@@ -16,7 +16,7 @@ use crate::bundle::decode::DecodeError;
 use crate::bundle::message::InputBundle;
 use crate::bundle::validate::{validate, Validated};
 use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource};
-use crate::normalize::Normalizer;
+use crate::normalize::{provider_can_enrich, Normalizer};
 use crate::record::{RecordError, RecordErrorKind};
 use crate::spec::PipelineSpec;
 use crate::standardize::{RecordIndex, StandardBatch};
@@ -51,6 +51,36 @@ pub struct Coverage {
     pub misses: u64,
 }
 
+/// What each enrichment source and provider could serve over a batch, counted per record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchCoverage {
+    /// PostgreSQL: records whose every lookup was found.
+    pub postgres: Coverage,
+    /// MongoDB: records some provider had a document for.
+    pub mongo: Coverage,
+    /// Per provider, in the spec's order of preference: records whose note that provider's
+    /// document alone could enrich (every document feature a finite number). Keys MongoDB did
+    /// not answer for (down, or refused the key) are not counted.
+    pub providers: Vec<(String, Coverage)>,
+    /// Records whose note some provider can enrich (hits) or none can (misses), counted like
+    /// `providers`.
+    pub any_provider: Coverage,
+}
+
+/// The provider name of the `any_provider` coverage in the `enrichment_coverage` table.
+pub const ANY_PROVIDER: &str = "*";
+
+impl Coverage {
+    /// Counts one record: a hit or a miss.
+    pub fn count(&mut self, hit: bool) {
+        if hit {
+            self.hits += 1
+        } else {
+            self.misses += 1
+        }
+    }
+}
+
 /// A batch ready for the model.
 #[derive(Debug)]
 pub struct PreparedBatch {
@@ -62,10 +92,8 @@ pub struct PreparedBatch {
     pub reported: Vec<Arc<str>>,
     /// How many reported values each matrix row has.
     pub reported_columns: usize,
-    /// PostgreSQL coverage.
-    pub postgres: Coverage,
-    /// MongoDB coverage.
-    pub mongo: Coverage,
+    /// What each source and provider could serve.
+    pub coverage: BatchCoverage,
     /// Milliseconds per stage: standardize, enrich (both sources, concurrently),
     /// enrich.postgres, enrich.mongo, normalize.
     pub timing_ms: BTreeMap<String, f64>,
@@ -136,6 +164,8 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
         reported_columns,
         postgres,
         mongo,
+        providers,
+        any_provider,
         ..
     } = out;
     debug_assert_eq!(reported.len(), rows * reported_columns);
@@ -153,8 +183,17 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
         plans,
         reported,
         reported_columns,
-        postgres,
-        mongo,
+        coverage: BatchCoverage {
+            postgres,
+            mongo,
+            providers: spec
+                .documents
+                .iter()
+                .flat_map(|d| d.providers.iter().cloned())
+                .zip(providers)
+                .collect(),
+            any_provider,
+        },
         timing_ms,
         outages: enrichment.unavailable.outages.clone(),
     }
@@ -168,6 +207,9 @@ struct Assembly<'a, 'e> {
     reported_values: Vec<Vec<Arc<str>>>,
     /// Per document key id: whether any provider had a document.
     doc_found: Vec<bool>,
+    /// Per document key id: per provider (spec order), whether its document can enrich the
+    /// note; `None` for a key MongoDB did not answer for.
+    provider_found: Vec<Option<Vec<bool>>>,
     n_features: usize,
     cells: Vec<f64>,
     rows: usize,
@@ -177,6 +219,8 @@ struct Assembly<'a, 'e> {
     no_value: Arc<str>,
     postgres: Coverage,
     mongo: Coverage,
+    providers: Vec<Coverage>,
+    any_provider: Coverage,
 }
 
 impl<'a, 'e> Assembly<'a, 'e> {
@@ -206,6 +250,7 @@ impl<'a, 'e> Assembly<'a, 'e> {
                     .collect()
             })
             .unwrap_or_default();
+        let provider_found = provider_coverage(spec, standard, enrichment);
         let n_features = spec.features.len();
         let total: usize = bundles.iter().map(InputBundle::len).sum();
         Self {
@@ -213,6 +258,7 @@ impl<'a, 'e> Assembly<'a, 'e> {
             normalizer,
             reported_values,
             doc_found,
+            provider_found,
             n_features,
             cells: Vec::with_capacity(total * n_features),
             rows: 0,
@@ -221,6 +267,11 @@ impl<'a, 'e> Assembly<'a, 'e> {
             no_value: Arc::from(""),
             postgres: Coverage::default(),
             mongo: Coverage::default(),
+            providers: vec![
+                Coverage::default();
+                spec.documents.as_ref().map_or(0, |d| d.providers.len())
+            ],
+            any_provider: Coverage::default(),
         }
     }
 
@@ -283,20 +334,52 @@ impl<'a, 'e> Assembly<'a, 'e> {
 
     fn count_coverage(&mut self, rec: &crate::standardize::StandardRecord<'_>) {
         if !rec.lookup_keys.is_empty() {
-            if self.normalizer.all_lookups_found(rec) {
-                self.postgres.hits += 1
-            } else {
-                self.postgres.misses += 1
-            }
+            self.postgres.count(self.normalizer.all_lookups_found(rec));
         }
         if let Some(key) = rec.doc_key {
-            if self.doc_found[key as usize] {
-                self.mongo.hits += 1
-            } else {
-                self.mongo.misses += 1
+            self.mongo.count(self.doc_found[key as usize]);
+            if let Some(found) = &self.provider_found[key as usize] {
+                for (coverage, &can) in self.providers.iter_mut().zip(found) {
+                    coverage.count(can);
+                }
+                self.any_provider.count(found.contains(&true));
             }
         }
     }
+}
+
+/// Per document key id, per provider in the spec's order: whether that provider's document
+/// alone can enrich the note (`None` for a key MongoDB was down for or refused).
+fn provider_coverage(
+    spec: &PipelineSpec,
+    standard: &StandardBatch<'_>,
+    enrichment: &Enrichment,
+) -> Vec<Option<Vec<bool>>> {
+    let (Some(docs), Some(table)) = (&spec.documents, &standard.documents) else {
+        return Vec::new();
+    };
+    table
+        .keys()
+        .iter()
+        .map(|key| {
+            if enrichment.unavailable.documents.contains(key.as_str())
+                || enrichment.refused.documents.contains_key(key.as_str())
+            {
+                return None;
+            }
+            let found = enrichment.documents.get(key.as_str());
+            Some(
+                docs.providers
+                    .iter()
+                    .map(|p| {
+                        found
+                            .and_then(|d| d.iter().find(|d| &d.provider == p))
+                            .is_some_and(|d| provider_can_enrich(spec, d))
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// One record's input to normalization.

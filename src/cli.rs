@@ -92,6 +92,80 @@ pub enum ProvidersCommand {
         #[arg(long, default_value_t = crate::providers::DEFAULT_BATCH_DOCS)]
         batch_docs: usize,
     },
+    /// Each provider judged by numbers: coverage, agreement, freshness, API latency, serving.
+    ///
+    /// Coverage of the traffic (the worker's per-provider coverage rows in the window) and of
+    /// the training data (its notes looked up now); agreement of providers on the notes both
+    /// cover, per feature against the spec's agreement_tolerance (default 0.01 canonical
+    /// units), with the notes that disagree most; the age of each provider's last delivery and
+    /// of its documents; latency percentiles and error rate of recorded HTTP requests against
+    /// a budget; the worker's enrichment latency (--metrics-url) and predictions per issuer and
+    /// label. Prints tables; --json and --html write the same report as JSON and as a
+    /// self-contained HTML page with figures.
+    Report(ReportArgs),
+}
+
+/// Options of `providers report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The window: traffic, API requests and predictions of the last DURATION (`90m`, `24h`,
+    /// `7d`).
+    #[arg(long, default_value = "24h", value_parser = parse_window)]
+    pub since: chrono::TimeDelta,
+    /// Write the report as JSON to this file (`-` for standard output, instead of the tables).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with figures to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Latency budget of a provider's API in milliseconds, held against the p95: `aurum=250`,
+    /// or a bare number for every provider not named. Repeatable.
+    #[arg(long = "latency-budget-ms", value_name = "[PROVIDER=]MS", value_parser = parse_budget)]
+    pub latency_budgets: Vec<(Option<String>, f64)>,
+    /// A running worker's metrics page, for the serving section's enrichment latency
+    /// (e.g. http://127.0.0.1:9090/metrics).
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
+    /// How many of the notes that disagree most to list.
+    #[arg(long, default_value_t = 10)]
+    pub disagreements: usize,
+    /// Only this training dataset's notes for the training-data coverage (default: all).
+    #[arg(long)]
+    pub dataset: Option<String>,
+}
+
+/// `90m`, `24h`, `7d`: a window length.
+fn parse_window(text: &str) -> Result<chrono::TimeDelta, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 90m, 24h or 7d"))?;
+    match unit {
+        "m" | "min" => Ok(chrono::TimeDelta::minutes(n)),
+        "h" => Ok(chrono::TimeDelta::hours(n)),
+        "d" => Ok(chrono::TimeDelta::days(n)),
+        _ => Err(format!(
+            "'{text}': the unit must be m, h or d (90m, 24h, 7d)"
+        )),
+    }
+}
+
+/// `aurum=250` or `250`.
+fn parse_budget(text: &str) -> Result<(Option<String>, f64), String> {
+    let (provider, ms) = match text.split_once('=') {
+        Some((p, ms)) => (Some(p.trim().to_owned()), ms),
+        None => (None, text),
+    };
+    match ms.trim().parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms > 0.0 => Ok((provider, ms)),
+        _ => Err(format!(
+            "'{text}' is not a budget: give milliseconds above 0, as aurum=250 or 250"
+        )),
+    }
 }
 
 /// Options of `providers ingest`.
@@ -493,6 +567,30 @@ async fn providers(settings: &Settings, cmd: ProvidersCommand) -> anyhow::Result
             delivery,
             batch_docs,
         } => commands::providers::rollback(settings, &delivery, batch_docs).await,
+        ProvidersCommand::Report(args) => {
+            let mut options = crate::providers::report::ReportOptions::since(
+                chrono::Utc::now() - args.since,
+                &settings.model_name,
+            );
+            for (provider, ms) in args.latency_budgets {
+                match provider {
+                    Some(p) => {
+                        options.latency_budgets.insert(p, ms);
+                    }
+                    None => options.default_budget_ms = ms,
+                }
+            }
+            options.metrics_url = args.metrics_url;
+            options.disagreements = args.disagreements;
+            options.dataset = args.dataset;
+            commands::providers::report(
+                settings,
+                &options,
+                args.json.as_deref(),
+                args.html.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -573,4 +671,21 @@ async fn models(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<Strin
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_windows_and_budgets_parse_or_say_what_is_expected() {
+        assert_eq!(parse_window("90m"), Ok(chrono::TimeDelta::minutes(90)));
+        assert_eq!(parse_window("24h"), Ok(chrono::TimeDelta::hours(24)));
+        assert_eq!(parse_window("7d"), Ok(chrono::TimeDelta::days(7)));
+        assert!(parse_window("7w").unwrap_err().contains("m, h or d"));
+        assert!(parse_window("h").unwrap_err().contains("90m, 24h or 7d"));
+        assert_eq!(parse_budget("aurum=250"), Ok((Some("aurum".into()), 250.0)));
+        assert_eq!(parse_budget("400"), Ok((None, 400.0)));
+        assert!(parse_budget("aurum=-1").unwrap_err().contains("above 0"));
+    }
 }

@@ -26,6 +26,8 @@ pub const RECORDS_PREDICTED: &str = "ml_pipeline_records_predicted_total";
 pub const RECORD_ERRORS: &str = "ml_pipeline_record_errors_total";
 /// Enrichment lookups per record, by source and result (hit or miss).
 pub const ENRICHMENT: &str = "ml_pipeline_enrichment_lookups_total";
+/// Per-record enrichment results per provider: whether its document alone could enrich the note.
+pub const PROVIDER_ENRICHMENT: &str = "ml_pipeline_enrichment_provider_lookups_total";
 /// Batches left for redelivery because a dependency did not answer.
 pub const BATCHES_RETRIED: &str = "ml_pipeline_batches_retried_total";
 /// Receive calls that failed.
@@ -87,6 +89,10 @@ fn describe() {
     describe_counter!(
         ENRICHMENT,
         "Per-record enrichment results, by source and result (hit or miss)."
+    );
+    describe_counter!(
+        PROVIDER_ENRICHMENT,
+        "Per-record results per provider: hit when its document alone could enrich the note."
     );
     describe_counter!(
         BATCHES_RETRIED,
@@ -167,6 +173,15 @@ pub fn record_errors(kind: &str, count: u64) {
 pub fn enrichment(source: &'static str, hits: u64, misses: u64) {
     counter!(ENRICHMENT, "source" => source, "result" => "hit").increment(hits);
     counter!(ENRICHMENT, "source" => source, "result" => "miss").increment(misses);
+}
+
+/// Per-record results of one provider over a batch: `hit` when its document alone could
+/// enrich the note, `miss` otherwise.
+pub fn provider_enrichment(provider: &str, hits: u64, misses: u64) {
+    counter!(PROVIDER_ENRICHMENT, "provider" => provider.to_owned(), "result" => "hit")
+        .increment(hits);
+    counter!(PROVIDER_ENRICHMENT, "provider" => provider.to_owned(), "result" => "miss")
+        .increment(misses);
 }
 
 /// One stage of a batch took `seconds`.

@@ -28,8 +28,9 @@
 //! - [`fixtures`]: the banknote fixture files, read and loaded.
 //! - [`providers`]: provider deliveries (files, S3 objects, HTTP APIs) into MongoDB with their
 //!   history, the deliveries ledger and API request records in PostgreSQL, rollback (what puts
-//!   the documents [`enrich`] reads in place).
-//! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs.
+//!   the documents [`enrich`] reads in place), and each provider's quality report.
+//! - [`instruments`]: every Prometheus metric; [`telemetry`]: logs; [`figure`]: self-contained
+//!   HTML pages of plotters figures (the training and provider reports).
 //! - [`aws`], [`db`], [`mongo`], [`http`]: the outside systems' clients.
 //! - [`settings`]: typed configuration from environment variables.
 //!
@@ -48,6 +49,7 @@ pub mod cli;
 pub mod commands;
 pub mod db;
 pub mod enrich;
+pub mod figure;
 pub mod fixtures;
 pub mod http;
 pub mod instruments;

@@ -7,7 +7,7 @@
 
 use crate::enrich::{Enrichment, FieldValue, ProviderDoc};
 use crate::record::{RecordError, RecordErrorKind, Stage};
-use crate::spec::{PipelineSpec, Road, UnitSource};
+use crate::spec::{FeatureSpec, PipelineSpec, Road, UnitSource};
 use crate::standardize::{StandardBatch, StandardRecord};
 use crate::text::visible;
 
@@ -266,7 +266,7 @@ fn plan_feature(
                 .collect();
             FeaturePlan::Lookup { lookup, values }
         }
-        Road::Document { providers } => FeaturePlan::Document(
+        Road::Document { providers, .. } => FeaturePlan::Document(
             documents
                 .iter()
                 .zip(doc_keys)
@@ -330,6 +330,34 @@ fn document_value(
         let of = format!("provider {} field {}", doc.provider, field.path);
         (of.clone(), format!("{of} is in"))
     })?)
+}
+
+/// A document feature's canonical value from one provider's document: its field, a finite
+/// number, times its unit's factor. `None` when the provider has no field for the feature, the
+/// document lacks it or holds something else, or the unit is unknown, or the feature is not
+/// read from documents. The quiet twin of the conversion [`Normalizer`] does, for counting
+/// and comparing providers (`providers report`, per-provider coverage).
+pub fn provider_value(
+    spec: &PipelineSpec,
+    feature: &FeatureSpec,
+    doc: &ProviderDoc,
+) -> Option<f64> {
+    let Road::Document { providers, .. } = &feature.road else {
+        return None;
+    };
+    let field = providers.get(&doc.provider)?;
+    match doc.field(&field.path) {
+        Some(FieldValue::Number(v)) => Some(v * spec.units.get(&field.unit)?),
+        _ => None,
+    }
+}
+
+/// Whether `doc` alone gives every document feature of `spec` a value: the provider can
+/// enrich this note. A note that only such providers cover is one the worker answers.
+pub fn provider_can_enrich(spec: &PipelineSpec, doc: &ProviderDoc) -> bool {
+    spec.features
+        .iter()
+        .all(|f| !matches!(f.road, Road::Document { .. }) || provider_value(spec, f, doc).is_some())
 }
 
 /// The error of a record whose key the source refused while answering the rest of the batch.
@@ -505,6 +533,26 @@ mod tests {
             .map(|l| enrichment.lookups[l][batch.lookups[l].key(rec.lookup_keys[l])].clone())
             .collect();
         Ok((row, reported))
+    }
+
+    #[test]
+    fn provider_values_are_converted_and_only_complete_documents_can_enrich() {
+        let spec = PipelineSpec::banknote();
+        let e = enrichment();
+        let [lumen, aurum] = &e.documents["SN-1"][..] else {
+            unreachable!()
+        };
+        let curtosis = &spec.features[2];
+        let lumen_value = provider_value(&spec, curtosis, lumen).unwrap();
+        assert!((lumen_value - -2.8073).abs() < 1e-12, "{lumen_value}");
+        assert_eq!(provider_value(&spec, curtosis, aurum), Some(-2.8073));
+        // A request feature is not read from documents.
+        assert_eq!(provider_value(&spec, &spec.features[0], aurum), None);
+        assert!(provider_can_enrich(&spec, lumen) && provider_can_enrich(&spec, aurum));
+        // SN-2's lumen document lacks the curtosis field.
+        let partial = &e.documents["SN-2"][0];
+        assert_eq!(provider_value(&spec, curtosis, partial), None);
+        assert!(!provider_can_enrich(&spec, partial));
     }
 
     #[test]

@@ -106,6 +106,20 @@ pub struct FeatureSpec {
     pub road: Road,
 }
 
+impl FeatureSpec {
+    /// The agreement tolerance of a feature (canonical units): the spec's, or the default;
+    /// `None` for a feature that is not read from provider documents.
+    pub fn agreement_tolerance(&self) -> Option<f64> {
+        match &self.road {
+            Road::Document {
+                agreement_tolerance,
+                ..
+            } => Some(agreement_tolerance.unwrap_or(DEFAULT_AGREEMENT_TOLERANCE)),
+            _ => None,
+        }
+    }
+}
+
 /// The road a feature takes into the matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -128,8 +142,15 @@ pub enum Road {
     Document {
         /// Provider name -> its field.
         providers: BTreeMap<String, ProviderField>,
+        /// Two providers agree on this feature when their canonical values differ by at most
+        /// this much (`providers report`); [`DEFAULT_AGREEMENT_TOLERANCE`] when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agreement_tolerance: Option<f64>,
     },
 }
+
+/// The agreement tolerance of a document feature whose spec names none, in canonical units.
+pub const DEFAULT_AGREEMENT_TOLERANCE: f64 = 0.01;
 
 /// How the unit of a request value is known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +203,9 @@ impl PipelineSpec {
             .features
             .iter()
             .filter_map(|f| match &f.road {
-                Road::Document { providers } => Some(providers.values().map(|p| p.path.clone())),
+                Road::Document { providers, .. } => {
+                    Some(providers.values().map(|p| p.path.clone()))
+                }
                 _ => None,
             })
             .flatten()
@@ -301,7 +324,19 @@ impl PipelineSpec {
                     Ok(())
                 }
             }
-            Road::Document { providers } => {
+            Road::Document {
+                providers,
+                agreement_tolerance,
+            } => {
+                if let Some(t) = agreement_tolerance.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+                    return Err(SpecError::Invalid {
+                        spec: self.name.clone(),
+                        reason: format!(
+                            "feature '{}': agreement_tolerance {t} is not a finite number >= 0",
+                            f.name
+                        ),
+                    });
+                }
                 let Some(docs) = &self.documents else {
                     return Err(unknown("documents section", "documents"));
                 };
@@ -382,7 +417,7 @@ mod tests {
     #[test]
     fn a_feature_with_an_undeclared_unit_is_refused() {
         let mut spec = PipelineSpec::banknote();
-        if let Road::Document { providers } = &mut spec.features[2].road {
+        if let Road::Document { providers, .. } = &mut spec.features[2].road {
             providers.values_mut().next().unwrap().unit = "furlong".into();
         }
         assert!(matches!(

@@ -5,6 +5,8 @@
 
 mod common;
 
+use ml_pipeline::providers::report::{self, stats::quantile, ReportOptions};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -380,6 +382,34 @@ async fn a_provider_that_fails_a_few_times_then_answers_is_loaded_with_the_retri
     );
     assert!(recorded[0].error.as_deref().unwrap().contains("503"));
     assert_eq!(recorded.len() as u32, pages() + 2);
+
+    // The provider report's API section reads the same requests back.
+    let mut options =
+        ReportOptions::since(chrono::Utc::now() - chrono::TimeDelta::hours(1), "banknote");
+    options.latency_budgets.insert("aurum".into(), 60_000.0);
+    let report = report::gather(&env.spec, &env._db.pool, &env.mongo, &options)
+        .await
+        .unwrap();
+    let [api] = &report.api[..] else {
+        panic!("one provider with requests: {:?}", report.api);
+    };
+    assert_eq!(api.provider, "aurum");
+    assert_eq!(api.requests, u64::from(pages() + 2));
+    assert_eq!(api.errors, 2);
+    assert!((api.error_rate - 2.0 / f64::from(pages() + 2)).abs() < 1e-12);
+    let mut latencies: Vec<f64> = recorded.iter().map(|r| r.latency_ms).collect();
+    for (got, q) in [(api.p50_ms, 0.5), (api.p95_ms, 0.95), (api.p99_ms, 0.99)] {
+        let want = quantile(&mut latencies, q).unwrap();
+        assert!((got - want).abs() < 1e-6, "p{q}: {got} vs {want}");
+    }
+    assert!(api.within_budget && api.budget_ms == 60_000.0);
+    options
+        .latency_budgets
+        .insert("aurum".into(), api.p95_ms / 2.0);
+    let report = report::gather(&env.spec, &env._db.pool, &env.mongo, &options)
+        .await
+        .unwrap();
+    assert!(!report.api[0].within_budget, "{:?}", report.api[0]);
 }
 
 #[tokio::test]

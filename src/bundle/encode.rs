@@ -178,8 +178,7 @@ mod tests {
             })],
             reported: Vec::new(),
             reported_columns: 0,
-            postgres: Default::default(),
-            mongo: Default::default(),
+            coverage: Default::default(),
             timing_ms: Default::default(),
             outages: Vec::new(),
         };

@@ -1,5 +1,6 @@
-//! `providers ingest | deliveries | rollback`: provider deliveries loaded into MongoDB with
-//! their history, the ledger of deliveries, and undoing one. Each returns the text to print;
+//! `providers ingest | deliveries | rollback | report`: provider deliveries loaded into
+//! MongoDB with their history, the ledger of deliveries, undoing one, and the providers'
+//! quality numbers. Each returns the text to print;
 //! progress goes to stderr (a bar on a terminal, a plain line every few seconds otherwise).
 
 use std::fmt::Write as _;
@@ -179,6 +180,40 @@ pub async fn deliveries(
     let pool = crate::startup::postgres_migrated(settings, 2).await?;
     let rows = Ledger::new(pool).list(provider, limit).await?;
     Ok(deliveries_table(&rows))
+}
+
+/// `providers report`: the tables, or the JSON on standard output (`--json -`); the JSON and
+/// HTML files when asked for.
+pub async fn report(
+    settings: &Settings,
+    options: &crate::providers::report::ReportOptions,
+    json: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use crate::providers::report;
+    let spec = PipelineSpec::banknote();
+    let pool = crate::startup::postgres_migrated(settings, 2).await?;
+    let mongo = crate::startup::mongo(settings).await?;
+    let r = report::gather(&spec, &pool, &mongo, options).await?;
+    let text = serde_json::to_string_pretty(&r).context("the report as JSON")?;
+    let mut out = match json {
+        Some(path) if path.as_os_str() == "-" => return Ok(text),
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+            format!(
+                "{}\nJSON report: {}\n",
+                report::text::render(&r),
+                path.display()
+            )
+        }
+        None => report::text::render(&r),
+    };
+    if let Some(path) = html {
+        report::html::write_html(path, &r)?;
+        let _ = writeln!(out, "HTML report: {}", path.display());
+    }
+    Ok(out)
 }
 
 /// Deliveries as a table, one per line.

@@ -68,7 +68,7 @@ impl ProviderShape {
             .features
             .iter()
             .filter_map(|f| match &f.road {
-                Road::Document { providers } => providers
+                Road::Document { providers, .. } => providers
                     .get(provider)
                     .map(|field| (f.name.clone(), field.path.clone())),
                 _ => None,

@@ -13,7 +13,9 @@
 //! - [`store`]: the current and history collections in MongoDB, written in batches;
 //! - [`ledger`]: the `provider_deliveries` table and the per-provider lock;
 //! - [`ingest`]: the two passes of one delivery; [`rollback`]: undoing one;
-//! - [`progress`]: where both report how far they got.
+//! - [`progress`]: where both report how far they got;
+//! - [`report`]: each provider's quality numbers (coverage, agreement, freshness, API latency,
+//!   serving), as tables, JSON and an HTML page.
 
 pub mod api;
 pub mod check;
@@ -21,6 +23,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod progress;
 pub mod read;
+pub mod report;
 pub mod request;
 pub mod rollback;
 pub mod source;

@@ -5,7 +5,6 @@
 //! (hold-out), `roc-curve` (hold-out decision values, the AUC in its caption), `cv-folds`, and
 //! after a search `search-accuracy` (mean CV accuracy against C, one line per width).
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -14,35 +13,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::fit::Holdout;
 use super::report::TrainReport;
 use super::search::Search;
+use crate::figure::{draw, figure, page_end, page_head, Drawn, FigureError, HEIGHT, WIDTH};
 use crate::model::artifact::Kernel;
 
-/// Why the HTML report could not be drawn or written.
-#[derive(Debug, thiserror::Error)]
-pub enum FigureError {
-    /// plotters refused to draw a figure.
-    #[error("drawing the {figure} figure failed: {reason}")]
-    Draw {
-        /// The figure's id.
-        figure: &'static str,
-        /// What plotters said.
-        reason: String,
-    },
-    /// The file could not be written.
-    #[error("writing the HTML report to {path}: {source}")]
-    Write {
-        /// Where it was to go.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-/// What drawing one figure can fail with (plotters' error types are generic over the backend).
-type Drawn = Result<(), Box<dyn std::error::Error>>;
-
-/// Figure size in pixels.
-const WIDTH: u32 = 640;
-const HEIGHT: u32 = 400;
 /// Bins of the score histograms.
 const SCORE_BINS: usize = 30;
 /// The two classes' colours, the same in every figure.
@@ -164,17 +137,13 @@ pub fn html(report: &TrainReport, holdout: &Holdout) -> Result<String, FigureErr
             ),
         );
     }
-    out.push_str("</body>\n</html>\n");
+    page_end(&mut out);
     Ok(out)
 }
 
 /// Draws the report and writes it to `path`.
 pub fn write_html(path: &Path, report: &TrainReport, holdout: &Holdout) -> Result<(), FigureError> {
-    let text = html(report, holdout)?;
-    std::fs::write(path, text).map_err(|source| FigureError::Write {
-        path: path.display().to_string(),
-        source,
-    })
+    crate::figure::write(path, &html(report, holdout)?)
 }
 
 fn head(out: &mut String, report: &TrainReport) {
@@ -206,42 +175,7 @@ fn head(out: &mut String, report: &TrainReport) {
         ),
         ("data hash", report.data_fingerprint.clone()),
     ];
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <title>{title}</title>\n<style>\n\
-         body {{ font-family: sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; }}\n\
-         figure {{ margin: 2rem 0; }} figcaption {{ color: #555; }}\n\
-         th {{ text-align: left; padding-right: 1rem; font-weight: normal; color: #555; }}\n\
-         </style>\n</head>\n<body>\n<h1>{title}</h1>\n<table>\n",
-        title = escape(&title)
-    );
-    for (name, value) in facts {
-        let _ = writeln!(out, "<tr><th>{name}</th><td>{}</td></tr>", escape(&value));
-    }
-    out.push_str("</table>\n");
-}
-
-fn figure(out: &mut String, id: &str, title: &str, svg: &str, caption: &str) {
-    let _ = write!(
-        out,
-        "<figure id=\"{id}\">\n<h2>{}</h2>\n{svg}\n<figcaption>{}</figcaption>\n</figure>\n",
-        escape(title),
-        escape(caption)
-    );
-}
-
-/// Runs one drawing into an SVG string.
-fn draw(
-    figure: &'static str,
-    paint: impl FnOnce(&mut String) -> Drawn,
-) -> Result<String, FigureError> {
-    let mut svg = String::new();
-    paint(&mut svg).map_err(|e| FigureError::Draw {
-        figure,
-        reason: e.to_string(),
-    })?;
-    Ok(svg)
+    page_head(out, &title, &facts);
 }
 
 fn confusion_matrix(svg: &mut String, m: &[[u64; 2]; 2]) -> Drawn {
@@ -492,21 +426,6 @@ fn search_accuracy(svg: &mut String, search: &Search) -> Drawn {
 fn short_number(v: f64) -> String {
     let text = format!("{v:.3}");
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-/// Text made safe for HTML element content and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(ch),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

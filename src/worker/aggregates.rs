@@ -1,12 +1,13 @@
 //! Aggregates instead of every point: per batch, prediction counts and score sums per minute,
-//! model version, issuer and label, and enrichment coverage per source, upserted in PostgreSQL.
+//! model version, issuer and label, and enrichment coverage per source and per provider,
+//! upserted in PostgreSQL.
 
 use std::collections::BTreeMap;
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
 
-use crate::batch::Coverage;
+use crate::batch::BatchCoverage;
 use crate::bundle::Answer;
 
 /// Upserts one batch's aggregates: both tables in one statement.
@@ -14,8 +15,7 @@ pub async fn record(
     pool: &PgPool,
     model: &str,
     answers: &[&Answer],
-    postgres: Coverage,
-    mongo: Coverage,
+    coverage: &BatchCoverage,
 ) -> Result<(), sqlx::Error> {
     let minute = Utc::now()
         .duration_trunc(TimeDelta::minutes(1))
@@ -40,6 +40,25 @@ pub async fn record(
             }
         }
     }
+    // One coverage row per source (provider ''), one per provider and one for any provider
+    // ([`crate::batch::ANY_PROVIDER`]), those with source 'mongo'.
+    let sources: Vec<(&str, &str, crate::batch::Coverage)> = [
+        ("postgres", "", coverage.postgres),
+        ("mongo", "", coverage.mongo),
+    ]
+    .into_iter()
+    .chain(
+        coverage
+            .providers
+            .iter()
+            .map(|(p, c)| ("mongo", p.as_str(), *c)),
+    )
+    .chain((!coverage.providers.is_empty()).then_some((
+        "mongo",
+        crate::batch::ANY_PROVIDER,
+        coverage.any_provider,
+    )))
+    .collect();
     // Both upserts in one statement, one round trip; an empty UNNEST inserts no row.
     let (keys, values): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
     sqlx::query(
@@ -49,9 +68,9 @@ pub async fn record(
            ON CONFLICT (minute, model_name, model_version, issuer_code, label) DO UPDATE SET \
            predictions = prediction_aggregates.predictions + EXCLUDED.predictions, \
            score_sum = prediction_aggregates.score_sum + EXCLUDED.score_sum) \
-         INSERT INTO enrichment_coverage (minute, model_name, source, hits, misses) \
-         SELECT $1, $2, * FROM UNNEST($8::text[], $9::int8[], $10::int8[]) \
-         ON CONFLICT (minute, model_name, source) DO UPDATE SET \
+         INSERT INTO enrichment_coverage (minute, model_name, source, provider, hits, misses) \
+         SELECT $1, $2, * FROM UNNEST($8::text[], $9::text[], $10::int8[], $11::int8[]) \
+         ON CONFLICT (minute, model_name, source, provider) DO UPDATE SET \
          hits = enrichment_coverage.hits + EXCLUDED.hits, misses = enrichment_coverage.misses + EXCLUDED.misses",
     )
     .bind(minute)
@@ -61,9 +80,10 @@ pub async fn record(
     .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
     .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
     .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
-    .bind(["postgres", "mongo"].as_slice())
-    .bind([postgres.hits as i64, mongo.hits as i64].as_slice())
-    .bind([postgres.misses as i64, mongo.misses as i64].as_slice())
+    .bind(sources.iter().map(|s| s.0).collect::<Vec<_>>())
+    .bind(sources.iter().map(|s| s.1).collect::<Vec<_>>())
+    .bind(sources.iter().map(|s| s.2.hits as i64).collect::<Vec<_>>())
+    .bind(sources.iter().map(|s| s.2.misses as i64).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

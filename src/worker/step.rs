@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::aggregates;
 use super::service::Worker;
-use crate::batch::{prepare, Coverage, PreparedBatch, Slot};
+use crate::batch::{prepare, BatchCoverage, PreparedBatch, Slot};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
@@ -87,10 +87,8 @@ pub struct StepReport {
     pub timing_ms: BTreeMap<String, f64>,
     /// Record errors by kind (`enrich.mongo: unknown note`).
     pub error_kinds: BTreeMap<String, u64>,
-    /// PostgreSQL enrichment coverage.
-    pub postgres: Coverage,
-    /// MongoDB enrichment coverage.
-    pub mongo: Coverage,
+    /// What each enrichment source and provider could serve.
+    pub coverage: BatchCoverage,
     /// Per answered bundle: milliseconds from its SentTimestamp to its answer being accepted.
     pub bundle_age_ms: Vec<f64>,
 }
@@ -107,8 +105,12 @@ impl StepReport {
         for (kind, count) in &self.error_kinds {
             m::record_errors(kind, *count);
         }
-        for (source, coverage) in [("postgres", self.postgres), ("mongo", self.mongo)] {
+        let c = &self.coverage;
+        for (source, coverage) in [("postgres", c.postgres), ("mongo", c.mongo)] {
             m::enrichment(source, coverage.hits, coverage.misses);
+        }
+        for (provider, coverage) in &c.providers {
+            m::provider_enrichment(provider, coverage.hits, coverage.misses);
         }
         for (stage, ms) in &self.timing_ms {
             m::stage_time(stage, ms / 1e3);
@@ -254,7 +256,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         started: Instant,
         report: &mut StepReport,
     ) {
-        let (postgres, mongo) = (prepared.postgres, prepared.mongo);
+        let coverage = prepared.coverage.clone();
         let mut refused = Vec::new();
         let (to_send, outgoing) =
             self.answer(model, readable, prepared, started, &mut refused, report);
@@ -265,7 +267,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let accepted = self.send_answers(outgoing, report).await;
         self.delete_answered(&to_send, &accepted, report).await;
         log_answered(&to_send, &accepted, model.version, report);
-        self.record_aggregates(model, &to_send, &accepted, postgres, mongo)
+        self.record_aggregates(model, &to_send, &accepted, &coverage)
             .await;
     }
 
@@ -293,8 +295,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     ) -> PreparedBatch {
         let prepared = prepare(&model.artifact.spec, bundles, &self.enricher).await;
         report.timing_ms.extend(prepared.timing_ms.clone());
-        report.postgres = prepared.postgres;
-        report.mongo = prepared.mongo;
+        report.coverage = prepared.coverage.clone();
         prepared
     }
 
@@ -450,15 +451,14 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         model: &LoadedModel,
         to_send: &[(Message, Answer)],
         accepted: &[usize],
-        postgres: Coverage,
-        mongo: Coverage,
+        coverage: &BatchCoverage,
     ) {
         let Some(pool) = &self.aggregates else {
             return;
         };
         let answered: Vec<&Answer> = accepted.iter().map(|&i| &to_send[i].1).collect();
         let name = &model.artifact.spec.name;
-        if let Err(e) = aggregates::record(pool, name, &answered, postgres, mongo).await {
+        if let Err(e) = aggregates::record(pool, name, &answered, coverage).await {
             tracing::warn!(error = %crate::text::error_chain(&e), "prediction aggregates not recorded for this batch");
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Fixtures loaded, a model trained and promoted, the worker started, the fixture bundles sent,
 //! the answers read back, and a summary printed: records, errors by reason, time per stage, and
-//! whether the predictions agree with the model's predictions on the canonical features.
+//! whether the predictions agree with the model's predictions on the canonical features. Then
+//! the data side: a provider's second delivery ingested, and the provider report's summary
+//! table printed, its HTML and JSON written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -20,7 +22,12 @@ use ml_pipeline::queue::Queue;
 use ml_pipeline::settings::Settings;
 
 /// Runs the demo: `prepare` loads, trains and promotes; then the worker answers the fixtures.
-pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    settings: &Settings,
+    fixtures_dir: &Path,
+    report_dir: &Path,
+) -> anyhow::Result<()> {
+    let demo_started = chrono::Utc::now();
     let set = ml_pipeline::fixtures::read_set(fixtures_dir)?;
     let registry = ml_pipeline::startup::registry(settings).await?;
     let pool = ml_pipeline::startup::postgres_migrated(settings, 4).await?;
@@ -65,10 +72,13 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
     let output = worker.output.clone();
     let input = worker.input.clone();
     let shutdown = CancellationToken::new();
+    // /metrics on a free local port, so that the provider report reads the worker's latency.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_url = format!("http://{}/metrics", listener.local_addr()?);
     let options = ml_pipeline::startup::ServeOptions {
         poll: Duration::from_secs(settings.model_poll_secs.max(1)),
-        http: None,
-        metrics: None,
+        http: Some(listener),
+        metrics: Some(ml_pipeline::instruments::install()?),
         task_protection: None,
     };
     let running = tokio::spawn(ml_pipeline::startup::serve(
@@ -92,24 +102,97 @@ pub async fn run(settings: &Settings, fixtures_dir: &Path) -> anyhow::Result<()>
                 .map(str::to_owned)
         })
         .collect();
-    let answers = read_answers(&output, &wanted, Duration::from_secs(120)).await?;
+    let answers = read_answers(&output, &wanted, Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
-    shutdown.cancel();
-    let summary = running.await?;
+    let answers = match answers {
+        Ok(answers) => answers,
+        Err(e) => {
+            shutdown.cancel();
+            running.await?;
+            return Err(e);
+        }
+    };
     println!(
-        "5. {} of {} bundles answered in {:.2}s; worker stopped (drained: {})",
+        "5. {} of {} bundles answered in {:.2}s",
         answers.len(),
         wanted.len(),
         elapsed.as_secs_f64(),
-        summary.drained
     );
     print!("{}", summarize(&set, &answers, &model));
-    anyhow::ensure!(
-        answers.len() == wanted.len(),
-        "{} bundles were not answered within 120 s",
-        wanted.len() - answers.len()
+    let data_side = async {
+        anyhow::ensure!(
+            answers.len() == wanted.len(),
+            "{} bundles were not answered within 120 s",
+            wanted.len() - answers.len()
+        );
+        provider_delivery(settings, fixtures_dir).await?;
+        provider_report(settings, demo_started, &metrics_url, report_dir).await
+    }
+    .await;
+    shutdown.cancel();
+    let summary = running.await?;
+    println!("8. worker stopped (drained: {})", summary.drained);
+    data_side
+}
+
+/// The provider report over the demo's traffic: its summary table printed, the whole report
+/// written as HTML and JSON, as `ml-pipeline providers report --html --json` does it.
+async fn provider_report(
+    settings: &Settings,
+    since: chrono::DateTime<chrono::Utc>,
+    metrics_url: &str,
+    report_dir: &Path,
+) -> anyhow::Result<()> {
+    use ml_pipeline::providers::report;
+    let spec = ml_pipeline::spec::PipelineSpec::banknote();
+    let pool = ml_pipeline::startup::postgres_migrated(settings, 2).await?;
+    let mongo = ml_pipeline::startup::mongo(settings).await?;
+    let mut options = report::ReportOptions::since(since, &settings.model_name);
+    options.metrics_url = Some(metrics_url.to_owned());
+    let r = report::gather(&spec, &pool, &mongo, &options).await?;
+    std::fs::create_dir_all(report_dir)?;
+    let (html, json) = (
+        report_dir.join("providers.html"),
+        report_dir.join("providers.json"),
     );
-    provider_delivery(settings, fixtures_dir).await
+    report::html::write_html(&html, &r)?;
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
+    println!("7. provider report over the demo's traffic (ml-pipeline providers report):");
+    for line in report::text::summary(&r).lines() {
+        println!("   {line}");
+    }
+    if let Some(pair) = r.agreement.first() {
+        for f in &pair.features {
+            if let Some(s) = &f.summary {
+                println!(
+                    "   {} vs {} on {}: {} notes both cover, {} beyond {} (median |diff| {}, p95 {})",
+                    pair.providers[0],
+                    pair.providers[1],
+                    f.feature,
+                    s.notes,
+                    s.beyond_tolerance,
+                    report::text::short(s.tolerance),
+                    report::text::short(s.median_abs),
+                    report::text::short(s.p95_abs)
+                );
+            }
+        }
+    }
+    for l in &r.serving.enrichment_latency {
+        println!(
+            "   worker {} latency: p50 {} ms, p95 {} ms over {} batches",
+            l.stage,
+            report::text::short(l.p50_ms),
+            report::text::short(l.p95_ms),
+            l.batches
+        );
+    }
+    println!(
+        "   HTML report: {}  JSON: {}",
+        html.display(),
+        json.display()
+    );
+    Ok(())
 }
 
 /// The data side: a provider's second delivery (updated documents and new notes) ingested with

@@ -83,6 +83,9 @@ struct DemoArgs {
     /// The fixture directory to use.
     #[arg(long, default_value = "fixtures/default")]
     fixtures: PathBuf,
+    /// Where the provider report's HTML and JSON are written.
+    #[arg(long, default_value = ".local/demo")]
+    report_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -107,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(tally.lost == 0, "{} bundles lost", tally.lost);
             Ok(())
         }
-        Command::Demo(args) => demo::run(&settings, &args.fixtures).await,
+        Command::Demo(args) => demo::run(&settings, &args.fixtures, &args.report_dir).await,
         Command::Fixtures(FixturesCommand::Generate(args)) => generate(&args),
         Command::TrainBench(args) => train_bench::run(&args).await,
         Command::TrainCompare(args) => train_bench::compare::run(&args).map(drop),
