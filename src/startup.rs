@@ -112,6 +112,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
         stall_timeout: Duration::from_secs(settings.stall_timeout_secs.max(1)),
         output_encoding: settings.output_encoding,
+        max_message_bytes: settings.max_message_bytes.max(1024),
         limits: settings.limits(),
         max_receives: settings.max_receives,
         outage_hold: Duration::from_secs(settings.outage_hold_secs),

@@ -41,8 +41,10 @@ pub struct Outgoing {
     pub group_id: Option<String>,
 }
 
-/// The largest message SQS accepts: body and message attributes together, 256 KiB.
-pub const MAX_SQS_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest message SQS accepts today, body and message attributes together: 1 MiB (raised
+/// from 256 KiB in August 2025). It is the default of the `max_message_bytes` setting
+/// (`ML_PIPELINE_MAX_MESSAGE_BYTES`), which is lowered for a queue or emulator that enforces less.
+pub const MAX_SQS_MESSAGE_BYTES: usize = 1024 * 1024;
 
 impl Outgoing {
     /// Its size as SQS counts it: the body, and each attribute's name, data type and value.
