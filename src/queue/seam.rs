@@ -25,6 +25,21 @@ pub struct Message {
     pub receive_count: u32,
     /// FIFO queues: the message group it was sent in.
     pub group_id: Option<String>,
+    /// Its String message attributes, as received (`content-encoding` among them).
+    pub attributes: Vec<(String, String)>,
+    /// The names of its message attributes of other types (Number, Binary), which the seam does
+    /// not carry: a copy made from this message would lose them.
+    pub other_attributes: Vec<String>,
+}
+
+impl Message {
+    /// The value of a String message attribute.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A message to send.
@@ -90,6 +105,19 @@ pub trait Queue: Send + Sync {
         max: i32,
         wait_secs: i32,
     ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send;
+
+    /// Like [`Queue::receive`], but the messages received stay invisible to other consumers for
+    /// `visibility_secs` instead of the queue's own visibility timeout (`dlq inspect` hides
+    /// them only briefly).
+    fn receive_hidden_for(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: i32,
+    ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send {
+        let _ = visibility_secs;
+        self.receive(max, wait_secs)
+    }
 
     /// Sends up to 10 messages.
     fn send_batch(

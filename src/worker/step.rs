@@ -14,6 +14,11 @@ use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::model::holder::LoadedModel;
+use crate::queue::dead_letter::{
+    BODY_TRUNCATED_ATTRIBUTE, ERROR_REASON_ATTRIBUTE, ERROR_STAGE_ATTRIBUTE,
+    ORIGINAL_SHA256_ATTRIBUTE, ORIGINAL_SIZE_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
+    SOURCE_MESSAGE_ID_ATTRIBUTE,
+};
 use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
 use crate::text::truncate_chars;
 
@@ -510,10 +515,16 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
 /// `max_bytes`.
 fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str, max_bytes: usize) -> Outgoing {
     let mut attributes = vec![
-        ("error-stage".to_owned(), stage.to_owned()),
-        ("error-reason".to_owned(), truncate_chars(&e.reason, 1000)),
-        ("source-message-id".to_owned(), m.message_id.clone()),
-        ("receive-count".to_owned(), m.receive_count.to_string()),
+        (ERROR_STAGE_ATTRIBUTE.to_owned(), stage.to_owned()),
+        (
+            ERROR_REASON_ATTRIBUTE.to_owned(),
+            truncate_chars(&e.reason, 1000),
+        ),
+        (SOURCE_MESSAGE_ID_ATTRIBUTE.to_owned(), m.message_id.clone()),
+        (
+            RECEIVE_COUNT_ATTRIBUTE.to_owned(),
+            m.receive_count.to_string(),
+        ),
     ];
     if let Some(id) = &e.bundle_id {
         attributes.push((BUNDLE_ID_ATTRIBUTE.to_owned(), id.clone()));
@@ -549,9 +560,9 @@ fn fit_dead_letter(copy: &mut Outgoing, max_bytes: usize) {
     let original = copy.body.len();
     let hash = format!("{:x}", sha2::Sha256::digest(copy.body.as_bytes()));
     copy.attributes.extend([
-        ("original-size".to_owned(), original.to_string()),
-        ("original-sha256".to_owned(), hash),
-        ("body-truncated".to_owned(), "true".to_owned()),
+        (ORIGINAL_SIZE_ATTRIBUTE.to_owned(), original.to_string()),
+        (ORIGINAL_SHA256_ATTRIBUTE.to_owned(), hash),
+        (BODY_TRUNCATED_ATTRIBUTE.to_owned(), "true".to_owned()),
     ]);
     let room = max_bytes.saturating_sub(copy.size() - original);
     let mut cut = room.min(original);
@@ -677,6 +688,8 @@ mod tests {
             sent_timestamp_ms: None,
             receive_count: 1,
             group_id: group.map(str::to_owned),
+            attributes: Vec::new(),
+            other_attributes: Vec::new(),
         }
     }
 
