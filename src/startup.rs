@@ -20,7 +20,7 @@ use crate::enrich::source::LookupLimits;
 use crate::enrich::Enricher;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
-use crate::queue::SqsQueue;
+use crate::queue::{RedrivePolicy, SqsQueue};
 use crate::settings::Settings;
 use crate::worker::{Hooks, RunSummary, Worker, WorkerConfig};
 
@@ -77,6 +77,20 @@ pub async fn queue(
 ) -> anyhow::Result<SqsQueue> {
     let name = url_or_name.with_context(|| format!("set {variable} (a queue URL or name)"))?;
     Ok(SqsQueue::resolve(sqs.clone(), name).await?)
+}
+
+/// The input's dead-letter queue: `configured` (ML_PIPELINE_INPUT_DLQ) when set, else the queue
+/// the input's RedrivePolicy names; None when neither names one. The worker and the `dlq`
+/// commands resolve it the same way.
+pub async fn input_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    configured: Option<&str>,
+    redrive: &RedrivePolicy,
+) -> anyhow::Result<Option<SqsQueue>> {
+    match configured.or(redrive.dead_letter_queue.as_deref()) {
+        Some(q) => Ok(Some(SqsQueue::resolve(sqs.clone(), q).await?)),
+        None => Ok(None),
+    }
 }
 
 /// An S3 client for the settings (provider deliveries at `s3://` URLs); a call's first answer
@@ -154,14 +168,7 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
     )
     .await?;
     let redrive = input.redrive_policy().await?;
-    let dlq = match settings
-        .input_dlq
-        .as_ref()
-        .or(redrive.dead_letter_queue.as_ref())
-    {
-        Some(q) => Some(SqsQueue::resolve(sqs.clone(), q).await?),
-        None => None,
-    };
+    let dlq = input_dlq(&sqs, settings.input_dlq.as_deref(), &redrive).await?;
     let visibility = input
         .attribute(QueueAttributeName::VisibilityTimeout)
         .await?
