@@ -70,7 +70,7 @@ pub fn wide_bundles(
                     };
                 }
                 // Too big for SQS compressed: fewer rows, in proportion, with a margin.
-                rows = (fitted as f64 * SQS_BODY_BUDGET as f64 / body.len() as f64 * 0.97) as usize;
+                rows = (fitted as f64 * budget as f64 / body.len() as f64 * 0.97) as usize;
             }
         })
         .collect()
