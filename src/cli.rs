@@ -57,6 +57,90 @@ pub enum Command {
     /// documents are kept in MongoDB (<collection>_history).
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// The input's dead-letter queue: list the bundles refused or moved there, and move them
+    /// back to the input queue once the cause is fixed.
+    ///
+    /// The queues are the worker's: ML_PIPELINE_INPUT_QUEUE, and ML_PIPELINE_INPUT_DLQ or else
+    /// the queue named by the input's RedrivePolicy; --input-queue and --dlq override them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// Dead-letter queue subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered bundles: sent time, receive count, stage, bundle id and reason, as a
+    /// table or JSON.
+    ///
+    /// Nothing is consumed, but each listed message is received: it is invisible to other
+    /// consumers of the dead-letter queue for a moment (at most 30 s, until the list is made),
+    /// and its receive count goes up by one. Messages that SQS's redrive policy moved carry no
+    /// reason: they show stage `sqs` and "moved by SQS after N receives". On a FIFO dead-letter
+    /// queue, SQS hands out one message per message group at a time, so only the first message
+    /// of each group is listed.
+    Inspect(InspectArgs),
+    /// Move dead-lettered bundles back to the input queue (after a fix), keeping their body and
+    /// attributes; the worker's dead-letter attributes (error-stage, error-reason,
+    /// source-message-id, receive-count, and the cut-body ones) are dropped.
+    ///
+    /// Each message is sent to the input queue first and deleted from the dead-letter queue
+    /// only once the input accepted it: a failed send leaves it where it was. On a FIFO input
+    /// queue the message keeps its group, and its deduplication id is derived from its
+    /// dead-letter message id. Messages whose body the worker cut to fit, or that carry Number
+    /// or Binary attributes, are skipped. The messages not moved are invisible while the
+    /// redrive runs (at most 120 s) and visible again when it ends. Prints a line per matched
+    /// message and a summary (matched, moved, skipped, failed); exits non-zero when any
+    /// failed.
+    Redrive(RedriveArgs),
+}
+
+/// The queues of a `dlq` subcommand.
+#[derive(Debug, Args)]
+pub struct DlqQueueArgs {
+    /// The input queue URL or name; default ML_PIPELINE_INPUT_QUEUE.
+    #[arg(long, value_name = "QUEUE")]
+    pub input_queue: Option<String>,
+    /// The dead-letter queue URL or name; default ML_PIPELINE_INPUT_DLQ, else the input
+    /// queue's RedrivePolicy target.
+    #[arg(long, value_name = "QUEUE")]
+    pub dlq: Option<String>,
+}
+
+/// Options of `dlq inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The queues.
+    #[command(flatten)]
+    pub queues: DlqQueueArgs,
+    /// List at most this many messages.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Print a JSON array (every field, the whole reason) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `dlq redrive`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// The queues.
+    #[command(flatten)]
+    pub queues: DlqQueueArgs,
+    /// Move only messages whose reason matches: a case-insensitive regular expression, so plain
+    /// text matches as a substring (text that is not a valid regex is taken literally). The
+    /// messages SQS moved have the reason "moved by SQS after N receives".
+    #[arg(long, value_name = "PATTERN")]
+    pub reason: Option<String>,
+    /// Move only messages of this stage (decode, prepare, answer, enrich, or sqs for the ones
+    /// SQS's redrive policy moved).
+    #[arg(long, value_name = "STAGE")]
+    pub stage: Option<String>,
+    /// Move at most this many matching messages.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Say what would be moved; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Provider-data subcommands.
@@ -535,9 +619,44 @@ pub async fn run(
             .await?
         }
         Command::Providers(cmd) => providers(&settings, cmd).await?,
+        Command::Dlq(cmd) => dlq(&settings, cmd).await?,
     };
     println!("{}", output.trim_end());
     Ok(())
+}
+
+async fn dlq(settings: &Settings, cmd: DlqCommand) -> anyhow::Result<String> {
+    match cmd {
+        DlqCommand::Inspect(args) => {
+            commands::dlq::inspect_command(
+                settings,
+                args.queues.input_queue.as_deref(),
+                args.queues.dlq.as_deref(),
+                args.limit,
+                args.json,
+            )
+            .await
+        }
+        DlqCommand::Redrive(args) => {
+            let options = commands::dlq::RedriveOptions {
+                filter: commands::dlq::Filter {
+                    reason: args.reason.as_deref().map(commands::dlq::Pattern::new),
+                    stage: args.stage,
+                },
+                limit: args.limit,
+                dry_run: args.dry_run,
+                max_message_bytes: settings.max_message_bytes,
+                retry: crate::queue::Retry::default(),
+            };
+            commands::dlq::redrive_command(
+                settings,
+                args.queues.input_queue.as_deref(),
+                args.queues.dlq.as_deref(),
+                options,
+            )
+            .await
+        }
+    }
 }
 
 async fn providers(settings: &Settings, cmd: ProvidersCommand) -> anyhow::Result<String> {

@@ -9,7 +9,8 @@
 //! -> [`batch`] -> [`model`] -> [`bundle`] (answers, encode) -> [`queue`].
 //!
 //! - [`queue`]: the queue seam (receive, send a batch, delete a batch, change visibility), over
-//!   SQS or in memory, and delivery on top of it (batch limits, FIFO ids, per-entry retries).
+//!   SQS or in memory, delivery on top of it (batch limits, FIFO ids, per-entry retries), and
+//!   what a dead-lettered copy carries.
 //! - [`bundle`]: message formats (v1 and seed), compression, decoding with limits, validation
 //!   against the spec; answers and their encoding.
 //! - [`standardize`]: business rules on request values (text folding, finite numbers).

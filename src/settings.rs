@@ -79,6 +79,11 @@ pub struct Settings {
     pub drain_timeout_secs: u64,
     /// Encoding of answers: identity, gzip or zstd. Default identity.
     pub output_encoding: ContentEncoding,
+    /// The largest message the queues accept, body and message attributes together, in bytes:
+    /// answers, dead-letter copies, redriven bundles and send batches stay within it. Default
+    /// 1048576 (1 MiB, SQS's limit since August 2025); lower it for a queue whose
+    /// MaximumMessageSize is smaller, or an emulator that enforces the old 256 KiB.
+    pub max_message_bytes: usize,
     /// Largest decoded body, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
     /// Most rows per bundle. Default 10000.
@@ -152,6 +157,7 @@ impl Default for Settings {
             outage_hold_secs: worker.outage_hold.as_secs(),
             drain_timeout_secs: worker.drain_timeout.as_secs(),
             output_encoding: worker.output_encoding,
+            max_message_bytes: worker.max_message_bytes,
             max_body_bytes: limits.max_body_bytes,
             max_rows: limits.max_rows,
             max_string_chars: limits.max_string_chars,

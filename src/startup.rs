@@ -20,7 +20,7 @@ use crate::enrich::source::LookupLimits;
 use crate::enrich::Enricher;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
-use crate::queue::SqsQueue;
+use crate::queue::{RedrivePolicy, SqsQueue};
 use crate::settings::Settings;
 use crate::worker::{Hooks, RunSummary, Worker, WorkerConfig};
 
@@ -79,6 +79,20 @@ pub async fn queue(
     Ok(SqsQueue::resolve(sqs.clone(), name).await?)
 }
 
+/// The input's dead-letter queue: `configured` (ML_PIPELINE_INPUT_DLQ) when set, else the queue
+/// the input's RedrivePolicy names; None when neither names one. The worker and the `dlq`
+/// commands resolve it the same way.
+pub async fn input_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    configured: Option<&str>,
+    redrive: &RedrivePolicy,
+) -> anyhow::Result<Option<SqsQueue>> {
+    match configured.or(redrive.dead_letter_queue.as_deref()) {
+        Some(q) => Ok(Some(SqsQueue::resolve(sqs.clone(), q).await?)),
+        None => Ok(None),
+    }
+}
+
 /// An S3 client for the settings (provider deliveries at `s3://` URLs); a call's first answer
 /// must come within 60 s, the body then streams for as long as it takes.
 pub async fn s3(settings: &Settings) -> aws_sdk_s3::Client {
@@ -112,6 +126,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
         stall_timeout: Duration::from_secs(settings.stall_timeout_secs.max(1)),
         output_encoding: settings.output_encoding,
+        max_message_bytes: settings.max_message_bytes.max(1024),
         limits: settings.limits(),
         max_receives: settings.max_receives,
         outage_hold: Duration::from_secs(settings.outage_hold_secs),
@@ -153,14 +168,7 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
     )
     .await?;
     let redrive = input.redrive_policy().await?;
-    let dlq = match settings
-        .input_dlq
-        .as_ref()
-        .or(redrive.dead_letter_queue.as_ref())
-    {
-        Some(q) => Some(SqsQueue::resolve(sqs.clone(), q).await?),
-        None => None,
-    };
+    let dlq = input_dlq(&sqs, settings.input_dlq.as_deref(), &redrive).await?;
     let visibility = input
         .attribute(QueueAttributeName::VisibilityTimeout)
         .await?

@@ -30,12 +30,15 @@ pub fn read_bundles(path: &Path) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-/// Sends bundles in batches of 10, at most `rate` bundles per second (None: as fast as possible).
+/// Sends bundles in batches of 10 (and at most `max_message_bytes`, the
+/// `ML_PIPELINE_MAX_MESSAGE_BYTES` setting), at most `rate` bundles per second (None: as fast as
+/// possible).
 pub async fn send<Q: Queue>(
     queue: &Q,
     bundles: &[Value],
     encoding: ContentEncoding,
     rate: Option<f64>,
+    max_message_bytes: usize,
 ) -> anyhow::Result<usize> {
     let started = Instant::now();
     let mut sent = 0;
@@ -57,7 +60,7 @@ pub async fn send<Q: Queue>(
             })
             .collect();
         let count = messages.len();
-        let accepted = send_all(queue, messages, &Retry::default()).await;
+        let accepted = send_all(queue, messages, max_message_bytes, &Retry::default()).await;
         anyhow::ensure!(
             accepted.len() == count,
             "SQS did not accept {} of {count} messages after retries (see the warnings above)",
@@ -107,7 +110,7 @@ pub async fn send_from(
         } else {
             bundles.iter().map(|b| with_fresh_id(b, round)).collect()
         };
-        total += send(&queue, &batch, encoding, rate).await?;
+        total += send(&queue, &batch, encoding, rate, settings.max_message_bytes).await?;
     }
     Ok(format!("sent {total} bundles to {}", queue.url()))
 }

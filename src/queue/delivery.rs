@@ -13,9 +13,6 @@ use super::seam::{EntryFailures, Outgoing, Queue, QueueError};
 /// Most entries in one SQS batch call.
 pub const MAX_BATCH_ENTRIES: usize = 10;
 
-/// Most bytes of bodies and attributes in one `SendMessageBatch` call: 256 KiB.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
-
 /// How failed batch calls and entries are retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retry {
@@ -50,12 +47,15 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     cap.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-/// Sends every message, in batches within the entry and byte limits, retrying failed entries
-/// alone; returns the indexes accepted, in order. On a FIFO queue the dedup ids are made valid;
-/// on a standard queue dedup and group ids are dropped.
+/// Sends every message, in batches of at most 10 entries and `max_message_bytes` of bodies and
+/// attributes (SQS limits a `SendMessageBatch` call's total payload to its message size limit,
+/// the `max_message_bytes` setting), retrying failed entries alone; returns the indexes
+/// accepted, in order. On a FIFO queue the dedup ids are made valid; on a standard queue dedup
+/// and group ids are dropped.
 pub async fn send_all<Q: Queue>(
     queue: &Q,
     mut messages: Vec<Outgoing>,
+    max_message_bytes: usize,
     retry: &Retry,
 ) -> Vec<usize> {
     let fifo = queue.is_fifo();
@@ -65,7 +65,7 @@ pub async fn send_all<Q: Queue>(
     }
     let prepared = messages;
     let mut accepted = Vec::new();
-    for chunk in chunks(&prepared, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
+    for chunk in chunks(&prepared, MAX_BATCH_ENTRIES, max_message_bytes) {
         let size = chunk.len();
         let sent = retry_entries("send", chunk, retry, |idx| {
             let batch: Vec<Outgoing> = idx.iter().map(|&i| prepared[i].clone()).collect();
@@ -246,6 +246,9 @@ mod tests {
         let big: Vec<Outgoing> = (0..4).map(|_| out(100_000)).collect();
         let c = chunks(&big, 10, 256 * 1024);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+        // SQS's limit today: the same four fit one call.
+        let c = chunks(&big, 10, crate::queue::MAX_SQS_MESSAGE_BYTES);
+        assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [4]);
     }
 
     #[test]

@@ -44,6 +44,7 @@ struct Stored {
     message_id: String,
     body: String,
     attributes: Vec<(String, String)>,
+    group_id: Option<String>,
     receive_count: u32,
 }
 
@@ -77,24 +78,41 @@ impl MemoryQueue {
 
     /// Enqueues a message as a producer would, with an optional `content-encoding`.
     pub fn push(&self, body: impl Into<String>, content_encoding: Option<&str>) -> String {
+        let attributes: Vec<(String, String)> = content_encoding
+            .map(|e| {
+                (
+                    crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE.to_owned(),
+                    e.to_owned(),
+                )
+            })
+            .into_iter()
+            .collect();
+        self.push_with(body, &attributes, None)
+    }
+
+    /// Enqueues a message with String attributes and, on a FIFO queue, a message group.
+    pub fn push_with(
+        &self,
+        body: impl Into<String>,
+        attributes: &[(String, String)],
+        group_id: Option<&str>,
+    ) -> String {
         let mut state = self.lock();
         state.next += 1;
         let message_id = format!("m-{}", state.next);
         state.visible.push_back(Stored {
             message_id: message_id.clone(),
             body: body.into(),
-            attributes: content_encoding
-                .map(|e| {
-                    (
-                        crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE.to_owned(),
-                        e.to_owned(),
-                    )
-                })
-                .into_iter()
-                .collect(),
+            attributes: attributes.to_vec(),
+            group_id: group_id.map(str::to_owned),
             receive_count: 0,
         });
         message_id
+    }
+
+    /// How many messages are visible now.
+    pub fn visible(&self) -> usize {
+        self.lock().visible.len()
     }
 
     /// Plans a failure of the next call of its operation; faults are used in the order planned.
@@ -201,7 +219,9 @@ impl Queue for MemoryQueue {
                     .map(|(_, v)| v.clone()),
                 sent_timestamp_ms: None,
                 receive_count: stored.receive_count,
-                group_id: None,
+                group_id: stored.group_id.clone(),
+                attributes: stored.attributes.clone(),
+                other_attributes: Vec::new(),
             });
             state.in_flight.insert(receipt, stored);
         }
@@ -221,6 +241,7 @@ impl Queue for MemoryQueue {
                 message_id,
                 body: m.body.clone(),
                 attributes: m.attributes.clone(),
+                group_id: m.group_id.clone(),
                 receive_count: 0,
             });
             state.accepted.push(m.clone());

@@ -1,7 +1,9 @@
 //! The queues: a narrow seam ([`Queue`]: receive, send a batch, delete a batch, change
 //! visibility), its SQS implementation, an in-memory one for unit tests, and the delivery rules
-//! built once on top of it (batch limits, FIFO ids, per-entry retries).
+//! built once on top of it (batch limits, FIFO ids, per-entry retries); and what a dead-lettered
+//! copy carries, written by the worker and read back by `dlq inspect` and `dlq redrive`.
 
+pub mod dead_letter;
 pub mod delivery;
 pub mod memory;
 pub mod seam;

@@ -25,6 +25,21 @@ pub struct Message {
     pub receive_count: u32,
     /// FIFO queues: the message group it was sent in.
     pub group_id: Option<String>,
+    /// Its String message attributes, as received (`content-encoding` among them).
+    pub attributes: Vec<(String, String)>,
+    /// The names of its message attributes of other types (Number, Binary), which the seam does
+    /// not carry: a copy made from this message would lose them.
+    pub other_attributes: Vec<String>,
+}
+
+impl Message {
+    /// The value of a String message attribute.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A message to send.
@@ -41,8 +56,10 @@ pub struct Outgoing {
     pub group_id: Option<String>,
 }
 
-/// The largest message SQS accepts: body and message attributes together, 256 KiB.
-pub const MAX_SQS_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest message SQS accepts today, body and message attributes together: 1 MiB (raised
+/// from 256 KiB in August 2025). It is the default of the `max_message_bytes` setting
+/// (`ML_PIPELINE_MAX_MESSAGE_BYTES`), which is lowered for a queue or emulator that enforces less.
+pub const MAX_SQS_MESSAGE_BYTES: usize = 1024 * 1024;
 
 impl Outgoing {
     /// Its size as SQS counts it: the body, and each attribute's name, data type and value.
@@ -88,6 +105,19 @@ pub trait Queue: Send + Sync {
         max: i32,
         wait_secs: i32,
     ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send;
+
+    /// Like [`Queue::receive`], but the messages received stay invisible to other consumers for
+    /// `visibility_secs` instead of the queue's own visibility timeout (`dlq inspect` hides
+    /// them only briefly).
+    fn receive_hidden_for(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: i32,
+    ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send {
+        let _ = visibility_secs;
+        self.receive(max, wait_secs)
+    }
 
     /// Sends up to 10 messages.
     fn send_batch(

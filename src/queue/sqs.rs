@@ -65,6 +65,36 @@ impl SqsQueue {
         Ok(out.attributes.and_then(|mut a| a.remove(&name)))
     }
 
+    /// Receives up to `max` messages with every message attribute, hidden for `visibility_secs`
+    /// (None: the queue's own visibility timeout).
+    async fn receive_with(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: Option<i32>,
+    ) -> Result<Vec<Message>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(wait_secs)
+            .set_visibility_timeout(visibility_secs)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| error("ReceiveMessage", &self.url, e))?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(received)
+            .collect())
+    }
+
     /// The queue's RedrivePolicy, read in one call (empty when it has none).
     pub async fn redrive_policy(&self) -> Result<RedrivePolicy, QueueError> {
         let policy = self.attribute(QueueAttributeName::RedrivePolicy).await?;
@@ -92,44 +122,17 @@ impl Queue for SqsQueue {
     }
 
     async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
-        let out = self
-            .client
-            .receive_message()
-            .queue_url(&self.url)
-            .max_number_of_messages(max)
-            .wait_time_seconds(wait_secs)
-            .message_attribute_names(CONTENT_ENCODING_ATTRIBUTE)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
+        self.receive_with(max, wait_secs, None).await
+    }
+
+    async fn receive_hidden_for(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: i32,
+    ) -> Result<Vec<Message>, QueueError> {
+        self.receive_with(max, wait_secs, Some(visibility_secs))
             .await
-            .map_err(|e| error("ReceiveMessage", &self.url, e))?;
-        Ok(out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let system = m.attributes.unwrap_or_default();
-                let number =
-                    |k: MessageSystemAttributeName| system.get(&k).and_then(|v| v.parse().ok());
-                Message {
-                    message_id: m.message_id.unwrap_or_default(),
-                    receipt_handle: m.receipt_handle.unwrap_or_default(),
-                    body: m.body.unwrap_or_default(),
-                    content_encoding: m
-                        .message_attributes
-                        .and_then(|mut a| a.remove(CONTENT_ENCODING_ATTRIBUTE))
-                        .and_then(|v| v.string_value),
-                    sent_timestamp_ms: number(MessageSystemAttributeName::SentTimestamp),
-                    receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
-                        .unwrap_or(1) as u32,
-                    group_id: system
-                        .get(&MessageSystemAttributeName::MessageGroupId)
-                        .cloned(),
-                }
-            })
-            .collect())
     }
 
     async fn send_batch(&self, messages: &[Outgoing]) -> Result<EntryFailures, QueueError> {
@@ -227,6 +230,39 @@ impl Queue for SqsQueue {
             .attribute(QueueAttributeName::ApproximateNumberOfMessages)
             .await?;
         Ok(visible.and_then(|v| v.parse().ok()))
+    }
+}
+
+/// A received SQS message on the seam: String attributes kept, the names of the others noted.
+fn received(m: aws_sdk_sqs::types::Message) -> Message {
+    let system = m.attributes.unwrap_or_default();
+    let number = |k: MessageSystemAttributeName| system.get(&k).and_then(|v| v.parse().ok());
+    let mut attributes = Vec::new();
+    let mut other_attributes = Vec::new();
+    for (name, value) in m.message_attributes.unwrap_or_default() {
+        match value.string_value {
+            Some(v) if value.data_type.starts_with("String") => attributes.push((name, v)),
+            _ => other_attributes.push(name),
+        }
+    }
+    attributes.sort();
+    other_attributes.sort();
+    Message {
+        message_id: m.message_id.unwrap_or_default(),
+        receipt_handle: m.receipt_handle.unwrap_or_default(),
+        body: m.body.unwrap_or_default(),
+        content_encoding: attributes
+            .iter()
+            .find(|(k, _)| k == CONTENT_ENCODING_ATTRIBUTE)
+            .map(|(_, v)| v.clone()),
+        sent_timestamp_ms: number(MessageSystemAttributeName::SentTimestamp),
+        receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1)
+            as u32,
+        group_id: system
+            .get(&MessageSystemAttributeName::MessageGroupId)
+            .cloned(),
+        attributes,
+        other_attributes,
     }
 }
 

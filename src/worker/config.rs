@@ -38,6 +38,10 @@ pub struct WorkerConfig {
     pub stall_timeout: Duration,
     /// The encoding of answers.
     pub output_encoding: ContentEncoding,
+    /// The largest message the queues accept, body and attributes together, in bytes: answers
+    /// are fitted under it (compressed, else refused), dead-letter copies cut to it, and send
+    /// batches chunked by it. Default SQS's 1 MiB.
+    pub max_message_bytes: usize,
     /// Decoding limits.
     pub limits: Limits,
     /// A message left for redelivery on this many receives is dead-lettered by the worker, with
@@ -86,6 +90,7 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(25),
             stall_timeout: Duration::from_secs(120),
             output_encoding: ContentEncoding::Identity,
+            max_message_bytes: crate::queue::MAX_SQS_MESSAGE_BYTES,
             limits: Limits::default(),
             max_receives: 4,
             outage_hold: Duration::from_secs(30),

@@ -135,6 +135,8 @@ mod tests {
             sent_timestamp_ms: None,
             receive_count: 1,
             group_id: None,
+            attributes: Vec::new(),
+            other_attributes: Vec::new(),
         }
     }
 

@@ -14,9 +14,12 @@ use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::model::holder::LoadedModel;
-use crate::queue::{
-    delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE, MAX_SQS_MESSAGE_BYTES,
+use crate::queue::dead_letter::{
+    BODY_TRUNCATED_ATTRIBUTE, ERROR_REASON_ATTRIBUTE, ERROR_STAGE_ATTRIBUTE,
+    ORIGINAL_SHA256_ATTRIBUTE, ORIGINAL_SIZE_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
+    SOURCE_MESSAGE_ID_ATTRIBUTE,
 };
+use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
 use crate::text::truncate_chars;
 
 /// A received message and what decoding made of it.
@@ -393,7 +396,8 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                     continue;
                 }
             };
-            match answer_message(&message, &answer, self.config.output_encoding) {
+            let limit = self.config.max_message_bytes;
+            match answer_message(&message, &answer, self.config.output_encoding, limit) {
                 Ok(out) => {
                     outgoing.push(out);
                     to_send.push((message, answer));
@@ -420,7 +424,13 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     async fn send_answers(&self, outgoing: Vec<Outgoing>, report: &mut StepReport) -> Vec<usize> {
         let t = Instant::now();
         let count = outgoing.len();
-        let accepted = send_all(&self.output, outgoing, &self.config.retry()).await;
+        let accepted = send_all(
+            &self.output,
+            outgoing,
+            self.config.max_message_bytes,
+            &self.config.retry(),
+        )
+        .await;
         report.timing_ms.insert("send".into(), ms(t));
         report.answered += accepted.len();
         report.left += count - accepted.len();
@@ -480,10 +490,16 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             .map(|(m, e, stage)| {
                 let span = bundle_span(m, e.bundle_id.as_deref().unwrap_or("-"), version, 0);
                 span.in_scope(|| tracing::warn!(stage, reason = %e.reason, "bundle refused; sending it to the dead-letter queue"));
-                dead_letter_copy(m, e, stage)
+                dead_letter_copy(m, e, stage, self.config.max_message_bytes)
             })
             .collect();
-        let accepted = send_all(dlq, outgoing, &self.config.retry()).await;
+        let accepted = send_all(
+            dlq,
+            outgoing,
+            self.config.max_message_bytes,
+            &self.config.retry(),
+        )
+        .await;
         let receipts: Vec<&str> = accepted
             .iter()
             .map(|&i| refused[i].0.receipt_handle.as_str())
@@ -495,13 +511,20 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     }
 }
 
-/// The dead-letter copy of a refused message: its body as received, with the reason.
-fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str) -> Outgoing {
+/// The dead-letter copy of a refused message: its body as received, with the reason, within
+/// `max_bytes`.
+fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str, max_bytes: usize) -> Outgoing {
     let mut attributes = vec![
-        ("error-stage".to_owned(), stage.to_owned()),
-        ("error-reason".to_owned(), truncate_chars(&e.reason, 1000)),
-        ("source-message-id".to_owned(), m.message_id.clone()),
-        ("receive-count".to_owned(), m.receive_count.to_string()),
+        (ERROR_STAGE_ATTRIBUTE.to_owned(), stage.to_owned()),
+        (
+            ERROR_REASON_ATTRIBUTE.to_owned(),
+            truncate_chars(&e.reason, 1000),
+        ),
+        (SOURCE_MESSAGE_ID_ATTRIBUTE.to_owned(), m.message_id.clone()),
+        (
+            RECEIVE_COUNT_ATTRIBUTE.to_owned(),
+            m.receive_count.to_string(),
+        ),
     ];
     if let Some(id) = &e.bundle_id {
         attributes.push((BUNDLE_ID_ATTRIBUTE.to_owned(), id.clone()));
@@ -522,26 +545,26 @@ fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str) -> Outgoing {
                 .unwrap_or_else(|| "dead-letter".to_owned()),
         ),
     };
-    fit_dead_letter(&mut copy);
+    fit_dead_letter(&mut copy, max_bytes);
     copy
 }
 
-/// A body near SQS's limit leaves no room for the reason's attributes: the copy's body is then
-/// cut to fit, and the original's size and SHA-256 are added, so the reason is never lost and
-/// the producer can still find the message it sent.
-fn fit_dead_letter(copy: &mut Outgoing) {
-    if copy.size() <= MAX_SQS_MESSAGE_BYTES {
+/// A body near the message size limit (`max_bytes`) leaves no room for the reason's attributes:
+/// the copy's body is then cut to fit, and the original's size and SHA-256 are added, so the
+/// reason is never lost and the producer can still find the message it sent.
+fn fit_dead_letter(copy: &mut Outgoing, max_bytes: usize) {
+    if copy.size() <= max_bytes {
         return;
     }
     use sha2::Digest;
     let original = copy.body.len();
     let hash = format!("{:x}", sha2::Sha256::digest(copy.body.as_bytes()));
     copy.attributes.extend([
-        ("original-size".to_owned(), original.to_string()),
-        ("original-sha256".to_owned(), hash),
-        ("body-truncated".to_owned(), "true".to_owned()),
+        (ORIGINAL_SIZE_ATTRIBUTE.to_owned(), original.to_string()),
+        (ORIGINAL_SHA256_ATTRIBUTE.to_owned(), hash),
+        (BODY_TRUNCATED_ATTRIBUTE.to_owned(), "true".to_owned()),
     ]);
-    let room = MAX_SQS_MESSAGE_BYTES - (copy.size() - original);
+    let room = max_bytes.saturating_sub(copy.size() - original);
     let mut cut = room.min(original);
     while !copy.body.is_char_boundary(cut) {
         cut -= 1;
@@ -592,7 +615,7 @@ fn bundle_span(
     )
 }
 
-/// Encodes an answer into its message, with its attributes, within SQS's size limit. A plain
+/// Encodes an answer into its message, with its attributes, within `max_bytes`. A plain
 /// answer too large for one message is sent compressed instead, gzip, or zstd when gzip is not
 /// enough (consumers read all three forms, docs/contract.md section 4); a compressed one too
 /// large is tried with zstd too. An answer that no encoding brings under the limit is refused
@@ -601,6 +624,7 @@ fn answer_message(
     message: &Message,
     answer: &Answer,
     configured: ContentEncoding,
+    max_bytes: usize,
 ) -> Result<Outgoing, String> {
     let mut tried = Vec::new();
     let fallbacks = [ContentEncoding::Gzip, ContentEncoding::Zstd];
@@ -628,7 +652,7 @@ fn answer_message(
             ),
         };
         let size = outgoing.size();
-        if size <= MAX_SQS_MESSAGE_BYTES {
+        if size <= max_bytes {
             if encoding != configured {
                 tracing::info!(
                     bundle_id = answer.bundle_id(),
@@ -642,7 +666,7 @@ fn answer_message(
         tried.push(format!("{size} bytes as {encoding}"));
     }
     Err(format!(
-        "the answer is too large for one SQS message ({}; the limit is {MAX_SQS_MESSAGE_BYTES} bytes with attributes): send this bundle's records in smaller bundles",
+        "the answer is too large for one SQS message ({}; the limit is {max_bytes} bytes with attributes, ML_PIPELINE_MAX_MESSAGE_BYTES): send this bundle's records in smaller bundles",
         tried.join(", ")
     ))
 }
@@ -664,6 +688,8 @@ mod tests {
             sent_timestamp_ms: None,
             receive_count: 1,
             group_id: group.map(str::to_owned),
+            attributes: Vec::new(),
+            other_attributes: Vec::new(),
         }
     }
 
@@ -686,20 +712,44 @@ mod tests {
         })
     }
 
+    use crate::queue::MAX_SQS_MESSAGE_BYTES;
+
+    /// The limit of a queue that enforces the old 256 KiB (`ML_PIPELINE_MAX_MESSAGE_BYTES`).
+    const OLD_LIMIT: usize = 262_144;
+
     #[test]
     fn a_large_answer_is_compressed_and_one_too_large_even_then_is_refused_with_its_size() {
-        let small =
-            answer_message(&message(None), &answer(10, 6), ContentEncoding::Identity).unwrap();
+        let small = answer_message(
+            &message(None),
+            &answer(10, 6),
+            ContentEncoding::Identity,
+            OLD_LIMIT,
+        )
+        .unwrap();
         assert_eq!(small.attributes.len(), 1, "no content-encoding: plain");
         assert_eq!(small.group_id.as_deref(), Some("b"));
         let big = answer(10_000, 6);
-        assert!(big.encode(ContentEncoding::Identity).len() > MAX_SQS_MESSAGE_BYTES);
-        let sent = answer_message(&message(Some("g-7")), &big, ContentEncoding::Identity).unwrap();
+        let plain = big.encode(ContentEncoding::Identity).len();
         assert!(
-            sent.size() <= MAX_SQS_MESSAGE_BYTES,
-            "{} bytes",
-            sent.size()
+            OLD_LIMIT < plain && plain < MAX_SQS_MESSAGE_BYTES,
+            "{plain}"
         );
+        let today = answer_message(
+            &message(None),
+            &big,
+            ContentEncoding::Identity,
+            MAX_SQS_MESSAGE_BYTES,
+        )
+        .unwrap();
+        assert_eq!(today.attributes.len(), 1, "fits SQS's 1 MiB plain");
+        let sent = answer_message(
+            &message(Some("g-7")),
+            &big,
+            ContentEncoding::Identity,
+            OLD_LIMIT,
+        )
+        .unwrap();
+        assert!(sent.size() <= OLD_LIMIT, "{} bytes", sent.size());
         assert_eq!(
             sent.attributes[1],
             (CONTENT_ENCODING_ATTRIBUTE.to_owned(), "gzip".to_owned())
@@ -729,10 +779,14 @@ mod tests {
             &message(None),
             &Answer::Request(huge),
             ContentEncoding::Identity,
+            OLD_LIMIT,
         )
         .unwrap_err();
         assert!(
-            why.contains("as gzip") && why.contains("as zstd") && why.contains("smaller bundles"),
+            why.contains("as gzip")
+                && why.contains("as zstd")
+                && why.contains("smaller bundles")
+                && why.contains("262144"),
             "{why}"
         );
     }
@@ -745,8 +799,14 @@ mod tests {
             bundle_id: Some("b-big".into()),
             reason: "r".repeat(5_000),
         };
-        let copy = dead_letter_copy(&m, &e, "decode");
+        let copy = dead_letter_copy(&m, &e, "decode", MAX_SQS_MESSAGE_BYTES);
         assert!(copy.size() <= MAX_SQS_MESSAGE_BYTES, "{}", copy.size());
+        let old = dead_letter_copy(&m, &e, "decode", OLD_LIMIT);
+        assert!(
+            old.size() <= OLD_LIMIT && old.size() > OLD_LIMIT - 4,
+            "{}",
+            old.size()
+        );
         let attribute = |name: &str| {
             copy.attributes
                 .iter()
@@ -764,7 +824,7 @@ mod tests {
         assert_eq!(attribute("body-truncated").as_deref(), Some("true"));
         assert!(m.body.starts_with(&copy.body));
         assert_eq!(copy.group_id.as_deref(), Some("g-1"));
-        let small = dead_letter_copy(&message(None), &e, "decode");
+        let small = dead_letter_copy(&message(None), &e, "decode", OLD_LIMIT);
         assert!(small.attributes.iter().all(|(k, _)| k != "body-truncated"));
     }
 }

@@ -90,8 +90,14 @@ pub async fn run(
 
     let bundles = ml_pipeline::commands::send::read_bundles(fixtures_dir)?;
     let started = Instant::now();
-    let sent =
-        ml_pipeline::commands::send::send(&input, &bundles, ContentEncoding::Gzip, None).await?;
+    let sent = ml_pipeline::commands::send::send(
+        &input,
+        &bundles,
+        ContentEncoding::Gzip,
+        None,
+        settings.max_message_bytes,
+    )
+    .await?;
     println!("4. sent {sent} bundles (gzip) to the input queue");
     let wanted: HashSet<String> = bundles
         .iter()

@@ -94,6 +94,7 @@ pub async fn send(
     encoding: ContentEncoding,
     rate: Option<f64>,
     concurrency: usize,
+    max_message_bytes: usize,
 ) -> anyhow::Result<SendTimes> {
     let times: SendTimes = Arc::default();
     let outgoing = |p: &Prepared| Outgoing {
@@ -114,7 +115,7 @@ pub async fn send(
         async move {
             let at = Instant::now();
             let count = messages.len();
-            let accepted = send_all(queue, messages, &Retry::default()).await;
+            let accepted = send_all(queue, messages, max_message_bytes, &Retry::default()).await;
             anyhow::ensure!(
                 accepted.len() == count,
                 "SQS did not accept {} of {count} bundles after retries",

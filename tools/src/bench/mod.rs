@@ -35,6 +35,10 @@ use ml_pipeline::settings::Settings;
 /// Options of `bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// The largest SQS message, in bytes: send batches are chunked within it (the same
+    /// variable as the worker's).
+    #[arg(long, env = "ML_PIPELINE_MAX_MESSAGE_BYTES", default_value_t = ml_pipeline::queue::MAX_SQS_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// Bundles per run.
     #[arg(long, default_value_t = 200)]
     pub bundles: usize,
@@ -231,8 +235,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
                 &format!("{run_id}-warm"),
                 ContentEncoding::from(args.encoding),
             );
-            let times =
-                load::send(&input, &warm, ContentEncoding::from(args.encoding), None, 1).await?;
+            let times = load::send(
+                &input,
+                &warm,
+                ContentEncoding::from(args.encoding),
+                None,
+                1,
+                args.max_message_bytes,
+            )
+            .await?;
             let started = Instant::now();
             let addr = free_loopback_addr()?;
             let child = spawn_worker(&input, &output, &addr)?;
@@ -463,6 +474,7 @@ async fn measure(
         ContentEncoding::from(args.encoding),
         args.rate,
         args.senders,
+        args.max_message_bytes,
     );
     let (arrivals, times) = tokio::join!(reader, sender);
     let times = times?.lock().await.clone();
@@ -551,6 +563,7 @@ async fn ceiling(
                 ContentEncoding::from(args.encoding),
                 args.rate,
                 args.senders,
+                args.max_message_bytes,
             );
             let (arrivals, times) = tokio::join!(reader, sender);
             let tally = Tally::new(&times?.lock().await.clone(), &arrivals);
@@ -564,6 +577,7 @@ async fn ceiling(
                 ContentEncoding::from(args.encoding),
                 args.rate,
                 args.senders,
+                args.max_message_bytes,
             )
             .await?;
             let deadline = Instant::now() + Duration::from_secs(60);

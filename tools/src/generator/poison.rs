@@ -265,7 +265,7 @@ mod tests {
     fn every_body_fits_an_sqs_message() {
         for case in poison_corpus() {
             assert!(
-                case.body.len() < 256 * 1024,
+                case.body.len() < ml_pipeline::queue::MAX_SQS_MESSAGE_BYTES,
                 "{} is {} bytes",
                 case.name,
                 case.body.len()

@@ -91,6 +91,10 @@ pub struct ChaosArgs {
     /// this (the same variable as the worker's).
     #[arg(long, env = "ML_PIPELINE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// wide: the largest SQS message, in bytes; each wide bundle's compressed body fits one
+    /// (the same variable as the worker's).
+    #[arg(long, env = "ML_PIPELINE_MAX_MESSAGE_BYTES", default_value_t = ml_pipeline::queue::MAX_SQS_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// wide: the worker's rows-per-bundle limit (the same variable as the worker's).
     #[arg(long, env = "ML_PIPELINE_MAX_ROWS", default_value_t = 10_000)]
     pub max_rows: usize,
@@ -179,6 +183,7 @@ impl Run<'_> {
             ContentEncoding::Identity,
             rate,
             1,
+            self.args.max_message_bytes,
         )
         .await
     }
@@ -487,7 +492,14 @@ fn secs(later: Instant, earlier: Instant) -> f64 {
 async fn sigterm(run: &Run<'_>) -> anyhow::Result<Tally> {
     let mut first = run.spawn("0")?;
     let reader = run.read_answers();
-    let sender = load::send(&run.input, &run.bundles, ContentEncoding::Identity, None, 4);
+    let sender = load::send(
+        &run.input,
+        &run.bundles,
+        ContentEncoding::Identity,
+        None,
+        4,
+        run.args.max_message_bytes,
+    );
     let term = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let at = Instant::now();

@@ -62,9 +62,25 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<Outcome> {
     let sender = async {
         let half = run.bundles.len() / 2;
         let (first, rest) = run.bundles.split_at(half);
-        let times = load::send(&run.input, first, ContentEncoding::Identity, None, 2).await?;
+        let times = load::send(
+            &run.input,
+            first,
+            ContentEncoding::Identity,
+            None,
+            2,
+            run.args.max_message_bytes,
+        )
+        .await?;
         let sent = send_tracked(&run.sqs, run.input.url(), &messages).await?;
-        let later = load::send(&run.input, rest, ContentEncoding::Identity, None, 2).await?;
+        let later = load::send(
+            &run.input,
+            rest,
+            ContentEncoding::Identity,
+            None,
+            2,
+            run.args.max_message_bytes,
+        )
+        .await?;
         times.lock().await.extend(later.lock().await.drain());
         anyhow::Ok((times, sent))
     };

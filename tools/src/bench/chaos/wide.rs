@@ -15,9 +15,8 @@ use ml_pipeline::bundle::compression::{compress, ContentEncoding, CONTENT_ENCODI
 use ml_pipeline::fixtures::FixtureSet;
 use ml_pipeline::queue::BUNDLE_ID_ATTRIBUTE;
 
-/// The most a compressed body may take in one SQS message (256 KiB), less room for its
-/// attributes.
-const SQS_BODY_BUDGET: usize = 256 * 1024 - 1024;
+/// Room left in an SQS message for a wide bundle's attributes.
+const ATTRIBUTE_ROOM: usize = 1024;
 
 /// One wide bundle and its shape.
 #[derive(Debug, Clone)]
@@ -38,15 +37,18 @@ impl WideBundle {
 }
 
 /// `count` wide bundles of the fixture requests plus `extra` numeric columns, as many rows as
-/// fit `max_body_bytes` of JSON and `max_rows`, with the gzip+base64 body within one SQS message.
+/// fit `max_body_bytes` of JSON and `max_rows`, with the gzip+base64 body within one SQS message
+/// of `max_message_bytes` (less room for its attributes).
 pub fn wide_bundles(
     set: &FixtureSet,
     count: usize,
     extra: usize,
     max_body_bytes: usize,
     max_rows: usize,
+    max_message_bytes: usize,
     run_id: &str,
 ) -> Vec<WideBundle> {
+    let budget = max_message_bytes.saturating_sub(ATTRIBUTE_ROOM);
     (0..count)
         .map(|i| {
             let id = format!("{run_id}-wide-{i:02}");
@@ -54,7 +56,7 @@ pub fn wide_bundles(
             loop {
                 let (json, fitted) = wide_json(set, &id, extra, max_body_bytes, rows);
                 let body = compress(ContentEncoding::Gzip, json.as_bytes());
-                if body.len() <= SQS_BODY_BUDGET || fitted <= 1 {
+                if body.len() <= budget || fitted <= 1 {
                     let columns = set.bundles[0].columns.len() + extra;
                     let prepared = Prepared {
                         bundle_id: id,
@@ -68,7 +70,7 @@ pub fn wide_bundles(
                     };
                 }
                 // Too big for SQS compressed: fewer rows, in proportion, with a margin.
-                rows = (fitted as f64 * SQS_BODY_BUDGET as f64 / body.len() as f64 * 0.97) as usize;
+                rows = (fitted as f64 * budget as f64 / body.len() as f64 * 0.97) as usize;
             }
         })
         .collect()
@@ -125,6 +127,7 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<Outcome> {
         args.wide_columns,
         args.max_body_bytes,
         args.max_rows,
+        args.max_message_bytes,
         &run.run_id,
     );
     for w in &wide {
@@ -153,7 +156,14 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let (tracked, normal) = tokio::join!(
         send_tracked(&run.sqs, run.input.url(), &messages),
-        load::send(&run.input, &run.bundles, ContentEncoding::Identity, None, 2)
+        load::send(
+            &run.input,
+            &run.bundles,
+            ContentEncoding::Identity,
+            None,
+            2,
+            run.args.max_message_bytes
+        )
     );
     let mut times = normal?.lock().await.clone();
     let wide_ids: Vec<String> = wide.iter().map(|w| w.prepared.bundle_id.clone()).collect();
@@ -253,8 +263,9 @@ mod tests {
         let set =
             ml_pipeline::fixtures::read_set(&ml_pipeline::fixtures::files::default_dir()).unwrap();
         let limit = 2 << 20;
-        let w = &wide_bundles(&set, 1, 300, limit, 10_000, "t")[0];
-        assert!(w.prepared.body.len() <= SQS_BODY_BUDGET);
+        let message = 256 * 1024;
+        let w = &wide_bundles(&set, 1, 300, limit, 10_000, message, "t")[0];
+        assert!(w.prepared.body.len() <= message - ATTRIBUTE_ROOM);
         let json = decompress(ContentEncoding::Gzip, &w.prepared.body, limit).unwrap();
         assert_eq!(json.len(), w.json_bytes);
         assert!(
@@ -279,7 +290,7 @@ mod tests {
     fn the_rows_limit_binds_when_the_body_limit_does_not() {
         let set =
             ml_pipeline::fixtures::read_set(&ml_pipeline::fixtures::files::default_dir()).unwrap();
-        let w = &wide_bundles(&set, 1, 10, 16 << 20, 50, "t")[0];
+        let w = &wide_bundles(&set, 1, 10, 16 << 20, 50, 1 << 20, "t")[0];
         assert_eq!(w.prepared.records, 50);
         assert_eq!(w.cells(), 50 * (set.bundles[0].columns.len() + 10));
     }
