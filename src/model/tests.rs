@@ -1,6 +1,6 @@
 //! The registry and the model holder over the in-memory store: version numbers, aliases,
 //! rollback, hot reload by conditional reads, and every broken version refused at load and at
-//! promote. (The same against S3 in LocalStack is in `tests/registry.rs`.)
+//! promote. (The same against S3 in LocalStack is in `tests/integration/registry.rs`.)
 
 use std::sync::Arc;
 

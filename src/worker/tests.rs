@@ -1,7 +1,7 @@
 //! The one step and the heartbeat, driven through queue failures with the in-memory queue,
 //! sources and model store: partial `SendMessageBatch` and `DeleteMessageBatch` failures, a
 //! failed dead-letter send, a failed visibility change. (The same flow against LocalStack is in
-//! `tests/worker.rs`.)
+//! `tests/integration/worker.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! answer, that every log line is JSON with one span per bundle, and that a real SIGTERM drains
 //! and exits cleanly.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

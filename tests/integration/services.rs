@@ -2,7 +2,7 @@
 //! delete; redrive to a DLQ; S3 object versions; migrations, fixture load, and the batch lookups
 //! (`= ANY($1)` in PostgreSQL, `$in` in MongoDB) that enrichment relies on.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -3,7 +3,7 @@
 //! none), aurum's second delivery makes the providers disagree, and the report's numbers are
 //! checked against counts made here straight from the stored BSON and the sent rows.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -4,7 +4,7 @@
 //! consuming them; a dry run moves nothing; a reason or a stage moves only the matching ones,
 //! without the dead-letter attributes; and the worker answers the good bundle redriven.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! flaky, a malformed and a broken provider would; ingest talks to it over a socket and writes
 //! to the real PostgreSQL and MongoDB-wire server, each test on its own databases.
 
-mod common;
+use crate::common;
 
 use ml_pipeline::providers::report::{self, stats::quantile, ReportOptions};
 

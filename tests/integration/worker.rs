@@ -1,6 +1,6 @@
 //! The worker against the real services, each test on its own queues, bucket and databases.
 
-mod common;
+use crate::common;
 
 use common::harness::{fixture_bundles, TestWorker};
 

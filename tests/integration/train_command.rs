@@ -2,7 +2,7 @@
 //! PostgreSQL and MongoDB databases, stopped with Ctrl-C (SIGINT) once its progress shows. The
 //! job row is failed with the reason, nothing is published or reported, the exit is non-zero.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

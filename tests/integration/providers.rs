@@ -3,7 +3,7 @@
 //! bad deliveries, an S3 source, and a delivery resumed after a crash. Each test has its own
 //! databases (and bucket).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! the holder, swap without restart, refuse corrupt and hand-edited artifacts, roll back, publish
 //! concurrently.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

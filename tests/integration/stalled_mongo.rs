@@ -6,7 +6,7 @@
 //! looks to a client (no error, no answer). The lookup's own timeout is set far beyond the drain
 //! timeout, so only the drain deadline can end the wait.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
