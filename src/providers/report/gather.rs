@@ -160,6 +160,100 @@ fn document_features(spec: &PipelineSpec) -> Vec<(&FeatureSpec, f64)> {
         .collect()
 }
 
+/// The providers of each note compared pair by pair as the notes go by.
+struct Comparison<'s> {
+    spec: &'s PipelineSpec,
+    /// The document features with their tolerances.
+    features: Vec<(&'s FeatureSpec, f64)>,
+    /// Every pair of provider indexes (a < b, the spec's order).
+    pairs: Vec<(usize, usize)>,
+    /// Per pair, what was found so far.
+    agreement: Vec<PairAgreement>,
+    worst: WorstNotes,
+}
+
+impl<'s> Comparison<'s> {
+    fn new(spec: &'s PipelineSpec, providers: &[String], disagreements: usize) -> Self {
+        let features = document_features(spec);
+        let n = providers.len();
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+            .collect();
+        let agreement = pairs
+            .iter()
+            .map(|&(a, b)| PairAgreement {
+                providers: [providers[a].clone(), providers[b].clone()],
+                notes_both: 0,
+                features: Vec::new(),
+                differences: vec![Vec::new(); features.len()],
+            })
+            .collect();
+        Self {
+            spec,
+            features,
+            pairs,
+            agreement,
+            worst: WorstNotes::new(disagreements),
+        }
+    }
+
+    /// Compares one note's documents: (provider index, document).
+    fn note(&mut self, note: &str, group: &[(usize, ProviderDoc)]) {
+        if group.len() < 2 {
+            return;
+        }
+        let of = |provider: usize| group.iter().find(|(p, _)| *p == provider).map(|(_, d)| d);
+        for (pair, &(a, b)) in self.agreement.iter_mut().zip(&self.pairs) {
+            let (Some(da), Some(db)) = (of(a), of(b)) else {
+                continue;
+            };
+            pair.notes_both += 1;
+            let mut most: Option<Disagreement> = None;
+            for (i, (feature, tolerance)) in self.features.iter().enumerate() {
+                let (Some(va), Some(vb)) = (
+                    provider_value(self.spec, feature, da),
+                    provider_value(self.spec, feature, db),
+                ) else {
+                    continue;
+                };
+                pair.differences[i].push(va - vb);
+                let apart = (va - vb).abs() / tolerance.max(f64::EPSILON);
+                if most.as_ref().is_none_or(|m| apart > m.tolerances_apart) {
+                    most = Some(Disagreement {
+                        note: note.to_owned(),
+                        providers: pair.providers.clone(),
+                        feature: feature.name.clone(),
+                        values: [va, vb],
+                        tolerances_apart: apart,
+                    });
+                }
+            }
+            if let Some(most) = most {
+                self.worst.offer(most);
+            }
+        }
+    }
+
+    /// The summaries per pair and feature, and the notes that disagree most.
+    fn finish(mut self) -> (Vec<PairAgreement>, WorstNotes) {
+        for pair in &mut self.agreement {
+            pair.features = self
+                .features
+                .iter()
+                .zip(&pair.differences)
+                .map(|((f, tolerance), signed)| FeatureAgreement {
+                    feature: f.name.clone(),
+                    summary: Differences {
+                        signed: signed.clone(),
+                    }
+                    .summary(*tolerance),
+                })
+                .collect();
+        }
+        (self.agreement, self.worst)
+    }
+}
+
 /// Reads every current document of the spec's providers once, in key order, comparing the
 /// providers of each note as its documents go by.
 async fn scan_documents(
@@ -168,23 +262,9 @@ async fn scan_documents(
     db: &Database,
     disagreements: usize,
 ) -> Result<Scan, ReportError> {
-    let features = document_features(spec);
-    let n = docs.providers.len();
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
-        .collect();
-    let mut agreement: Vec<PairAgreement> = pairs
-        .iter()
-        .map(|&(a, b)| PairAgreement {
-            providers: [docs.providers[a].clone(), docs.providers[b].clone()],
-            notes_both: 0,
-            features: Vec::new(),
-            differences: vec![Vec::new(); features.len()],
-        })
-        .collect();
-    let mut worst = WorstNotes::new(disagreements);
-    let mut by_delivery: Vec<HashMap<Option<String>, u64>> = vec![HashMap::new(); n];
-
+    let mut comparison = Comparison::new(spec, &docs.providers, disagreements);
+    let mut by_delivery: Vec<HashMap<Option<String>, u64>> =
+        vec![HashMap::new(); docs.providers.len()];
     let paths = spec.document_paths();
     let mut projection = doc! {"_id": 0, "_delivery": 1, docs.key_field.as_str(): 1, docs.provider_field.as_str(): 1};
     for p in &paths {
@@ -201,7 +281,7 @@ async fn scan_documents(
     let reader = FieldReader::new(&paths);
     // The documents of the note being read: (provider index, document).
     let mut note = String::new();
-    let mut group: Vec<(usize, ProviderDoc)> = Vec::with_capacity(n);
+    let mut group: Vec<(usize, ProviderDoc)> = Vec::with_capacity(docs.providers.len());
     while let Some(raw) = cursor
         .try_next()
         .await
@@ -216,92 +296,19 @@ async fn scan_documents(
         let delivery = raw.get_str("_delivery").ok().map(str::to_owned);
         *by_delivery[provider].entry(delivery).or_default() += 1;
         if key != note {
-            compare(
-                spec,
-                &features,
-                &pairs,
-                &note,
-                &group,
-                &mut agreement,
-                &mut worst,
-            );
+            comparison.note(&note, &group);
             group.clear();
             key.clone_into(&mut note);
         }
         group.push((provider, doc));
     }
-    compare(
-        spec,
-        &features,
-        &pairs,
-        &note,
-        &group,
-        &mut agreement,
-        &mut worst,
-    );
-    for pair in &mut agreement {
-        pair.features = features
-            .iter()
-            .zip(&pair.differences)
-            .map(|((f, tolerance), signed)| FeatureAgreement {
-                feature: f.name.clone(),
-                summary: Differences {
-                    signed: signed.clone(),
-                }
-                .summary(*tolerance),
-            })
-            .collect();
-    }
+    comparison.note(&note, &group);
+    let (agreement, worst) = comparison.finish();
     Ok(Scan {
         agreement,
         worst,
         by_delivery,
     })
-}
-
-/// Compares the providers of one note pair by pair.
-fn compare(
-    spec: &PipelineSpec,
-    features: &[(&FeatureSpec, f64)],
-    pairs: &[(usize, usize)],
-    note: &str,
-    group: &[(usize, ProviderDoc)],
-    agreement: &mut [PairAgreement],
-    worst: &mut WorstNotes,
-) {
-    if group.len() < 2 {
-        return;
-    }
-    let of = |provider: usize| group.iter().find(|(p, _)| *p == provider).map(|(_, d)| d);
-    for (pair, &(a, b)) in agreement.iter_mut().zip(pairs) {
-        let (Some(da), Some(db)) = (of(a), of(b)) else {
-            continue;
-        };
-        pair.notes_both += 1;
-        let mut most: Option<Disagreement> = None;
-        for (i, (feature, tolerance)) in features.iter().enumerate() {
-            let (Some(va), Some(vb)) = (
-                provider_value(spec, feature, da),
-                provider_value(spec, feature, db),
-            ) else {
-                continue;
-            };
-            pair.differences[i].push(va - vb);
-            let apart = (va - vb).abs() / tolerance.max(f64::EPSILON);
-            if most.as_ref().is_none_or(|m| apart > m.tolerances_apart) {
-                most = Some(Disagreement {
-                    note: note.to_owned(),
-                    providers: pair.providers.clone(),
-                    feature: feature.name.clone(),
-                    values: [va, vb],
-                    tolerances_apart: apart,
-                });
-            }
-        }
-        if let Some(most) = most {
-            worst.offer(most);
-        }
-    }
 }
 
 /// Coverage of the traffic in the window, from the worker's per-provider coverage rows.
