@@ -64,6 +64,95 @@ pub enum Command {
     /// the queue named by the input's RedrivePolicy; --input-queue and --dlq override them.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The feedback queue: drain it into labelled examples (the worker does this continuously
+    /// when ML_PIPELINE_FEEDBACK_QUEUE is set), or show what feedback added.
+    ///
+    /// Feedback comes in the predecessor's form {"batch_id", "subjects", "ratings"} (1: the
+    /// prediction was right, 0: wrong) or as {"bundle_id", "labels": [[record id, class]]}. Each
+    /// item is matched with the logged prediction (ML_PIPELINE_PREDICTION_LOG) and written to
+    /// training_examples (dataset ML_PIPELINE_FEEDBACK_DATASET, default feedback) with its
+    /// provenance; items with no logged prediction are counted, never guessed; malformed
+    /// messages go to the feedback dead-letter queue with the reason.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
+    /// One retraining run, for a schedule (the EventBridge rule of infra/worker-service.yaml).
+    ///
+    /// Runs when ML_PIPELINE_RETRAIN_MIN_NEW_EXAMPLES feedback examples were labelled since the
+    /// last retrain, or when that is ML_PIPELINE_RETRAIN_MAX_HOURS old (or with --force);
+    /// otherwise says so and exits 0. Trains a challenger with the champion's parameters on its
+    /// base dataset plus feedback, less a held-out share of each; scores champion and challenger
+    /// on those same held-out rows; publishes the challenger and moves the alias to it only if
+    /// its accuracy is higher by the margin and no class's recall falls. The trigger and the
+    /// decision go into training_jobs. Never runs inside the worker.
+    Retrain(Box<RetrainArgs>),
+}
+
+/// Feedback subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FeedbackCommand {
+    /// Consume the feedback queue until it is empty; prints what became of the items.
+    Drain {
+        /// Stop after a receive that waited this long (seconds, up to 20) found nothing.
+        #[arg(long, default_value_t = 2)]
+        wait_secs: i32,
+    },
+    /// Feedback applied over a window, the feedback dataset, and unmatched record ids.
+    Status {
+        /// The window (`90m`, `24h`, `7d`).
+        #[arg(long, default_value = "24h", value_parser = parse_window)]
+        since: chrono::TimeDelta,
+    },
+}
+
+/// Options of `retrain`.
+#[derive(Debug, Args)]
+pub struct RetrainArgs {
+    /// Run whatever the trigger says.
+    #[arg(long)]
+    pub force: bool,
+    /// Run when this many feedback examples were labelled since the last retrain; default
+    /// ML_PIPELINE_RETRAIN_MIN_NEW_EXAMPLES (500).
+    #[arg(long)]
+    pub min_new_examples: Option<u64>,
+    /// Run when the last retrain is this many hours old; default ML_PIPELINE_RETRAIN_MAX_HOURS
+    /// (168).
+    #[arg(long)]
+    pub max_hours: Option<f64>,
+    /// How much more accurate the challenger must be on the held-out rows, as a fraction;
+    /// default ML_PIPELINE_RETRAIN_MARGIN (0.005).
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// The champion's dataset; default ML_PIPELINE_RETRAIN_BASE_DATASET, else the one the
+    /// champion was trained on.
+    #[arg(long)]
+    pub base_dataset: Option<String>,
+    /// The feedback dataset; default ML_PIPELINE_FEEDBACK_DATASET (feedback).
+    #[arg(long)]
+    pub feedback_dataset: Option<String>,
+    /// The share of each dataset held out to compare champion and challenger.
+    #[arg(long, default_value_t = crate::learning::retrain::DEFAULT_GATE_SHARE)]
+    pub gate_share: f64,
+    /// The alias whose version is the champion; default ML_PIPELINE_MODEL_ALIAS (production).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Search C (and the Gaussian width) for the challenger instead of the champion's values.
+    #[arg(long)]
+    pub search: bool,
+    /// The C values of --search.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::train::search::Grid::default().c)]
+    pub search_c: Vec<f64>,
+    /// The Gaussian widths of --search.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::train::search::Grid::default().widths)]
+    pub search_width: Vec<f64>,
+    /// Memory for kernel columns per Gaussian fit, in MiB.
+    #[arg(long, default_value_t = DEFAULT_KERNEL_CACHE_BYTES >> 20)]
+    pub kernel_cache_mib: u64,
+    /// Write the challenger's HTML training report here.
+    #[arg(long, value_name = "PATH", default_value = "retrain-report.html")]
+    pub html_report: PathBuf,
+    /// Print the outcome as JSON (the decision as recorded in training_jobs) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Dead-letter queue subcommands.
@@ -620,6 +709,15 @@ pub async fn run(
         }
         Command::Providers(cmd) => providers(&settings, cmd).await?,
         Command::Dlq(cmd) => dlq(&settings, cmd).await?,
+        Command::Feedback(FeedbackCommand::Drain { wait_secs }) => {
+            commands::learning::drain(&settings, wait_secs)
+                .await?
+                .to_string()
+        }
+        Command::Feedback(FeedbackCommand::Status { since }) => {
+            commands::learning::status(&settings, chrono::Utc::now() - since).await?
+        }
+        Command::Retrain(args) => retrain(&settings, *args).await?,
     };
     println!("{}", output.trim_end());
     Ok(())
@@ -754,6 +852,38 @@ async fn train(
         dry_run: args.dry_run,
     };
     commands::train::train(settings, job, stop).await
+}
+
+async fn retrain(settings: &Settings, args: RetrainArgs) -> anyhow::Result<String> {
+    let opts = crate::learning::retrain::RetrainOptions {
+        model: settings.model_name.clone(),
+        alias: args.alias.unwrap_or_else(|| settings.model_alias.clone()),
+        base_dataset: args
+            .base_dataset
+            .or_else(|| settings.retrain_base_dataset.clone()),
+        feedback_dataset: args
+            .feedback_dataset
+            .unwrap_or_else(|| settings.feedback_dataset.clone()),
+        min_new_examples: args
+            .min_new_examples
+            .unwrap_or(settings.retrain_min_new_examples),
+        max_hours: args.max_hours.unwrap_or(settings.retrain_max_hours),
+        force: args.force,
+        margin: args.margin.unwrap_or(settings.retrain_margin),
+        gate_share: args.gate_share.clamp(0.01, 0.9),
+        search: args.search.then_some(crate::train::search::Grid {
+            c: args.search_c,
+            widths: args.search_width,
+        }),
+        kernel_cache_bytes: args.kernel_cache_mib << 20,
+        html_report: Some(args.html_report),
+    };
+    let outcome = commands::learning::run(settings, &opts).await?;
+    Ok(if args.json {
+        serde_json::to_string_pretty(&outcome)?
+    } else {
+        outcome.to_string()
+    })
 }
 
 async fn models(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<String> {

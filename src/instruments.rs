@@ -47,6 +47,14 @@ pub const BUNDLE_AGE_SECONDS: &str = "ml_pipeline_bundle_age_seconds";
 pub const IN_FLIGHT: &str = "ml_pipeline_in_flight_messages";
 /// 1 for the model version in use, 0 for versions served before.
 pub const MODEL_INFO: &str = "ml_pipeline_model_info";
+/// Records of the prediction log, by result: written, dropped (the writer was behind), failed.
+pub const PREDICTION_LOG: &str = "ml_pipeline_prediction_log_records_total";
+/// Feedback messages, by result: applied, dead_lettered, retried (PostgreSQL did not answer).
+pub const FEEDBACK_MESSAGES: &str = "ml_pipeline_feedback_messages_total";
+/// Retraining runs that trained a challenger, by model and decision (promoted or kept).
+pub const RETRAIN_DECISIONS: &str = "ml_pipeline_retrain_decisions_total";
+/// Feedback items, by result: added, changed, unchanged, not_logged, ambiguous.
+pub const FEEDBACK_ITEMS: &str = "ml_pipeline_feedback_items_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -116,6 +124,18 @@ fn describe() {
         "From the input message's SentTimestamp to its answer being accepted."
     );
     describe_gauge!(IN_FLIGHT, "Input messages in hand.");
+    describe_counter!(
+        PREDICTION_LOG,
+        "Records of the prediction log, by result: written, dropped (the writer was behind; the answers were sent), failed (PostgreSQL refused the write)."
+    );
+    describe_counter!(
+        FEEDBACK_MESSAGES,
+        "Feedback messages, by result: applied, dead_lettered (malformed), retried (PostgreSQL did not answer; left for redelivery)."
+    );
+    describe_counter!(
+        FEEDBACK_ITEMS,
+        "Feedback items, by result: added or changed (a training example), unchanged (repeated feedback), not_logged (no logged prediction matches), ambiguous (more than one does)."
+    );
     describe_gauge!(
         MODEL_INFO,
         "1 for the model version in use (labels model, version); 0 for versions served before."
@@ -209,4 +229,25 @@ pub fn model_serving(name: &str, version: u64, previous: Option<u64>) {
 /// A model reload failed: `refused` or `unavailable`.
 pub fn model_reload_failed(cause: &'static str) {
     counter!(MODEL_RELOAD_FAILURES, "cause" => cause).increment(1);
+}
+
+/// `records` of the prediction log ended as `result` (written, dropped, failed).
+pub fn prediction_log(result: &'static str, records: usize) {
+    counter!(PREDICTION_LOG, "result" => result).increment(records as u64);
+}
+
+/// One feedback message ended as `result` (applied, dead_lettered, retried).
+pub fn feedback_message(result: &'static str) {
+    counter!(FEEDBACK_MESSAGES, "result" => result).increment(1);
+}
+
+/// `count` feedback items ended as `result`.
+pub fn feedback_items(result: &'static str, count: u64) {
+    counter!(FEEDBACK_ITEMS, "result" => result).increment(count);
+}
+
+/// A retraining run of `model` decided: promote the challenger or keep the champion.
+pub fn retrain_decision(model: &str, promoted: bool) {
+    let decision = if promoted { "promoted" } else { "kept" };
+    counter!(RETRAIN_DECISIONS, "model" => model.to_owned(), "decision" => decision).increment(1);
 }

@@ -20,6 +20,8 @@
 //! - [`model`]: the fitted scaler and SVM, their versioned artifact, the registry over a model
 //!   store (S3 or memory), and the holder that hot-swaps promoted versions.
 //! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
+//! - [`learning`]: the learning loop: the prediction log, feedback turned into labelled
+//!   examples, and retraining that promotes only a better model.
 //! - [`train`]: training with the worker's own preprocessing, evaluation, publishing, the
 //!   reports (text, JSON, HTML figures), progress and Ctrl-C.
 //!
@@ -54,6 +56,7 @@ pub mod figure;
 pub mod fixtures;
 pub mod http;
 pub mod instruments;
+pub mod learning;
 pub mod model;
 pub mod mongo;
 pub mod normalize;

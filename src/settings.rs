@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::bundle::{ContentEncoding, Limits};
+use crate::learning::LogMode;
 use crate::worker::WorkerConfig;
 
 /// All settings of every command.
@@ -121,6 +122,34 @@ pub struct Settings {
     /// Turn on ECS task scale-in protection while messages are in hand (needs `ECS_AGENT_URI`,
     /// which ECS sets). Default false.
     pub task_protection: bool,
+    /// Which predictions the worker logs to PostgreSQL (`prediction_log`), for feedback and
+    /// audit: `off`, `sampled:<fraction>` (that share of the bundles, chosen by a hash of the
+    /// bundle id) or `all`. Default off.
+    pub prediction_log: LogMode,
+    /// Days of the prediction log kept besides today; older day partitions are dropped.
+    /// Default 30.
+    pub prediction_log_retention_days: u32,
+    /// Feedback queue URL or name: the worker consumes it beside its pollers, and
+    /// `ml-pipeline feedback` drains it. Default: unset (no feedback consumed).
+    pub feedback_queue: Option<String>,
+    /// The feedback queue's dead-letter queue, for malformed feedback; read from the feedback
+    /// queue's RedrivePolicy when unset.
+    pub feedback_dlq: Option<String>,
+    /// The `training_examples` dataset feedback is written to, and `retrain` reads. Default
+    /// `feedback`.
+    pub feedback_dataset: String,
+    /// `retrain` runs when this many feedback examples were labelled since the last retrain.
+    /// Default 500.
+    pub retrain_min_new_examples: u64,
+    /// `retrain` runs when the last retrain (or the champion's training) is this many hours old,
+    /// whatever the feedback. Default 168 (a week).
+    pub retrain_max_hours: f64,
+    /// How much more accurate on the shared held-out rows the challenger must be for `retrain`
+    /// to promote it, as a fraction (0.005 = half a point). Default 0.005.
+    pub retrain_margin: f64,
+    /// The dataset the champion was trained on, which `retrain` trains on with the feedback;
+    /// default: read from the champion's `data_source` (`postgres:training_examples/<dataset>`).
+    pub retrain_base_dataset: Option<String>,
 }
 
 impl Default for Settings {
@@ -171,6 +200,15 @@ impl Default for Settings {
             http_addr: DEFAULT_HTTP_ADDR.into(),
             stall_timeout_secs: worker.stall_timeout.as_secs(),
             task_protection: false,
+            prediction_log: LogMode::Off,
+            prediction_log_retention_days: 30,
+            feedback_queue: None,
+            feedback_dlq: None,
+            feedback_dataset: "feedback".into(),
+            retrain_min_new_examples: 500,
+            retrain_max_hours: 168.0,
+            retrain_margin: 0.005,
+            retrain_base_dataset: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
 use crate::queue::{RedrivePolicy, SqsQueue};
 use crate::settings::Settings;
+use crate::worker::feedback::FeedbackConsumer;
 use crate::worker::{Hooks, RunSummary, Worker, WorkerConfig};
 
 /// The production worker: real queues, PostgreSQL (cached) and MongoDB sources.
@@ -193,6 +194,17 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
     };
     let registry = registry(settings).await?;
     let models = Arc::new(ModelHolder::load(registry, &settings.model_name, source).await?);
+    let feedback = match &settings.feedback_queue {
+        Some(name) => Some(feedback_consumer(settings, &sqs, name, &pool, &config).await?),
+        None => None,
+    };
+    let prediction_log = settings.prediction_log.is_on().then(|| {
+        crate::learning::prediction_log::start(
+            pool.clone(),
+            settings.prediction_log,
+            settings.prediction_log_retention_days,
+        )
+    });
     Ok(Worker {
         input,
         output,
@@ -200,9 +212,34 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         enricher,
         models,
         aggregates: settings.aggregates.then_some(pool),
+        prediction_log,
+        feedback,
         config,
         hooks: Hooks::default(),
         state: Arc::default(),
+    })
+}
+
+/// The feedback queue's consumer: the queue named `name`, its dead-letter queue
+/// (`ML_PIPELINE_FEEDBACK_DLQ`, or the queue's RedrivePolicy).
+pub async fn feedback_consumer(
+    settings: &Settings,
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    pool: &PgPool,
+    config: &WorkerConfig,
+) -> anyhow::Result<FeedbackConsumer<SqsQueue>> {
+    let queue = queue(sqs, Some(name), "ML_PIPELINE_FEEDBACK_QUEUE").await?;
+    let redrive = queue.redrive_policy().await?;
+    let dlq = input_dlq(sqs, settings.feedback_dlq.as_deref(), &redrive).await?;
+    Ok(FeedbackConsumer {
+        queue,
+        dlq,
+        pool: pool.clone(),
+        dataset: settings.feedback_dataset.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        max_message_bytes: config.max_message_bytes,
+        retry: config.retry(),
     })
 }
 
@@ -246,6 +283,14 @@ pub async fn serve(
     if let Some(handle) = options.metrics {
         side.spawn(metrics_upkeep(handle, stop_side.clone()));
     }
+    if let Some(consumer) = worker.feedback.clone() {
+        let stop = stop_side.clone();
+        let wait = worker.config.wait_secs;
+        side.spawn(async move {
+            let report = consumer.run(wait, stop).await;
+            tracing::info!(%report, "feedback consumer stopped");
+        });
+    }
     if let Some(agent) = options.task_protection {
         side.spawn(crate::worker::protection::run(
             agent,
@@ -269,6 +314,12 @@ pub async fn serve(
         tracing::error!(error = %e, "the worker loop panicked; unfinished bundles stay on the queue");
         RunSummary::default()
     });
+    if let Some(log) = &worker.prediction_log {
+        let deadline = tokio::time::Instant::now() + worker.config.drain_timeout;
+        if let Some(summary) = log.close(deadline).await {
+            tracing::info!(?summary, "prediction log closed");
+        }
+    }
     stop_side.cancel();
     while let Some(done) = side.join_next().await {
         if let Err(e) = done {

@@ -5,6 +5,7 @@
 pub mod dlq;
 pub mod fixtures;
 pub mod healthcheck;
+pub mod learning;
 pub mod migrate;
 pub mod models;
 pub mod providers;

@@ -68,6 +68,7 @@ pub async fn train(
         dry_run: job.dry_run,
         search: job.search,
         html_report: Some(job.html_report),
+        trigger: None,
     };
     let pool = crate::startup::postgres_migrated(settings, 2).await?;
     let enricher = crate::startup::enricher(settings, &pool).await?;

@@ -50,6 +50,8 @@ pub enum DataSource {
         /// The column holding the class (`label`; the predecessor's CSV says `class`).
         label_column: String,
     },
+    /// Rows already read and preprocessed (a retraining run's share of its datasets).
+    Loaded(Box<TrainingData>),
 }
 
 /// Everything a training run needs besides its connections.
@@ -69,6 +71,9 @@ pub struct TrainOptions {
     pub search: Option<search::Grid>,
     /// Write the HTML report with the figures here; None: no HTML report.
     pub html_report: Option<PathBuf>,
+    /// What started a retraining job ([`crate::learning::retrain`]), recorded with it; None
+    /// for a `train` job.
+    pub trigger: Option<serde_json::Value>,
 }
 
 /// Reads the rows of a source.
@@ -100,6 +105,7 @@ pub async fn load_data<R: ReferenceSource, D: DocumentSource>(
                 Form::Raw => data::raw(spec, &rows, &name, enricher, label_column).await,
             }
         }
+        DataSource::Loaded(data) => Ok((**data).clone()),
     }
 }
 
@@ -330,14 +336,16 @@ async fn record_start(
     fingerprint: &str,
 ) -> anyhow::Result<i64> {
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO training_jobs (model_name, status, data_source, data_fingerprint, rows, params) \
-         VALUES ($1, 'running', $2, $3, $4, $5) RETURNING job_id",
+        "INSERT INTO training_jobs (model_name, status, data_source, data_fingerprint, rows, params, kind, trigger) \
+         VALUES ($1, 'running', $2, $3, $4, $5, $6, $7) RETURNING job_id",
     )
     .bind(&opts.spec.name)
     .bind(&data.source)
     .bind(fingerprint)
     .bind(data.y.len() as i64)
     .bind(serde_json::to_value(&opts.params)?)
+    .bind(if opts.trigger.is_some() { "retrain" } else { "train" })
+    .bind(&opts.trigger)
     .fetch_one(pool)
     .await
     .context("recording the training job in training_jobs")?;

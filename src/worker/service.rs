@@ -6,8 +6,10 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::config::{Hooks, WorkerConfig};
+use super::feedback::FeedbackConsumer;
 use super::state::WorkerState;
 use crate::enrich::Enricher;
+use crate::learning::prediction_log::PredictionLog;
 use crate::model::holder::ModelHolder;
 use crate::queue::SqsQueue;
 
@@ -26,6 +28,11 @@ pub struct Worker<R, D, Q = SqsQueue> {
     pub models: Arc<ModelHolder>,
     /// Where prediction aggregates go; None disables them.
     pub aggregates: Option<PgPool>,
+    /// Where logged predictions go (`ML_PIPELINE_PREDICTION_LOG`); None logs nothing.
+    pub prediction_log: Option<PredictionLog>,
+    /// The feedback queue's consumer, run beside the pollers; None when no feedback queue is
+    /// configured.
+    pub feedback: Option<FeedbackConsumer<Q>>,
     /// Behaviour.
     pub config: WorkerConfig,
     /// Test hooks.

@@ -5,6 +5,7 @@
 //! it did to the [`StepReport`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::aggregates;
@@ -13,6 +14,7 @@ use crate::batch::{prepare, BatchCoverage, PreparedBatch, Slot};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
 use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, InputBundle};
 use crate::enrich::{DocumentSource, ReferenceSource};
+use crate::learning::prediction_log::{capture, LogBatch, LoggedBundle, ModelFacts};
 use crate::model::holder::LoadedModel;
 use crate::queue::dead_letter::{
     BODY_TRUNCATED_ATTRIBUTE, ERROR_REASON_ATTRIBUTE, ERROR_STAGE_ATTRIBUTE,
@@ -170,6 +172,16 @@ fn hold_back(readable: Readable, prepared: &mut PreparedBatch) -> (Readable, Rea
     (ready, held)
 }
 
+/// What [`Worker::answer`] made of a predicted batch.
+struct Answered {
+    /// Each answer with its input message.
+    to_send: Vec<(Message, Answer)>,
+    /// The answers' messages, in the same order.
+    outgoing: Vec<Outgoing>,
+    /// The same answers' logged records, when their bundle is logged.
+    to_log: Vec<Option<LoggedBundle>>,
+}
+
 /// A bundle refused as a whole, with the stage that refused it; it goes to the dead-letter queue.
 type Refused = (Message, DecodeError, &'static str);
 
@@ -261,8 +273,11 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     ) {
         let coverage = prepared.coverage.clone();
         let mut refused = Vec::new();
-        let (to_send, outgoing) =
-            self.answer(model, readable, prepared, started, &mut refused, report);
+        let Answered {
+            to_send,
+            outgoing,
+            to_log,
+        } = self.answer(model, readable, prepared, started, &mut refused, report);
         self.dead_letter(refused, report).await;
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
@@ -270,6 +285,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let accepted = self.send_answers(outgoing, report).await;
         self.delete_answered(&to_send, &accepted, report).await;
         log_answered(&to_send, &accepted, model.version, report);
+        self.log_predictions(model, to_log, &accepted);
         self.record_aggregates(model, &to_send, &accepted, &coverage)
             .await;
     }
@@ -360,12 +376,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         started: Instant,
         refused: &mut Vec<Refused>,
         report: &mut StepReport,
-    ) -> (Vec<(Message, Answer)>, Vec<Outgoing>) {
+    ) -> Answered {
+        // The canonical features outlive the model call only when some bundle is logged.
+        let log_mode = self.prediction_log.as_ref().map(|l| l.mode());
+        let logged_matrix = log_mode
+            .filter(|mode| readable.bundles.iter().any(|b| mode.keeps(b.id())))
+            .map(|_| prepared.matrix.clone());
         let t = Instant::now();
         let scores = model
             .classifier
             .decision_values(std::mem::take(&mut prepared.matrix));
         report.timing_ms.insert("predict".into(), ms(t));
+        let mut logged = match (log_mode, &logged_matrix) {
+            (Some(mode), Some(x)) => capture(mode, &readable.bundles, &prepared.plans, x, &scores),
+            _ => Vec::new(),
+        };
+        logged.resize(readable.bundles.len(), None);
         for plan in prepared.plans.iter().flatten() {
             for slot in &plan.slots {
                 if let Slot::Failed(e) = slot {
@@ -388,7 +414,8 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         );
         let mut to_send = Vec::with_capacity(results.len());
         let mut outgoing = Vec::with_capacity(results.len());
-        for (message, result) in readable.messages.into_iter().zip(results) {
+        let mut to_log = Vec::with_capacity(results.len());
+        for ((message, result), logged) in readable.messages.into_iter().zip(results).zip(logged) {
             let answer = match result {
                 Ok(answer) => answer,
                 Err(e) => {
@@ -401,6 +428,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 Ok(out) => {
                     outgoing.push(out);
                     to_send.push((message, answer));
+                    to_log.push(logged);
                 }
                 Err(reason) => {
                     let e = DecodeError {
@@ -417,7 +445,48 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             .iter()
             .map(|(_, answer)| answer.records() - answer.errors())
             .sum::<usize>();
-        (to_send, outgoing)
+        Answered {
+            to_send,
+            outgoing,
+            to_log,
+        }
+    }
+
+    /// Hands the logged bundles whose answers were accepted to the prediction log's writer
+    /// (never waits for it).
+    fn log_predictions(
+        &self,
+        model: &LoadedModel,
+        to_log: Vec<Option<LoggedBundle>>,
+        accepted: &[usize],
+    ) {
+        let Some(log) = &self.prediction_log else {
+            return;
+        };
+        let mut to_log: Vec<Option<LoggedBundle>> = to_log;
+        let bundles: Vec<LoggedBundle> = accepted
+            .iter()
+            .filter_map(|&i| to_log.get_mut(i).and_then(Option::take))
+            .collect();
+        if bundles.is_empty() {
+            return;
+        }
+        let artifact = &model.artifact;
+        log.submit(LogBatch {
+            model: Arc::new(ModelFacts {
+                name: artifact.spec.name.clone(),
+                version: model.version,
+                features: artifact
+                    .spec
+                    .feature_names()
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
+                classes: artifact.class_names.values().cloned().collect(),
+            }),
+            predicted_at: chrono::Utc::now(),
+            bundles,
+        });
     }
 
     /// Sends the answers' messages; returns the indexes accepted.
@@ -513,7 +582,12 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
 
 /// The dead-letter copy of a refused message: its body as received, with the reason, within
 /// `max_bytes`.
-fn dead_letter_copy(m: &Message, e: &DecodeError, stage: &str, max_bytes: usize) -> Outgoing {
+pub(super) fn dead_letter_copy(
+    m: &Message,
+    e: &DecodeError,
+    stage: &str,
+    max_bytes: usize,
+) -> Outgoing {
     let mut attributes = vec![
         (ERROR_STAGE_ATTRIBUTE.to_owned(), stage.to_owned()),
         (

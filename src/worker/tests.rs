@@ -61,6 +61,8 @@ async fn worker_on<R: ReferenceSource>(
         },
         models: holder().await,
         aggregates: None,
+        prediction_log: None,
+        feedback: None,
         config: WorkerConfig {
             send_attempts,
             ..WorkerConfig::default()

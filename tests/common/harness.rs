@@ -11,6 +11,7 @@ use ml_pipeline::bundle::compression::{compress, decompress, ContentEncoding};
 use ml_pipeline::enrich::mongo::MongoDocuments;
 use ml_pipeline::enrich::postgres::PgReference;
 use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
+use ml_pipeline::learning::prediction_log::PredictionLog;
 use ml_pipeline::model::holder::{ModelHolder, ModelSource};
 use ml_pipeline::queue::{Queue, SqsQueue};
 use ml_pipeline::spec::{DocumentSpec, LookupSpec};
@@ -142,6 +143,16 @@ impl TestWorker {
         config: WorkerConfig,
         hooks: Hooks,
     ) -> Arc<Worker<Counting<PgReference>, Counting<MongoDocuments>>> {
+        self.worker_logging(config, hooks, None)
+    }
+
+    /// A worker that logs its predictions to `log`.
+    pub fn worker_logging(
+        &self,
+        config: WorkerConfig,
+        hooks: Hooks,
+        prediction_log: Option<PredictionLog>,
+    ) -> Arc<Worker<Counting<PgReference>, Counting<MongoDocuments>>> {
         let enricher: TestEnricher = Enricher {
             reference: Counting {
                 inner: self.loaded.enricher.reference.clone(),
@@ -159,6 +170,8 @@ impl TestWorker {
             enricher,
             models: self.holder.clone(),
             aggregates: Some(self.loaded.db.pool.clone()),
+            prediction_log,
+            feedback: None,
             config,
             hooks,
             state: Arc::default(),

@@ -191,6 +191,7 @@ pub fn train_options(kernel: &str, dry_run: bool) -> ml_pipeline::train::TrainOp
         dry_run,
         search: None,
         html_report: None,
+        trigger: None,
     }
 }
 

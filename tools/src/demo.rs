@@ -50,6 +50,7 @@ pub async fn run(
         dry_run: false,
         search: None,
         html_report: None,
+        trigger: None,
     };
     let (report, _) = ml_pipeline::train::train(&opts, &pool, &enricher, Some(&registry)).await?;
     let version = report.version.expect("published");

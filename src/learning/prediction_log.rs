@@ -1,0 +1,590 @@
+//! The prediction log: what the worker predicted, record by record, for feedback and audit
+//! (aggregates stay in `prediction_aggregates`).
+//!
+//! The worker's step hands each answered batch's logged bundles to [`PredictionLog::submit`],
+//! which never waits: a bounded channel feeds one writer task ([`start`]) that writes whatever
+//! has queued up with one `COPY` (so writes grow with the load, one round trip each), creates
+//! the day partitions ahead of the rows and drops those older than the retention. When the
+//! channel is full (PostgreSQL slower than the traffic) a batch's log is dropped and counted,
+//! never the answer.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use ndarray::Array2;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::LogMode;
+use crate::batch::{BundlePlan, Slot};
+use crate::bundle::{DecodeError, InputBundle};
+
+/// What the log needs to know of the model that predicted a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFacts {
+    /// The model name.
+    pub name: String,
+    /// The version.
+    pub version: u64,
+    /// Its features, in matrix order.
+    pub features: Vec<String>,
+    /// Its class names; class i is `classes[i]`.
+    pub classes: Vec<String>,
+}
+
+/// One logged record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedRecord {
+    /// The record id (a seed bundle's subject).
+    pub record_id: String,
+    /// Its row in the bundle.
+    pub position: u32,
+    /// The predicted class (1 when the score is 0 or more).
+    pub class: i16,
+    /// The SVM decision value.
+    pub score: f64,
+    /// Canonical features, before the scaler.
+    pub features: Vec<f64>,
+}
+
+/// The logged records of one bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedBundle {
+    /// The bundle id (a seed bundle's batch id).
+    pub bundle_id: String,
+    /// Its predicted records; records answered with an error are not logged.
+    pub records: Vec<LoggedRecord>,
+}
+
+/// The logged bundles of one answered batch.
+#[derive(Debug, Clone)]
+pub struct LogBatch {
+    /// The model that predicted them.
+    pub model: Arc<ModelFacts>,
+    /// When the answers were accepted.
+    pub predicted_at: DateTime<Utc>,
+    /// The bundles, each with its records.
+    pub bundles: Vec<LoggedBundle>,
+}
+
+impl LogBatch {
+    fn records(&self) -> usize {
+        self.bundles.iter().map(|b| b.records.len()).sum()
+    }
+}
+
+/// Per bundle of a predicted batch: its logged records when `mode` keeps it, read from the
+/// plans, the canonical matrix and the scores. Records with a score that is not a number are
+/// answered with an error, and not logged.
+pub fn capture(
+    mode: LogMode,
+    bundles: &[InputBundle],
+    plans: &[Result<BundlePlan, DecodeError>],
+    matrix: &Array2<f64>,
+    scores: &[f64],
+) -> Vec<Option<LoggedBundle>> {
+    bundles
+        .iter()
+        .zip(plans)
+        .map(|(bundle, plan)| {
+            let plan = plan.as_ref().ok()?;
+            if !mode.keeps(bundle.id()) {
+                return None;
+            }
+            let records = plan
+                .ids
+                .iter()
+                .zip(&plan.slots)
+                .enumerate()
+                .filter_map(|(position, (id, slot))| {
+                    let Slot::Row { matrix_row } = slot else {
+                        return None;
+                    };
+                    let score = scores[*matrix_row];
+                    score.is_finite().then(|| LoggedRecord {
+                        record_id: id.clone(),
+                        position: position as u32,
+                        class: i16::from(score >= 0.0),
+                        score,
+                        features: matrix.row(*matrix_row).to_vec(),
+                    })
+                })
+                .collect();
+            Some(LoggedBundle {
+                bundle_id: bundle.id().to_owned(),
+                records,
+            })
+        })
+        .collect()
+}
+
+/// Batches queued for the writer before [`PredictionLog::submit`] drops instead of waiting.
+const QUEUED_BATCHES: usize = 64;
+
+/// The worker's end of the log: cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct PredictionLog {
+    mode: LogMode,
+    tx: mpsc::Sender<LogBatch>,
+    stop: CancellationToken,
+    writer: Arc<Mutex<Option<JoinHandle<WriterSummary>>>>,
+}
+
+impl PredictionLog {
+    /// Stops the writer once it has written what is queued, waiting at most until `deadline`;
+    /// returns what it did over its life (None when it was closed before, or ran out of time:
+    /// the rows still queued are then lost, and counted as dropped by no one).
+    pub async fn close(&self, deadline: tokio::time::Instant) -> Option<WriterSummary> {
+        self.stop.cancel();
+        let handle = self
+            .writer
+            .lock()
+            .expect("the writer handle's lock is never poisoned")
+            .take()?;
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(summary)) => Some(summary),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the prediction log writer panicked");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("the prediction log writer did not finish before the drain deadline; the predictions still queued are not logged");
+                None
+            }
+        }
+    }
+
+    /// Which bundles are logged.
+    pub fn mode(&self) -> LogMode {
+        self.mode
+    }
+
+    /// Queues a batch for the writer; when the writer is behind by [`QUEUED_BATCHES`] batches,
+    /// the batch's log is dropped and counted instead.
+    pub fn submit(&self, batch: LogBatch) {
+        let records = batch.records();
+        if records == 0 {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(batch) {
+            crate::instruments::prediction_log(LogOutcome::Dropped.label(), records);
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::warn!(
+                    records,
+                    "prediction log behind (PostgreSQL slower than the traffic): this batch's predictions were not logged"
+                );
+            }
+        }
+    }
+}
+
+/// What became of logged records, for the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutcome {
+    /// Written to PostgreSQL.
+    Written,
+    /// Dropped before the writer: it was behind.
+    Dropped,
+    /// The write failed.
+    Failed,
+}
+
+impl LogOutcome {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LogOutcome::Written => "written",
+            LogOutcome::Dropped => "dropped",
+            LogOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What the writer did over its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterSummary {
+    /// Records written.
+    pub written: u64,
+    /// Records whose write failed.
+    pub failed: u64,
+    /// COPY statements run.
+    pub copies: u64,
+    /// Partitions dropped by the retention.
+    pub dropped_partitions: Vec<String>,
+}
+
+/// Records gathered into one COPY at most.
+const MAX_COPY_RECORDS: usize = 50_000;
+
+/// Starts the writer task on `pool`; it ends, after writing what is queued, on
+/// [`PredictionLog::close`] or once every [`PredictionLog`] clone is dropped. `retention_days`
+/// of partitions are kept besides today's.
+pub fn start(pool: PgPool, mode: LogMode, retention_days: u32) -> PredictionLog {
+    let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+    let writer = Writer {
+        pool,
+        retention_days,
+        partitions: BTreeSet::new(),
+        models: HashSet::new(),
+        pruned_on: None,
+        summary: WriterSummary::default(),
+    };
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(writer.run(rx, stop.clone()));
+    PredictionLog {
+        mode,
+        tx,
+        stop,
+        writer: Arc::new(Mutex::new(Some(handle))),
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    retention_days: u32,
+    /// Days whose partition is known to exist.
+    partitions: BTreeSet<NaiveDate>,
+    /// Model versions already in `prediction_log_models`.
+    models: HashSet<(String, u64)>,
+    /// The day the expired partitions were last dropped.
+    pruned_on: Option<NaiveDate>,
+    summary: WriterSummary,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<LogBatch>,
+        stop: CancellationToken,
+    ) -> WriterSummary {
+        loop {
+            let first = tokio::select! {
+                received = rx.recv() => match received {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                // Closed: what is queued is still received, then `recv` ends the loop.
+                () = stop.cancelled(), if !rx.is_closed() => {
+                    rx.close();
+                    continue;
+                }
+            };
+            let mut batches = vec![first];
+            let mut records = batches[0].records();
+            // Whatever queued up while the last write ran goes into this one.
+            while records < MAX_COPY_RECORDS {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        records += b.records();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.write(&batches).await {
+                Ok(()) => {
+                    self.summary.written += records as u64;
+                    self.summary.copies += 1;
+                    crate::instruments::prediction_log(LogOutcome::Written.label(), records);
+                }
+                Err(e) => {
+                    self.summary.failed += records as u64;
+                    crate::instruments::prediction_log(LogOutcome::Failed.label(), records);
+                    tracing::warn!(records, error = %crate::text::error_chain(e.as_ref()), "predictions not logged");
+                }
+            }
+        }
+        self.summary
+    }
+
+    async fn write(&mut self, batches: &[LogBatch]) -> anyhow::Result<()> {
+        let days: BTreeSet<NaiveDate> = batches
+            .iter()
+            .map(|b| b.predicted_at.date_naive())
+            .collect();
+        let today = Utc::now().date_naive();
+        if self.pruned_on != Some(today) {
+            let dropped = drop_expired(&self.pool, today, self.retention_days).await?;
+            self.partitions
+                .retain(|d| !dropped.iter().any(|(day, _)| day == d));
+            self.summary
+                .dropped_partitions
+                .extend(dropped.into_iter().map(|(_, name)| name));
+            self.pruned_on = Some(today);
+        }
+        let missing: Vec<NaiveDate> = days
+            .into_iter()
+            .chain(today.checked_add_days(Days::new(1)))
+            .filter(|d| !self.partitions.contains(d))
+            .collect();
+        if !missing.is_empty() {
+            ensure_partitions(&self.pool, &missing).await?;
+            self.partitions.extend(missing);
+        }
+        for batch in batches {
+            let m = &batch.model;
+            if self.models.insert((m.name.clone(), m.version)) {
+                record_model(&self.pool, m).await?;
+            }
+        }
+        let mut text = String::new();
+        for batch in batches {
+            copy_text(&mut text, batch);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY prediction_log (predicted_at, bundle_id, record_id, position, model_name, model_version, class, score, features) FROM STDIN",
+            )
+            .await?;
+        copy.send(text.into_bytes()).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
+/// Appends a batch's rows in COPY's text format.
+fn copy_text(out: &mut String, batch: &LogBatch) {
+    let at = batch.predicted_at.to_rfc3339();
+    let mut model = String::new();
+    escape_into(&mut model, &batch.model.name);
+    for bundle in &batch.bundles {
+        for r in &bundle.records {
+            out.push_str(&at);
+            out.push('\t');
+            escape_into(out, &bundle.bundle_id);
+            out.push('\t');
+            escape_into(out, &r.record_id);
+            let _ = write!(
+                out,
+                "\t{}\t{model}\t{}\t{}\t{}\t{{",
+                r.position, batch.model.version, r.class, r.score
+            );
+            for (i, v) in r.features.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{v}");
+            }
+            out.push_str("}\n");
+        }
+    }
+}
+
+/// A text value in COPY's text format: backslash, tab, newline and carriage return escaped.
+fn escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The partition holding a day's rows.
+pub fn partition_name(day: NaiveDate) -> String {
+    format!("prediction_log_p{}", day.format("%Y%m%d"))
+}
+
+/// The day of a partition, from its name.
+fn partition_day(name: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(name.strip_prefix("prediction_log_p")?, "%Y%m%d").ok()
+}
+
+/// Serializes partition changes between workers: two `CREATE TABLE ... PARTITION OF` of the same
+/// name at once would fail.
+const PARTITION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('ml_pipeline.prediction_log'))";
+
+/// Creates the day partitions that are missing.
+pub async fn ensure_partitions(pool: &PgPool, days: &[NaiveDate]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(PARTITION_LOCK).execute(&mut *tx).await?;
+    for day in days {
+        let next = day
+            .checked_add_days(Days::new(1))
+            .context("a day after the calendar's end")?;
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF prediction_log FOR VALUES FROM ('{day}') TO ('{next}')",
+            partition_name(*day)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("creating the prediction log partition of {day}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Drops the partitions whose whole day is more than `retention_days` before `today`; returns
+/// them.
+pub async fn drop_expired(
+    pool: &PgPool,
+    today: NaiveDate,
+    retention_days: u32,
+) -> anyhow::Result<Vec<(NaiveDate, String)>> {
+    let Some(oldest_kept) = today.checked_sub_days(Days::new(u64::from(retention_days))) else {
+        return Ok(Vec::new());
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query(PARTITION_LOCK).execute(&mut *tx).await?;
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE p.relname = 'prediction_log'",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut dropped = Vec::new();
+    for (name,) in names {
+        let Some(day) = partition_day(&name).filter(|d| *d < oldest_kept) else {
+            continue;
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}")))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("dropping the expired prediction log partition {name}"))?;
+        tracing::info!(
+            partition = name,
+            retention_days,
+            "expired prediction log partition dropped"
+        );
+        dropped.push((day, name));
+    }
+    tx.commit().await?;
+    Ok(dropped)
+}
+
+/// Names a model version's features and classes, once.
+async fn record_model(pool: &PgPool, m: &ModelFacts) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO prediction_log_models (model_name, model_version, features, classes) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(&m.name)
+    .bind(m.version as i64)
+    .bind(&m.features)
+    .bind(&m.classes)
+    .execute(pool)
+    .await
+    .context("recording the model's feature names in prediction_log_models")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::SeedBundle;
+
+    fn facts() -> Arc<ModelFacts> {
+        Arc::new(ModelFacts {
+            name: "banknote".into(),
+            version: 3,
+            features: vec!["a".into(), "b".into()],
+            classes: vec!["fake".into(), "real".into()],
+        })
+    }
+
+    #[test]
+    fn capture_keeps_the_predicted_records_of_the_sampled_bundles() {
+        let seed = |id: &str| {
+            InputBundle::Seed(SeedBundle {
+                batch_id: id.into(),
+                subjects: vec![],
+                features: vec![],
+            })
+        };
+        let bundles = [seed("b-1"), seed("b-2")];
+        let plans = vec![
+            Ok(BundlePlan {
+                ids: vec!["x".into(), "y".into(), "z".into()],
+                slots: vec![
+                    Slot::Row { matrix_row: 0 },
+                    Slot::Failed(crate::record::RecordError::new(
+                        crate::record::Stage::EnrichMongo,
+                        crate::record::RecordErrorKind::Overflow {
+                            feature: "a".into(),
+                        },
+                        "gone",
+                    )),
+                    Slot::Row { matrix_row: 1 },
+                ],
+            }),
+            Ok(BundlePlan {
+                ids: vec!["w".into()],
+                slots: vec![Slot::Row { matrix_row: 2 }],
+            }),
+        ];
+        let matrix = ndarray::array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let scores = [0.5, -0.25, f64::NAN];
+        let got = capture(LogMode::All, &bundles, &plans, &matrix, &scores);
+        let first = got[0].as_ref().unwrap();
+        assert_eq!(first.bundle_id, "b-1");
+        assert_eq!(
+            first.records,
+            vec![
+                LoggedRecord {
+                    record_id: "x".into(),
+                    position: 0,
+                    class: 1,
+                    score: 0.5,
+                    features: vec![1.0, 2.0]
+                },
+                LoggedRecord {
+                    record_id: "z".into(),
+                    position: 2,
+                    class: 0,
+                    score: -0.25,
+                    features: vec![3.0, 4.0]
+                },
+            ]
+        );
+        assert!(
+            got[1].as_ref().unwrap().records.is_empty(),
+            "a NaN score is not logged"
+        );
+        assert!(capture(LogMode::Off, &bundles, &plans, &matrix, &scores)
+            .iter()
+            .all(Option::is_none));
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let batch = LogBatch {
+            model: facts(),
+            predicted_at: "2026-12-01T10:00:00Z".parse().unwrap(),
+            bundles: vec![LoggedBundle {
+                bundle_id: "b\t1".into(),
+                records: vec![LoggedRecord {
+                    record_id: "r\\1\n".into(),
+                    position: 4,
+                    class: 1,
+                    score: 1.5,
+                    features: vec![0.25, -3.0],
+                }],
+            }],
+        };
+        let mut out = String::new();
+        copy_text(&mut out, &batch);
+        assert_eq!(
+            out,
+            "2026-12-01T10:00:00+00:00\tb\\t1\tr\\\\1\\n\t4\tbanknote\t3\t1\t1.5\t{0.25,-3}\n"
+        );
+    }
+
+    #[test]
+    fn partition_names_give_back_their_day() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        assert_eq!(partition_name(day), "prediction_log_p20261201");
+        assert_eq!(partition_day(&partition_name(day)), Some(day));
+        assert_eq!(partition_day("prediction_log_default"), None);
+    }
+}
