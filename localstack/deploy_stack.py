@@ -29,6 +29,8 @@ OUTPUT_ENV = {
     "OutputQueueUrl": "ML_PIPELINE_OUTPUT_QUEUE",
     "InputDlqUrl": "ML_PIPELINE_INPUT_DLQ",
     "OutputDlqUrl": "ML_PIPELINE_OUTPUT_DLQ",
+    "FeedbackQueueUrl": "ML_PIPELINE_FEEDBACK_QUEUE",
+    "FeedbackDlqUrl": "ML_PIPELINE_FEEDBACK_DLQ",
     "ModelBucketName": "ML_PIPELINE_MODEL_BUCKET",
 }
 
@@ -40,8 +42,19 @@ QUEUE_CHECKS = {
     "OutputQueueUrl": [("VisibilityTimeout", "VisibilityTimeoutSeconds"),
                        ("MessageRetentionPeriod", "MessageRetentionSeconds"),
                        ("maxReceiveCount", "MaxReceiveCount")],
+    "FeedbackQueueUrl": [("VisibilityTimeout", "VisibilityTimeoutSeconds"),
+                         ("MessageRetentionPeriod", "MessageRetentionSeconds"),
+                         ("maxReceiveCount", "MaxReceiveCount")],
     "InputDlqUrl": [("MessageRetentionPeriod", "DlqMessageRetentionSeconds")],
     "OutputDlqUrl": [("MessageRetentionPeriod", "DlqMessageRetentionSeconds")],
+    "FeedbackDlqUrl": [("MessageRetentionPeriod", "DlqMessageRetentionSeconds")],
+}
+
+# Queue -> the dead-letter queue its redrive policy must name.
+REDRIVE_TARGETS = {
+    "InputQueueUrl": "InputDlqUrl",
+    "OutputQueueUrl": "OutputDlqUrl",
+    "FeedbackQueueUrl": "FeedbackDlqUrl",
 }
 
 FAILED_STATES = {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED"}
@@ -177,6 +190,13 @@ def main() -> int:
                 have = attrs.get(attr)
             if have != stack_params[param]:
                 drift.append(f"{key}: {attr} is {have}, parameter {param} is {stack_params[param]}")
+    for key, dlq_key in REDRIVE_TARGETS.items():
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=outputs[dlq_key],
+                                           AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        attrs = sqs.get_queue_attributes(QueueUrl=outputs[key], AttributeNames=["RedrivePolicy"])["Attributes"]
+        target = json.loads(attrs.get("RedrivePolicy", "{}")).get("deadLetterTargetArn")
+        if target != dlq_arn:
+            drift.append(f"{key}: dead-letter target is {target}, expected {dlq_arn}")
     s3.head_bucket(Bucket=outputs["ModelBucketName"])
 
     if a.env_out:

@@ -92,6 +92,8 @@ ml-pipeline local services are up (services ${T_SERVICES}s, stack ${T_STACK}s, t
     input DLQ     $ML_PIPELINE_INPUT_DLQ
     output queue  $ML_PIPELINE_OUTPUT_QUEUE
     output DLQ    $ML_PIPELINE_OUTPUT_DLQ
+    feedback      $ML_PIPELINE_FEEDBACK_QUEUE
+    feedback DLQ  $ML_PIPELINE_FEEDBACK_DLQ
     model bucket  $ML_PIPELINE_MODEL_BUCKET
   env file   $STACK_ENV   (set -a; . $STACK_ENV; set +a   or   localstack/with-env.sh CMD...)
   logs       $LOG_DIR
