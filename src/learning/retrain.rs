@@ -382,10 +382,7 @@ pub async fn retrain<R: ReferenceSource, D: DocumentSource>(
     };
     let base = match &opts.base_dataset {
         Some(d) => d.clone(),
-        None => champion
-            .data_source
-            .strip_prefix("postgres:training_examples/")
-            .map(str::to_owned)
+        None => base_dataset_of(&champion.data_source)
             .with_context(|| format!(
                 "the champion ({name} version {champion_version}) was trained from {}, not a training_examples dataset: name its dataset with --base-dataset (ML_PIPELINE_RETRAIN_BASE_DATASET)",
                 champion.data_source
@@ -457,6 +454,22 @@ pub async fn retrain<R: ReferenceSource, D: DocumentSource>(
         decision,
         train: report,
     })))
+}
+
+/// How `train` names a dataset source, and how a retrain adds the feedback to it.
+const DATASET_SOURCE: &str = "postgres:training_examples/";
+const FEEDBACK_SEPARATOR: &str = " + training_examples/";
+
+/// The base dataset of a model trained from `data_source`: a `train` on a dataset, or a retrain
+/// on a base dataset plus feedback.
+pub fn base_dataset_of(data_source: &str) -> Option<String> {
+    let rest = data_source.strip_prefix(DATASET_SOURCE)?;
+    Some(
+        rest.split(FEEDBACK_SEPARATOR)
+            .next()
+            .unwrap_or(rest)
+            .to_owned(),
+    )
 }
 
 fn class_name(artifact: &crate::model::ModelArtifact, class: u8) -> &str {
@@ -545,7 +558,7 @@ impl Split {
         }
         let mut rows = train.0;
         rows.extend(train.1);
-        let source = format!("postgres:training_examples/{base}+{feedback} (less the {:.0}% held out to compare with the champion)", share * 100.0);
+        let source = format!("{DATASET_SOURCE}{base}{FEEDBACK_SEPARATOR}{feedback} (less the {:.0}% held out to compare with the champion)", share * 100.0);
         Ok(Split {
             train: data::canonical(spec, &rows, &source, LABEL_COLUMN)?,
             train_rows,
@@ -624,6 +637,19 @@ mod tests {
             kernel_cache_bytes: 1 << 20,
             html_report: None,
         }
+    }
+
+    #[test]
+    fn the_base_dataset_survives_retraining() {
+        assert_eq!(
+            base_dataset_of("postgres:training_examples/default").as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            base_dataset_of("postgres:training_examples/first-labels + training_examples/feedback (less the 20% held out to compare with the champion)").as_deref(),
+            Some("first-labels")
+        );
+        assert_eq!(base_dataset_of("file:notes.csv"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod common;
 
 mod dlq;
+mod learning_loop;
 mod operate;
 mod providers;
 mod providers_http;

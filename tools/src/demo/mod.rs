@@ -3,8 +3,11 @@
 //! Fixtures loaded, a model trained and promoted, the worker started, the fixture bundles sent,
 //! the answers read back, and a summary printed: records, errors by reason, time per stage, and
 //! whether the predictions agree with the model's predictions on the canonical features. Then
-//! the data side: a provider's second delivery ingested, and the provider report's summary
-//! table printed, its HTML and JSON written.
+//! the learning loop ([`learning`]): feedback in the predecessor's format, `retrain`, and the
+//! worker switching to the promoted version. Then the data side: a provider's second delivery
+//! ingested, and the provider report's summary table printed, its HTML and JSON written.
+
+mod learning;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -40,10 +43,11 @@ pub async fn run(
         loaded.reference_rows, loaded.training_rows, loaded.documents
     );
 
+    let (first, flipped) = learning::first_labels(&pool, "default").await?;
     let opts = ml_pipeline::train::TrainOptions {
         spec,
         source: ml_pipeline::train::DataSource::Postgres {
-            dataset: "default".into(),
+            dataset: learning::FIRST_LABELS.into(),
         },
         params: TrainParams::default(),
         kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
@@ -63,13 +67,19 @@ pub async fn run(
     )
     .await?;
     println!(
-        "2. model trained and promoted: version {version}, CV accuracy {:.2}%, {} support vectors",
+        "2. model trained on the first labelling ({first} notes, {flipped} labels wrong) and promoted: version {version}, CV accuracy {:.2}%, {} support vectors",
         report.metrics.cv_accuracy * 100.0,
         report.metrics.support_vectors
     );
 
+    // Every prediction logged, for the feedback; the alias polled every second.
+    let mut settings = settings.clone();
+    settings.prediction_log = ml_pipeline::learning::LogMode::All;
+    settings.model_poll_secs = 1;
+    let settings = &settings;
     let worker = ml_pipeline::startup::build_worker(settings).await?;
     let model = worker.models.current();
+    let holder = worker.models.clone();
     let output = worker.output.clone();
     let input = worker.input.clone();
     let shutdown = CancellationToken::new();
@@ -132,13 +142,21 @@ pub async fn run(
             "{} bundles were not answered within 120 s",
             wanted.len() - answers.len()
         );
+        let running = learning::Running {
+            settings,
+            pool: &pool,
+            holder: &holder,
+            input: &input,
+            output: &output,
+        };
+        learning::run(&running, &set, &answers, &bundles).await?;
         provider_delivery(settings, fixtures_dir).await?;
         provider_report(settings, demo_started, &metrics_url, report_dir).await
     }
     .await;
     shutdown.cancel();
     let summary = running.await?;
-    println!("8. worker stopped (drained: {})", summary.drained);
+    println!("12. worker stopped (drained: {})", summary.drained);
     data_side
 }
 
@@ -164,7 +182,7 @@ async fn provider_report(
     );
     report::html::write_html(&html, &r)?;
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
-    println!("7. provider report over the demo's traffic (ml-pipeline providers report):");
+    println!("11. provider report over the demo's traffic (ml-pipeline providers report):");
     for line in report::text::summary(&r).lines() {
         println!("   {line}");
     }
@@ -214,7 +232,7 @@ async fn provider_delivery(settings: &Settings, fixtures_dir: &Path) -> anyhow::
         batch_docs: ml_pipeline::providers::DEFAULT_BATCH_DOCS,
     };
     let summary = ml_pipeline::commands::providers::ingest(settings, job).await?;
-    println!("6. provider aurum's second delivery ({}):", path.display());
+    println!("10. provider aurum's second delivery ({}):", path.display());
     for line in summary.lines() {
         println!("   {line}");
     }

@@ -1,0 +1,225 @@
+//! The demo's learning loop. The first model is trained on the predecessor's first labelling:
+//! a tenth of the notes, three labels in ten of them wrong. After the answers, users' feedback
+//! in the predecessor's format (`{batch_id, subjects, ratings}`, 1 where the answer was right,
+//! 0 where it was wrong) goes to the feedback queue; the worker joins it with its prediction log
+//! into labelled examples; `retrain` trains a challenger on the first labels plus the feedback,
+//! scores both on the same held-out rows and promotes the challenger only if it is better; the
+//! running worker then answers with it, without a restart.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use ml_pipeline::fixtures::FixtureSet;
+use ml_pipeline::learning::retrain::{RetrainOptions, RetrainOutcome, DEFAULT_GATE_SHARE};
+use ml_pipeline::model::holder::ModelHolder;
+use ml_pipeline::queue::{Outgoing, Queue, SqsQueue};
+use ml_pipeline::settings::Settings;
+
+/// The dataset of the first labelling.
+pub const FIRST_LABELS: &str = "first-labels";
+
+/// Writes the first labelling into `training_examples`: a tenth of `from`'s notes (chosen by a
+/// hash of the id), with the labels of three in ten of them flipped. Returns (rows, flipped).
+pub async fn first_labels(pool: &PgPool, from: &str) -> anyhow::Result<(i64, i64)> {
+    let (rows, flipped): (i64, i64) = sqlx::query_as(
+        "WITH chosen AS ( \
+           INSERT INTO training_examples (dataset, example_id, label, features, provenance) \
+           SELECT $1, t.example_id, \
+                  CASE WHEN abs(hashtext(t.example_id || '/flip')) % 10 < 3 THEN 1 - t.label ELSE t.label END, \
+                  t.features, jsonb_build_object('demo', 'a tenth of ' || $2 || ', three labels in ten flipped') \
+           FROM training_examples t WHERE t.dataset = $2 AND abs(hashtext(t.example_id)) % 10 = 0 \
+           ON CONFLICT (dataset, example_id) DO UPDATE SET label = EXCLUDED.label, features = EXCLUDED.features \
+           RETURNING example_id, label) \
+         SELECT count(*), count(*) FILTER (WHERE c.label <> t.label) \
+         FROM chosen c JOIN training_examples t ON t.dataset = $2 AND t.example_id = c.example_id",
+    )
+    .bind(FIRST_LABELS)
+    .bind(from)
+    .fetch_one(pool)
+    .await
+    .context("writing the demo's first labelling")?;
+    Ok((rows, flipped))
+}
+
+/// Feedback on the v1 answers in the predecessor's format: per bundle, its record ids and 1
+/// where the answer agrees with the note's true class, 0 where not. Returns the messages and
+/// (records rated, rated wrong).
+fn ratings(set: &FixtureSet, answers: &[Value]) -> (Vec<Value>, usize, usize) {
+    let truth: HashMap<&str, u8> = set
+        .notes
+        .iter()
+        .map(|n| (n.note_id.as_str(), n.label))
+        .collect();
+    let (mut rated, mut wrong) = (0, 0);
+    let mut messages = Vec::new();
+    for a in answers {
+        let Some(rows) = a.get("rows").and_then(Value::as_array) else {
+            continue;
+        };
+        let mut subjects = Vec::new();
+        let mut marks = Vec::new();
+        for row in rows {
+            let Some(id) = row[0].as_str() else { continue };
+            let Some(label) = set
+                .expectations
+                .get(id)
+                .and_then(|e| truth.get(e.note_id.as_str()))
+            else {
+                continue;
+            };
+            let right = (row[1] == "real") == (*label == 1);
+            subjects.push(id.to_owned());
+            marks.push(u8::from(right));
+            rated += 1;
+            wrong += usize::from(!right);
+        }
+        messages.push(json!({"batch_id": a["bundle_id"], "subjects": subjects, "ratings": marks}));
+    }
+    (messages, rated, wrong)
+}
+
+/// What the loop needs of the running demo.
+pub struct Running<'a> {
+    /// The settings the worker runs with (its feedback queue among them).
+    pub settings: &'a Settings,
+    /// The database.
+    pub pool: &'a PgPool,
+    /// The worker's model holder.
+    pub holder: &'a ModelHolder,
+    /// The input queue, for the bundles sent after the switch.
+    pub input: &'a SqsQueue,
+    /// The output queue.
+    pub output: &'a SqsQueue,
+}
+
+/// Steps 6 to 9 of the demo.
+pub async fn run(
+    r: &Running<'_>,
+    set: &FixtureSet,
+    answers: &[Value],
+    bundles: &[Value],
+) -> anyhow::Result<()> {
+    let name = r.settings.feedback_queue.as_deref().context(
+        "no feedback queue (ML_PIPELINE_FEEDBACK_QUEUE): run localstack/up.sh, which deploys it",
+    )?;
+    let sqs = ml_pipeline::startup::sqs(Duration::from_secs(30)).await;
+    let queue = SqsQueue::resolve(sqs, name).await?;
+    let (messages, rated, wrong) = ratings(set, answers);
+    let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM feedback_messages")
+        .fetch_one(r.pool)
+        .await?;
+    for chunk in messages.chunks(10) {
+        let out: Vec<Outgoing> = chunk
+            .iter()
+            .map(|m| Outgoing {
+                body: m.to_string(),
+                attributes: Vec::new(),
+                dedup_id: None,
+                group_id: None,
+            })
+            .collect();
+        let failed = queue.send_batch(&out).await?;
+        anyhow::ensure!(failed.is_empty(), "feedback not accepted: {failed:?}");
+    }
+    println!(
+        "6. feedback sent in the predecessor's format: {} messages rating {rated} answers, {wrong} of them wrong (rating 0)",
+        messages.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let applied = loop {
+        let (n, added, unchanged, not_logged): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), COALESCE(sum(added + changed), 0)::int8, COALESCE(sum(unchanged), 0)::int8, \
+                    COALESCE(sum(not_logged + ambiguous), 0)::int8 FROM feedback_messages",
+        )
+        .fetch_one(r.pool)
+        .await?;
+        if n - before >= messages.len() as i64 {
+            break (added, unchanged, not_logged);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker applied {} of {} feedback messages within 60 s",
+            n - before,
+            messages.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "7. the worker applied the feedback: {} examples written to dataset {} with their provenance, {} unchanged, {} with no logged prediction",
+        applied.0, r.settings.feedback_dataset, applied.1, applied.2
+    );
+    let opts = RetrainOptions {
+        model: r.settings.model_name.clone(),
+        alias: r.settings.model_alias.clone(),
+        base_dataset: None,
+        feedback_dataset: r.settings.feedback_dataset.clone(),
+        min_new_examples: r.settings.retrain_min_new_examples,
+        max_hours: r.settings.retrain_max_hours,
+        force: false,
+        margin: r.settings.retrain_margin,
+        gate_share: DEFAULT_GATE_SHARE,
+        search: None,
+        kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
+        html_report: None,
+    };
+    let outcome = ml_pipeline::commands::learning::run(r.settings, &opts).await?;
+    println!("8. ml-pipeline retrain:");
+    for line in outcome.to_string().lines() {
+        println!("   {line}");
+    }
+    let RetrainOutcome::Ran(ran) = &outcome else {
+        anyhow::bail!("retrain did not run: {outcome}");
+    };
+    let version = ran.decision.challenger_version;
+    anyhow::ensure!(
+        ran.decision.promoted,
+        "the challenger was not promoted: {}",
+        ran.decision.reason
+    );
+    let switched = Instant::now();
+    while r.holder.current().version != version {
+        anyhow::ensure!(
+            switched.elapsed() < Duration::from_secs(60),
+            "the worker did not switch to version {version} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = &bundles[..2.min(bundles.len())];
+    ml_pipeline::commands::send::send(
+        r.input,
+        again,
+        ml_pipeline::bundle::ContentEncoding::Gzip,
+        None,
+        r.settings.max_message_bytes,
+    )
+    .await?;
+    let wanted = again
+        .iter()
+        .filter_map(|b| {
+            b.get("bundle_id")
+                .or(b.get("batch_id"))?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let answers = super::read_answers(r.output, &wanted, Duration::from_secs(60)).await?;
+    let versions: Vec<String> = answers
+        .iter()
+        .filter_map(|a| {
+            a.get("model_version")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    println!(
+        "9. the running worker switched to version {version} after {:.1}s without a restart: {} bundles sent again were answered by version {}",
+        switched.elapsed().as_secs_f64(),
+        answers.len(),
+        versions.join(", ")
+    );
+    Ok(())
+}
