@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::aggregates;
+use super::groups::{held_in_group_order, GroupOrder, Held};
 use super::service::Worker;
 use crate::batch::{prepare, BatchCoverage, PreparedBatch, Slot};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
@@ -19,7 +20,9 @@ use crate::queue::dead_letter::{
     ORIGINAL_SHA256_ATTRIBUTE, ORIGINAL_SIZE_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
     SOURCE_MESSAGE_ID_ATTRIBUTE,
 };
-use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
+use crate::queue::{
+    delete_all, send_all, send_in_group_order, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE,
+};
 use crate::text::truncate_chars;
 
 /// A received message and what decoding made of it.
@@ -146,18 +149,28 @@ const HOLD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// How soon held bundles left for redelivery become visible again, in seconds.
 const REDELIVERY_DELAY_SECS: i32 = 5;
 
-/// Splits off the bundles whose records wait for a source that was down, with their messages;
-/// the ready ones keep their plans (their matrix rows are unchanged).
-fn hold_back(readable: Readable, prepared: &mut PreparedBatch) -> (Readable, Readable) {
+/// Splits off the bundles whose records wait for a source that was down, with their messages,
+/// and on a FIFO queue the later bundles of their message groups too; the ready ones keep their
+/// plans (their matrix rows are unchanged).
+fn hold_back(readable: Readable, prepared: &mut PreparedBatch, fifo: bool) -> (Readable, Readable) {
     let waiting = prepared.waiting();
     if !waiting.contains(&true) {
         return (readable, Readable::default());
     }
+    let groups: Vec<Option<&str>> = readable
+        .messages
+        .iter()
+        .map(|m| m.group_id.as_deref())
+        .collect();
+    let held_back: Vec<bool> = held_in_group_order(&groups, &waiting, fifo)
+        .into_iter()
+        .map(|h| h != Held::Ready)
+        .collect();
     let mut ready = Readable::default();
     let mut held = Readable::default();
     let plans = std::mem::take(&mut prepared.plans);
     let bundles = readable.messages.into_iter().zip(readable.bundles);
-    for (((message, bundle), plan), wait) in bundles.zip(plans).zip(waiting) {
+    for (((message, bundle), plan), wait) in bundles.zip(plans).zip(held_back) {
         let into = if wait {
             &mut held
         } else {
@@ -168,6 +181,51 @@ fn hold_back(readable: Readable, prepared: &mut PreparedBatch) -> (Readable, Rea
         into.bundles.push(bundle);
     }
     (ready, held)
+}
+
+/// Leaves for redelivery the bundles behind a stop of their FIFO message group: an earlier
+/// bundle of the group was not answered in this step, and they may not overtake it. They come
+/// back with their visibility timeout, as it does.
+fn leave_behind(readable: Readable, order: &GroupOrder, report: &mut StepReport) -> Readable {
+    let mut kept = Readable::default();
+    let mut left = 0;
+    for (message, bundle) in readable.messages.into_iter().zip(readable.bundles) {
+        if order.is_behind_a_stop(&message) {
+            left += 1;
+        } else {
+            kept.messages.push(message);
+            kept.bundles.push(bundle);
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "bundles behind an unanswered bundle of their message group left for redelivery"
+        );
+        report.left += left;
+    }
+    kept
+}
+
+/// Drops the answers behind a stop of their FIFO message group (see [`leave_behind`]).
+fn drop_behind(
+    to_send: Vec<(Message, Answer)>,
+    outgoing: Vec<Outgoing>,
+    order: &GroupOrder,
+    report: &mut StepReport,
+) -> (Vec<(Message, Answer)>, Vec<Outgoing>) {
+    let (kept, behind): (Vec<_>, Vec<_>) = to_send
+        .into_iter()
+        .zip(outgoing)
+        .partition(|((message, _), _)| !order.is_behind_a_stop(message));
+    if !behind.is_empty() {
+        tracing::warn!(
+            left = behind.len(),
+            "answers behind an unanswered bundle of their message group not sent; left for redelivery"
+        );
+        report.left += behind.len();
+    }
+    kept.into_iter().unzip()
 }
 
 /// A bundle refused as a whole, with the stage that refused it; it goes to the dead-letter queue.
@@ -204,26 +262,33 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     /// source that is down are held in hand (still invisible to other consumers) and tried
     /// again every second or so, while every other bundle is answered at once; they are left
     /// for redelivery only after `outage_hold`, or when the worker stops.
+    ///
+    /// On a FIFO input queue the bundles of one message group are answered in the order
+    /// received: the later bundles of a group wait with a held one, and once one is not
+    /// answered in this step, its group's later bundles are left for redelivery with it
+    /// ([`GroupOrder`]); the other groups go on.
     pub async fn process(&self, batch: Vec<Received>) -> StepReport {
         let started = Instant::now();
         let mut report = StepReport {
             messages: batch.len(),
             ..StepReport::default()
         };
+        let mut order = GroupOrder::new(self.input.is_fifo(), batch.iter().map(|r| &r.message));
         let (mut readable, refused) = split_readable(batch);
         report.records = readable.bundles.iter().map(InputBundle::len).sum();
-        self.dead_letter(refused, &mut report).await;
+        self.dead_letter(refused, &mut order, &mut report).await;
         // One model for the whole batch, even if a new version is swapped in meanwhile.
         let model = self.models.current();
         report.model_version = Some(model.version);
         let held_since = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
+            readable = leave_behind(readable, &order, &mut report);
             let mut prepared = self.prepare(&model, &readable.bundles, &mut report).await;
             let outage = prepared.outage();
-            let (ready, waiting) = hold_back(readable, &mut prepared);
+            let (ready, waiting) = hold_back(readable, &mut prepared, order.is_fifo());
             if !ready.messages.is_empty() {
-                self.finish(&model, ready, prepared, started, &mut report)
+                self.finish(&model, ready, prepared, started, &mut order, &mut report)
                     .await;
             }
             let Some((source, reason)) = outage.filter(|_| !waiting.messages.is_empty()) else {
@@ -241,7 +306,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 let tired = self
                     .leave_for_redelivery(source, &reason, stopping, waiting, &mut report)
                     .await;
-                self.dead_letter(tired, &mut report).await;
+                self.dead_letter(tired, &mut order, &mut report).await;
                 break;
             }
             attempt += 1;
@@ -257,17 +322,25 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         readable: Readable,
         prepared: PreparedBatch,
         started: Instant,
+        order: &mut GroupOrder,
         report: &mut StepReport,
     ) {
         let coverage = prepared.coverage.clone();
         let mut refused = Vec::new();
         let (to_send, outgoing) =
             self.answer(model, readable, prepared, started, &mut refused, report);
-        self.dead_letter(refused, report).await;
+        self.dead_letter(refused, order, report).await;
+        // A refused bundle whose dead-letter copy was not accepted stays: its group waits.
+        let (to_send, outgoing) = drop_behind(to_send, outgoing, order, report);
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
         }
-        let accepted = self.send_answers(outgoing, report).await;
+        let accepted = self.send_answers(outgoing, order.is_fifo(), report).await;
+        for (i, (message, _)) in to_send.iter().enumerate() {
+            if accepted.binary_search(&i).is_err() {
+                order.stop(message);
+            }
+        }
         self.delete_answered(&to_send, &accepted, report).await;
         log_answered(&to_send, &accepted, model.version, report);
         self.record_aggregates(model, &to_send, &accepted, &coverage)
@@ -325,23 +398,44 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let max = self.config.max_receives;
         let mut tired = Vec::new();
         let mut waiting = Vec::new();
+        let mut heads: std::collections::HashMap<String, String> = Default::default();
         for (message, bundle) in readable.messages.into_iter().zip(&readable.bundles) {
+            // On a FIFO queue, the first held bundle of its group, when this one is a later one.
+            let ahead = message.group_id.as_ref().and_then(|group| {
+                let head = heads
+                    .entry(group.clone())
+                    .or_insert_with(|| bundle.id().to_owned());
+                (head != bundle.id()).then(|| head.clone())
+            });
             if max > 0 && message.receive_count >= max && !stopping {
+                let why_unavailable = match &ahead {
+                    None => format!("{source} was unavailable ({reason})"),
+                    Some(head) => format!("{source} was unavailable ({reason}) for it or for bundle {head} ahead of it in its message group"),
+                };
                 let why = DecodeError {
                     bundle_id: Some(bundle.id().to_owned()),
                     reason: format!(
-                        "left unanswered on {} receives because {source} was unavailable ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {source} is back",
+                        "left unanswered on {} receives because {why_unavailable}; dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {source} is back",
                         message.receive_count,
                     ),
                 };
                 tired.push((message, why, "enrich"));
             } else {
-                waiting.push(message);
+                waiting.push((message, ahead.is_some()));
             }
         }
         let delay = if stopping { 0 } else { REDELIVERY_DELAY_SECS };
-        let receipts: Vec<String> = waiting.iter().map(|m| m.receipt_handle.clone()).collect();
-        crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
+        // A group's later bundles come back a second after its first, never before it (an
+        // emulator may hand out a group's visible messages while an earlier one is hidden).
+        for later in [false, true] {
+            let receipts: Vec<String> = waiting
+                .iter()
+                .filter(|(_, behind)| *behind == later)
+                .map(|(m, _)| m.receipt_handle.clone())
+                .collect();
+            let delay = delay + i32::from(later);
+            crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
+        }
         report.retryable = Some(Retryable::SourceUnavailable {
             source,
             reason: reason.to_owned(),
@@ -420,17 +514,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         (to_send, outgoing)
     }
 
-    /// Sends the answers' messages; returns the indexes accepted.
-    async fn send_answers(&self, outgoing: Vec<Outgoing>, report: &mut StepReport) -> Vec<usize> {
+    /// Sends the answers' messages, in group order for a FIFO input; returns the indexes
+    /// accepted.
+    async fn send_answers(
+        &self,
+        outgoing: Vec<Outgoing>,
+        fifo: bool,
+        report: &mut StepReport,
+    ) -> Vec<usize> {
         let t = Instant::now();
         let count = outgoing.len();
-        let accepted = send_all(
-            &self.output,
-            outgoing,
-            self.config.max_message_bytes,
-            &self.config.retry(),
-        )
-        .await;
+        let (limit, retry) = (self.config.max_message_bytes, self.config.retry());
+        let accepted = if fifo {
+            send_in_group_order(&self.output, outgoing, limit, &retry).await
+        } else {
+            send_all(&self.output, outgoing, limit, &retry).await
+        };
         report.timing_ms.insert("send".into(), ms(t));
         report.answered += accepted.len();
         report.left += count - accepted.len();
@@ -474,14 +573,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     }
 
     /// Sends refused bundles to the input's dead-letter queue with the reason, then deletes
-    /// them: retrying cannot help.
-    async fn dead_letter(&self, refused: Vec<Refused>, report: &mut StepReport) {
+    /// them: retrying cannot help. One whose copy was not accepted stays, and stops its group.
+    async fn dead_letter(
+        &self,
+        refused: Vec<Refused>,
+        order: &mut GroupOrder,
+        report: &mut StepReport,
+    ) {
         if refused.is_empty() {
             return;
         }
         let Some(dlq) = &self.dlq else {
             tracing::error!(count = refused.len(), "unreadable bundles but no dead-letter queue configured; they stay on the input queue");
             report.left += refused.len();
+            for (message, _, _) in &refused {
+                order.stop(message);
+            }
             return;
         };
         let version = self.models.current().version;
@@ -508,6 +615,11 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         report.deleted += deleted;
         report.left += refused.len() - deleted;
         report.dead_lettered += accepted.len();
+        for (i, (message, _, _)) in refused.iter().enumerate() {
+            if accepted.binary_search(&i).is_err() {
+                order.stop(message);
+            }
+        }
     }
 }
 
