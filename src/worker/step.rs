@@ -421,21 +421,15 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 };
                 tired.push((message, why, "enrich"));
             } else {
-                waiting.push((message, ahead.is_some()));
+                waiting.push(message);
             }
         }
         let delay = if stopping { 0 } else { REDELIVERY_DELAY_SECS };
-        // A group's later bundles come back a second after its first, never before it (an
-        // emulator may hand out a group's visible messages while an earlier one is hidden).
-        for later in [false, true] {
-            let receipts: Vec<String> = waiting
-                .iter()
-                .filter(|(_, behind)| *behind == later)
-                .map(|(m, _)| m.receipt_handle.clone())
-                .collect();
-            let delay = delay + i32::from(later);
-            crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
-        }
+        // A group's bundles come back together, never a later one before its first: SQS hands
+        // out a group's messages in order, and a later one coming back after the first could
+        // be handed to another batch by an emulator that does not lock groups (LocalStack).
+        let receipts: Vec<String> = waiting.iter().map(|m| m.receipt_handle.clone()).collect();
+        crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
         report.retryable = Some(Retryable::SourceUnavailable {
             source,
             reason: reason.to_owned(),

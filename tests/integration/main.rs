@@ -10,6 +10,7 @@
 mod common;
 
 mod dlq;
+mod fifo;
 mod operate;
 mod providers;
 mod providers_http;
