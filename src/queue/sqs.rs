@@ -338,3 +338,32 @@ fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::config::http::HttpResponse;
+    use aws_sdk_sqs::error::ErrorMetadata;
+    use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
+
+    fn answered(status: u16, code: &str) -> SdkError<ReceiveMessageError> {
+        let err = ReceiveMessageError::generic(ErrorMetadata::builder().code(code).build());
+        let raw = HttpResponse::new(status.try_into().unwrap(), "".into());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn a_failure_on_the_way_is_retryable_and_a_refusal_is_not() {
+        assert!(is_retryable(
+            &SdkError::<ReceiveMessageError>::timeout_error("slow")
+        ));
+        assert!(is_retryable(&answered(500, "InternalError")));
+        assert!(is_retryable(&answered(400, "ThrottlingException")));
+        assert!(is_retryable(&answered(503, "ServiceUnavailable")));
+        // SQS refuses an attempt id it no longer honours: a new attempt, not the same again.
+        assert!(!is_retryable(&answered(400, "InvalidParameterValue")));
+        assert!(!is_retryable(&answered(400, "QueueDoesNotExist")));
+        let error = error("ReceiveMessage", "q.fifo", answered(500, "InternalError"));
+        assert!(error.retryable);
+    }
+}
