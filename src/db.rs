@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+/// The pool type every database call takes, for callers that do not depend on sqlx themselves.
+pub use sqlx::PgPool;
 
 /// The schema migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

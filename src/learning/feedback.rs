@@ -342,6 +342,35 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// Feedback applied since a time, summed over `feedback_messages`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Totals {
+    /// Messages applied.
+    pub messages: i64,
+    /// Their items.
+    pub items: i64,
+    /// Examples added.
+    pub added: i64,
+    /// Examples whose label changed.
+    pub changed: i64,
+    /// Items that changed nothing.
+    pub unchanged: i64,
+    /// Items with no logged prediction.
+    pub not_logged: i64,
+    /// Items with more than one.
+    pub ambiguous: i64,
+}
+
+/// What the feedback messages received since `since` did.
+pub async fn totals(pool: &PgPool, since: DateTime<Utc>) -> Result<Totals, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS messages, COALESCE(sum(items), 0)::int8 AS items,            COALESCE(sum(added), 0)::int8 AS added, COALESCE(sum(changed), 0)::int8 AS changed,            COALESCE(sum(unchanged), 0)::int8 AS unchanged,            COALESCE(sum(not_logged), 0)::int8 AS not_logged,            COALESCE(sum(ambiguous), 0)::int8 AS ambiguous          FROM feedback_messages WHERE received_at >= $1",
+    )
+    .bind(since)
+    .fetch_one(pool)
+    .await
+}
+
 fn keep_unmatched(applied: &mut Applied, id: &str) {
     if applied.unmatched.len() < UNMATCHED_KEPT {
         applied.unmatched.push(id.to_owned());

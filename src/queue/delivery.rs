@@ -54,18 +54,106 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 /// and group ids are dropped.
 pub async fn send_all<Q: Queue>(
     queue: &Q,
-    mut messages: Vec<Outgoing>,
+    messages: Vec<Outgoing>,
     max_message_bytes: usize,
     retry: &Retry,
 ) -> Vec<usize> {
+    let prepared = prepare(queue, messages);
+    let all: Vec<usize> = (0..prepared.len()).collect();
+    let mut accepted = send_indexes(queue, &prepared, &all, max_message_bytes, retry).await;
+    accepted.sort_unstable();
+    accepted
+}
+
+/// Sends messages so that those of one message group (their `group_id`, even when the queue is
+/// a standard one) are accepted in the order given, and none is accepted after an earlier one
+/// of its group was not: each call carries at most one message per group (different groups
+/// share calls), and a group's next message goes only once the one before was accepted. A group
+/// whose message is still refused after the retries stops there: its later messages are not
+/// sent. Messages without a group are each their own. Returns the indexes accepted, in order.
+///
+/// The price of the order: a group's messages take one call each, so a batch of ten messages
+/// of one group makes ten calls where [`send_all`] makes one.
+pub async fn send_in_group_order<Q: Queue>(
+    queue: &Q,
+    messages: Vec<Outgoing>,
+    max_message_bytes: usize,
+    retry: &Retry,
+) -> Vec<usize> {
+    // The order key is taken before `prepare` drops the group ids of a standard queue.
+    let groups: Vec<Option<String>> = messages.iter().map(|m| m.group_id.clone()).collect();
+    let prepared = prepare(queue, messages);
+    let mut pending = group_queues(&groups);
+    let mut accepted = Vec::new();
+    loop {
+        // The first unsent message of every group still going, in the order given.
+        let mut wave: Vec<usize> = pending.iter().filter_map(|g| g.front().copied()).collect();
+        if wave.is_empty() {
+            break;
+        }
+        wave.sort_unstable();
+        let sent = send_indexes(queue, &prepared, &wave, max_message_bytes, retry).await;
+        for group in &mut pending {
+            let Some(&first) = group.front() else {
+                continue;
+            };
+            if sent.contains(&first) {
+                group.pop_front();
+            } else if wave.contains(&first) {
+                tracing::warn!(
+                    queue = queue.url(),
+                    held = group.len() - 1,
+                    "a message of a group was not accepted; the group's later messages are not sent ahead of it and stay for redelivery"
+                );
+                group.clear();
+            }
+        }
+        accepted.extend(sent);
+    }
+    accepted.sort_unstable();
+    accepted
+}
+
+/// The indexes of each message group, in order; a message without a group is a group alone.
+fn group_queues(groups: &[Option<String>]) -> Vec<std::collections::VecDeque<usize>> {
+    let mut by_group: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut queues: Vec<std::collections::VecDeque<usize>> = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let slot = match group {
+            Some(g) => *by_group.entry(g.as_str()).or_insert_with(|| {
+                queues.push(Default::default());
+                queues.len() - 1
+            }),
+            None => {
+                queues.push(Default::default());
+                queues.len() - 1
+            }
+        };
+        queues[slot].push_back(i);
+    }
+    queues
+}
+
+/// FIFO ids made valid on a FIFO queue, dropped on a standard one.
+fn prepare<Q: Queue>(queue: &Q, mut messages: Vec<Outgoing>) -> Vec<Outgoing> {
     let fifo = queue.is_fifo();
     for m in &mut messages {
         m.dedup_id = m.dedup_id.take().filter(|_| fifo).map(|id| fifo_id(&id));
         m.group_id = m.group_id.take().filter(|_| fifo).map(|id| fifo_id(&id));
     }
-    let prepared = messages;
+    messages
+}
+
+/// Sends the messages at `indexes`, chunked and retried; returns the indexes accepted.
+async fn send_indexes<Q: Queue>(
+    queue: &Q,
+    prepared: &[Outgoing],
+    indexes: &[usize],
+    max_message_bytes: usize,
+    retry: &Retry,
+) -> Vec<usize> {
     let mut accepted = Vec::new();
-    for chunk in chunks(&prepared, MAX_BATCH_ENTRIES, max_message_bytes) {
+    for chunk in chunks(prepared, indexes, MAX_BATCH_ENTRIES, max_message_bytes) {
         let size = chunk.len();
         let sent = retry_entries("send", chunk, retry, |idx| {
             let batch: Vec<Outgoing> = idx.iter().map(|&i| prepared[i].clone()).collect();
@@ -81,7 +169,6 @@ pub async fn send_all<Q: Queue>(
         }
         accepted.extend(sent);
     }
-    accepted.sort_unstable();
     accepted
 }
 
@@ -205,12 +292,18 @@ pub fn fifo_id(bundle_id: &str) -> String {
     }
 }
 
-/// Index groups of at most `max_entries` messages and `max_bytes` of bodies and attributes.
-fn chunks(messages: &[Outgoing], max_entries: usize, max_bytes: usize) -> Vec<Vec<usize>> {
+/// The messages at `indexes`, in groups of at most `max_entries` messages and `max_bytes` of
+/// bodies and attributes.
+fn chunks(
+    messages: &[Outgoing],
+    indexes: &[usize],
+    max_entries: usize,
+    max_bytes: usize,
+) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0;
-    for (i, m) in messages.iter().enumerate() {
-        let size = m.size();
+    for &i in indexes {
+        let size = messages[i].size();
         match out.last_mut() {
             Some(last) if last.len() < max_entries && bytes + size <= max_bytes => {
                 last.push(i);
@@ -241,13 +334,14 @@ mod tests {
     #[test]
     fn chunks_respect_count_and_size() {
         let msgs: Vec<Outgoing> = (0..25).map(|_| out(10)).collect();
-        let c = chunks(&msgs, 10, 1 << 20);
+        let all = |m: &[Outgoing]| (0..m.len()).collect::<Vec<_>>();
+        let c = chunks(&msgs, &all(&msgs), 10, 1 << 20);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
         let big: Vec<Outgoing> = (0..4).map(|_| out(100_000)).collect();
-        let c = chunks(&big, 10, 256 * 1024);
+        let c = chunks(&big, &all(&big), 10, 256 * 1024);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
         // SQS's limit today: the same four fit one call.
-        let c = chunks(&big, 10, crate::queue::MAX_SQS_MESSAGE_BYTES);
+        let c = chunks(&big, &all(&big), 10, crate::queue::MAX_SQS_MESSAGE_BYTES);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [4]);
     }
 

@@ -2,6 +2,13 @@
 //! them out with receipt handles, and fails the calls or entries a test plans, so the worker's
 //! handling of partial `SendMessageBatch` and `DeleteMessageBatch` failures, a failed
 //! dead-letter send or a failed visibility change can be driven without a server.
+//!
+//! A URL ending in `.fifo` makes it a FIFO queue, modelled as SQS documents one: a message
+//! group's messages are handed out in the order sent, none while another of its group is in
+//! flight (one receive may return several of a group, in order), and a receive repeated with
+//! the same attempt id returns the same messages while none of them was deleted or made
+//! visible. A visibility set above zero runs out on tokio's clock (checked at each receive); a
+//! message received and never given a visibility stays in flight until a test releases it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,14 +35,27 @@ pub enum Fault {
     Call(Op),
     /// These entries of the call fail (by index in the call); the others succeed.
     Entries(Op, Vec<usize>),
+    /// The call takes effect but its answer is lost on the way: the caller gets a retryable
+    /// error. Only for [`Op::Receive`]: the messages are in flight, and the caller does not
+    /// know them.
+    AnswerLost(Op),
 }
 
 impl Fault {
     fn op(&self) -> Op {
         match self {
-            Fault::Call(op) | Fault::Entries(op, _) => *op,
+            Fault::Call(op) | Fault::Entries(op, _) | Fault::AnswerLost(op) => *op,
         }
     }
+}
+
+/// What a planned fault does to the call about to be made.
+#[derive(Debug, Default)]
+struct Planned {
+    /// Entries that fail.
+    failing: Vec<usize>,
+    /// The call's answer is lost.
+    answer_lost: bool,
 }
 
 /// A stored message.
@@ -46,12 +66,24 @@ struct Stored {
     attributes: Vec<(String, String)>,
     group_id: Option<String>,
     receive_count: u32,
+    /// The order sent, which a FIFO queue keeps within a group.
+    seq: u64,
+}
+
+/// A message received and neither deleted nor visible again.
+#[derive(Debug, Clone)]
+struct Held {
+    stored: Stored,
+    /// When it becomes visible again, once a visibility was set; `None` until then.
+    visible_at: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     visible: VecDeque<Stored>,
-    in_flight: HashMap<String, Stored>,
+    in_flight: HashMap<String, Held>,
+    /// Receive attempt id -> the receipt handles that receive handed out.
+    attempts: HashMap<String, Vec<String>>,
     accepted: Vec<Outgoing>,
     deleted: Vec<String>,
     visibility: Vec<(String, i32)>,
@@ -100,12 +132,14 @@ impl MemoryQueue {
         let mut state = self.lock();
         state.next += 1;
         let message_id = format!("m-{}", state.next);
+        let seq = state.next;
         state.visible.push_back(Stored {
             message_id: message_id.clone(),
             body: body.into(),
             attributes: attributes.to_vec(),
             group_id: group_id.map(str::to_owned),
             receive_count: 0,
+            seq,
         });
         message_id
     }
@@ -156,27 +190,182 @@ impl MemoryQueue {
             .expect("no test panics while holding the queue")
     }
 
-    /// Counts the call and takes its planned fault: Err for a whole-call failure, else the
-    /// entries that fail.
-    fn begin(&self, op: Op) -> Result<Vec<usize>, QueueError> {
+    /// Counts the call and takes its planned fault: Err for a whole-call failure, else what
+    /// fails.
+    fn begin(&self, op: Op) -> Result<Planned, QueueError> {
         let mut state = self.lock();
         *state.calls.entry(op).or_default() += 1;
         let Some(at) = state.faults.iter().position(|f| f.op() == op) else {
-            return Ok(Vec::new());
+            return Ok(Planned::default());
         };
         match state.faults.remove(at) {
-            Fault::Call(_) => Err(QueueError {
-                op: match op {
-                    Op::Receive => "ReceiveMessage",
-                    Op::Send => "SendMessageBatch",
-                    Op::Delete => "DeleteMessageBatch",
-                    Op::ChangeVisibility => "ChangeMessageVisibilityBatch",
-                },
-                queue: self.url.to_string(),
-                source: "planned failure: the queue could not be reached".into(),
+            Fault::Call(_) => Err(self.unreachable(op, "the queue could not be reached")),
+            Fault::Entries(_, failing) => Ok(Planned {
+                failing,
+                answer_lost: false,
             }),
-            Fault::Entries(_, entries) => Ok(entries),
+            Fault::AnswerLost(_) => Ok(Planned {
+                failing: Vec::new(),
+                answer_lost: true,
+            }),
         }
+    }
+
+    fn unreachable(&self, op: Op, why: &str) -> QueueError {
+        QueueError {
+            op: match op {
+                Op::Receive => "ReceiveMessage",
+                Op::Send => "SendMessageBatch",
+                Op::Delete => "DeleteMessageBatch",
+                Op::ChangeVisibility => "ChangeMessageVisibilityBatch",
+            },
+            queue: self.url.to_string(),
+            source: format!("planned failure: {why}").into(),
+            retryable: true,
+        }
+    }
+
+    /// Receives, with an attempt id on a FIFO queue.
+    async fn receive_as(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        attempt_id: Option<&str>,
+    ) -> Result<Vec<Message>, QueueError> {
+        let planned = self.begin(Op::Receive)?;
+        let attempt_id = attempt_id.filter(|_| self.is_fifo());
+        if let Some(again) = attempt_id.and_then(|id| self.lock().repeat(id)) {
+            return Ok(again);
+        }
+        // A long poll of an empty queue waits, as SQS's does (tests run on a paused clock).
+        if self.lock().available(self.is_fifo()) == 0 && wait_secs > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(wait_secs as u64)).await;
+        }
+        let mut state = self.lock();
+        let out = state.take(max.max(1) as usize, self.is_fifo());
+        if let Some(id) = attempt_id {
+            let receipts = out.iter().map(|m| m.receipt_handle.clone()).collect();
+            state.attempts.insert(id.to_owned(), receipts);
+        }
+        drop(state);
+        if planned.answer_lost {
+            return Err(self.unreachable(Op::Receive, "the answer was lost on the way"));
+        }
+        Ok(out)
+    }
+}
+
+impl State {
+    /// Messages whose visibility ran out become visible again (on a FIFO queue, in the order
+    /// sent).
+    fn expire(&mut self, fifo: bool) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, held)| held.visible_at.is_some_and(|at| at <= now))
+            .map(|(receipt, _)| receipt.clone())
+            .collect();
+        for receipt in expired {
+            if let Some(held) = self.in_flight.remove(&receipt) {
+                self.make_visible(held.stored, fifo);
+            }
+        }
+    }
+
+    fn make_visible(&mut self, stored: Stored, fifo: bool) {
+        if fifo {
+            let at = self.visible.partition_point(|m| m.seq < stored.seq);
+            self.visible.insert(at, stored);
+        } else {
+            self.visible.push_back(stored);
+        }
+    }
+
+    /// The groups with a message in flight: a FIFO queue hands out none of their messages.
+    fn locked_groups(&self) -> std::collections::HashSet<String> {
+        self.in_flight
+            .values()
+            .filter_map(|held| held.stored.group_id.clone())
+            .collect()
+    }
+
+    /// How many messages a receive could take now.
+    fn available(&mut self, fifo: bool) -> usize {
+        self.expire(fifo);
+        let locked = if fifo {
+            self.locked_groups()
+        } else {
+            Default::default()
+        };
+        self.visible
+            .iter()
+            .filter(|m| m.group_id.as_ref().is_none_or(|g| !locked.contains(g)))
+            .count()
+    }
+
+    /// Takes up to `max` messages: in order, skipping the groups in flight on a FIFO queue.
+    fn take(&mut self, max: usize, fifo: bool) -> Vec<Message> {
+        self.expire(fifo);
+        let locked = if fifo {
+            self.locked_groups()
+        } else {
+            Default::default()
+        };
+        let mut out = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(mut stored) = self.visible.pop_front() {
+            let blocked = stored.group_id.as_ref().is_some_and(|g| locked.contains(g));
+            if out.len() >= max || blocked {
+                kept.push_back(stored);
+                continue;
+            }
+            stored.receive_count += 1;
+            self.next += 1;
+            let receipt = format!("{}#{}", stored.message_id, self.next);
+            out.push(message(&stored, &receipt));
+            self.in_flight.insert(
+                receipt,
+                Held {
+                    stored,
+                    visible_at: None,
+                },
+            );
+        }
+        self.visible = kept;
+        out
+    }
+
+    /// The messages an earlier receive with this attempt id handed out, if all are still in
+    /// flight as it left them.
+    fn repeat(&mut self, attempt_id: &str) -> Option<Vec<Message>> {
+        let receipts = self.attempts.get(attempt_id)?;
+        receipts
+            .iter()
+            .map(|r| {
+                let held = self.in_flight.get(r)?;
+                held.visible_at.is_none().then(|| message(&held.stored, r))
+            })
+            .collect()
+    }
+}
+
+/// A stored message as a receive hands it out.
+fn message(stored: &Stored, receipt: &str) -> Message {
+    Message {
+        message_id: stored.message_id.clone(),
+        receipt_handle: receipt.to_owned(),
+        body: stored.body.clone(),
+        content_encoding: stored
+            .attributes
+            .iter()
+            .find(|(k, _)| k == crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE)
+            .map(|(_, v)| v.clone()),
+        sent_timestamp_ms: None,
+        receive_count: stored.receive_count,
+        group_id: stored.group_id.clone(),
+        attributes: stored.attributes.clone(),
+        other_attributes: Vec::new(),
     }
 }
 
@@ -194,42 +383,20 @@ impl Queue for MemoryQueue {
     }
 
     async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
-        self.begin(Op::Receive)?;
-        // A long poll of an empty queue waits, as SQS's does (tests run on a paused clock).
-        if self.lock().visible.is_empty() && wait_secs > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(wait_secs as u64)).await;
-        }
-        let mut state = self.lock();
-        let mut out = Vec::new();
-        while out.len() < max.max(1) as usize {
-            let Some(mut stored) = state.visible.pop_front() else {
-                break;
-            };
-            stored.receive_count += 1;
-            state.next += 1;
-            let receipt = format!("{}#{}", stored.message_id, state.next);
-            out.push(Message {
-                message_id: stored.message_id.clone(),
-                receipt_handle: receipt.clone(),
-                body: stored.body.clone(),
-                content_encoding: stored
-                    .attributes
-                    .iter()
-                    .find(|(k, _)| k == crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE)
-                    .map(|(_, v)| v.clone()),
-                sent_timestamp_ms: None,
-                receive_count: stored.receive_count,
-                group_id: stored.group_id.clone(),
-                attributes: stored.attributes.clone(),
-                other_attributes: Vec::new(),
-            });
-            state.in_flight.insert(receipt, stored);
-        }
-        Ok(out)
+        self.receive_as(max, wait_secs, None).await
+    }
+
+    async fn receive_attempt(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        attempt_id: &str,
+    ) -> Result<Vec<Message>, QueueError> {
+        self.receive_as(max, wait_secs, Some(attempt_id)).await
     }
 
     async fn send_batch(&self, messages: &[Outgoing]) -> Result<EntryFailures, QueueError> {
-        let failing = self.begin(Op::Send)?;
+        let failing = self.begin(Op::Send)?.failing;
         let mut state = self.lock();
         for (i, m) in messages.iter().enumerate() {
             if failing.contains(&i) {
@@ -237,12 +404,14 @@ impl Queue for MemoryQueue {
             }
             state.next += 1;
             let message_id = format!("m-{}", state.next);
+            let seq = state.next;
             state.visible.push_back(Stored {
                 message_id,
                 body: m.body.clone(),
                 attributes: m.attributes.clone(),
                 group_id: m.group_id.clone(),
                 receive_count: 0,
+                seq,
             });
             state.accepted.push(m.clone());
         }
@@ -250,7 +419,7 @@ impl Queue for MemoryQueue {
     }
 
     async fn delete_batch(&self, receipts: &[&str]) -> Result<EntryFailures, QueueError> {
-        let failing = self.begin(Op::Delete)?;
+        let failing = self.begin(Op::Delete)?.failing;
         let mut state = self.lock();
         let mut failed = entry_failures(&failing, receipts.len(), "InternalError");
         for (i, receipt) in receipts.iter().enumerate() {
@@ -258,7 +427,7 @@ impl Queue for MemoryQueue {
                 continue;
             }
             match state.in_flight.remove(*receipt) {
-                Some(stored) => state.deleted.push(stored.message_id),
+                Some(held) => state.deleted.push(held.stored.message_id),
                 None => failed.push((i, "ReceiptHandleIsInvalid: not in flight".into())),
             }
         }
@@ -270,7 +439,8 @@ impl Queue for MemoryQueue {
         receipts: &[&str],
         seconds: i32,
     ) -> Result<EntryFailures, QueueError> {
-        let failing = self.begin(Op::ChangeVisibility)?;
+        let failing = self.begin(Op::ChangeVisibility)?.failing;
+        let fifo = self.is_fifo();
         let mut state = self.lock();
         for (i, receipt) in receipts.iter().enumerate() {
             if failing.contains(&i) {
@@ -278,15 +448,21 @@ impl Queue for MemoryQueue {
             }
             state.visibility.push(((*receipt).to_owned(), seconds));
             if seconds == 0 {
-                if let Some(stored) = state.in_flight.remove(*receipt) {
-                    state.visible.push_back(stored);
+                if let Some(held) = state.in_flight.remove(*receipt) {
+                    state.make_visible(held.stored, fifo);
                 }
+            } else if let Some(held) = state.in_flight.get_mut(*receipt) {
+                let after = std::time::Duration::from_secs(seconds.max(0) as u64);
+                held.visible_at = Some(tokio::time::Instant::now() + after);
             }
         }
         Ok(entry_failures(&failing, receipts.len(), "InternalError"))
     }
 
     async fn depth(&self) -> Result<Option<u64>, QueueError> {
-        Ok(Some(self.lock().visible.len() as u64))
+        let fifo = self.is_fifo();
+        let mut state = self.lock();
+        state.expire(fifo);
+        Ok(Some(state.visible.len() as u64))
     }
 }

@@ -87,6 +87,10 @@ pub struct QueueError {
     /// What the client reported, with its own cause chain.
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// Whether the call may have failed on the way (no answer, a timeout, throttling, a server
+    /// error) rather than being refused: the same call may be made again. A receive retried
+    /// after such a failure reuses its `ReceiveRequestAttemptId` ([`super::ReceiveAttempt`]).
+    pub retryable: bool,
 }
 
 /// One queue. Batch calls take at most 10 entries and report failures per entry.
@@ -105,6 +109,21 @@ pub trait Queue: Send + Sync {
         max: i32,
         wait_secs: i32,
     ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send;
+
+    /// Like [`Queue::receive`], with a receive attempt id: on a FIFO queue, a receive made again
+    /// with the same id within 5 minutes returns the same messages and receipt handles (SQS's
+    /// `ReceiveRequestAttemptId`), so that messages received by a call whose answer was lost are
+    /// not left in flight, holding their message groups back, until their visibility runs out.
+    /// Standard queues ignore the id.
+    fn receive_attempt(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        attempt_id: &str,
+    ) -> impl Future<Output = Result<Vec<Message>, QueueError>> + Send {
+        let _ = attempt_id;
+        self.receive(max, wait_secs)
+    }
 
     /// Like [`Queue::receive`], but the messages received stay invisible to other consumers for
     /// `visibility_secs` instead of the queue's own visibility timeout (`dlq inspect` hides

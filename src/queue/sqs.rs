@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -72,7 +73,10 @@ impl SqsQueue {
         max: i32,
         wait_secs: i32,
         visibility_secs: Option<i32>,
+        attempt_id: Option<&str>,
     ) -> Result<Vec<Message>, QueueError> {
+        // SQS refuses the attempt id on a standard queue (and some emulators refuse it there).
+        let attempt_id = attempt_id.filter(|_| self.is_fifo()).map(str::to_owned);
         let out = self
             .client
             .receive_message()
@@ -80,6 +84,7 @@ impl SqsQueue {
             .max_number_of_messages(max)
             .wait_time_seconds(wait_secs)
             .set_visibility_timeout(visibility_secs)
+            .set_receive_request_attempt_id(attempt_id)
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -122,7 +127,17 @@ impl Queue for SqsQueue {
     }
 
     async fn receive(&self, max: i32, wait_secs: i32) -> Result<Vec<Message>, QueueError> {
-        self.receive_with(max, wait_secs, None).await
+        self.receive_with(max, wait_secs, None, None).await
+    }
+
+    async fn receive_attempt(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        attempt_id: &str,
+    ) -> Result<Vec<Message>, QueueError> {
+        self.receive_with(max, wait_secs, None, Some(attempt_id))
+            .await
     }
 
     async fn receive_hidden_for(
@@ -131,7 +146,7 @@ impl Queue for SqsQueue {
         wait_secs: i32,
         visibility_secs: i32,
     ) -> Result<Vec<Message>, QueueError> {
-        self.receive_with(max, wait_secs, Some(visibility_secs))
+        self.receive_with(max, wait_secs, Some(visibility_secs), None)
             .await
     }
 
@@ -294,14 +309,61 @@ fn failed_entries<'a>(
         .collect()
 }
 
-fn error<E: std::error::Error + Send + Sync + 'static>(
-    op: &'static str,
-    queue: &str,
-    e: E,
-) -> QueueError {
+fn error<E>(op: &'static str, queue: &str, e: SdkError<E>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     QueueError {
         op,
         queue: queue.to_owned(),
+        retryable: is_retryable(&e),
         source: Box::new(e),
+    }
+}
+
+/// Whether a failed call may be made again as it was: no answer came (the connection failed,
+/// the call timed out, the answer could not be read), or SQS answered that it was throttling
+/// or failing itself. A refusal of the request (a missing queue, a bad parameter) is not.
+fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    match e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let throttled = service.err().code().is_some_and(|code| {
+                code.contains("Throttl") || code.contains("Unavailable") || code == "InternalError"
+            });
+            throttled || service.raw().status().is_server_error()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::config::http::HttpResponse;
+    use aws_sdk_sqs::error::ErrorMetadata;
+    use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
+
+    fn answered(status: u16, code: &str) -> SdkError<ReceiveMessageError> {
+        let err = ReceiveMessageError::generic(ErrorMetadata::builder().code(code).build());
+        let raw = HttpResponse::new(status.try_into().unwrap(), "".into());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn a_failure_on_the_way_is_retryable_and_a_refusal_is_not() {
+        assert!(is_retryable(
+            &SdkError::<ReceiveMessageError>::timeout_error("slow")
+        ));
+        assert!(is_retryable(&answered(500, "InternalError")));
+        assert!(is_retryable(&answered(400, "ThrottlingException")));
+        assert!(is_retryable(&answered(503, "ServiceUnavailable")));
+        // SQS refuses an attempt id it no longer honours: a new attempt, not the same again.
+        assert!(!is_retryable(&answered(400, "InvalidParameterValue")));
+        assert!(!is_retryable(&answered(400, "QueueDoesNotExist")));
+        let error = error("ReceiveMessage", "q.fifo", answered(500, "InternalError"));
+        assert!(error.retryable);
     }
 }

@@ -1,6 +1,7 @@
 //! Gathering: what the pollers hand over becomes one batch, decoded, with the guards that keep
 //! its messages visible and counted as in hand until its step returns.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -35,6 +36,11 @@ pub struct BatchBounds {
 
 /// The bundles gathered for one batch, with the guards that keep them visible and counted as
 /// in hand until its step returns.
+///
+/// A FIFO message group is never split between two batches: batches run concurrently, and a
+/// group's later bundles in a second batch could be answered before its earlier ones. A full
+/// batch still takes the rest of a poll's messages of the groups it holds (at most the nine
+/// others of one receive), and carries the other groups to the next batch.
 #[derive(Default)]
 pub struct Gathered {
     /// The decoded bundles.
@@ -49,6 +55,8 @@ pub struct Gathered {
     pub decoding: Duration,
     /// Messages received but not decoded, because the batch was full: they start the next one.
     pub carried: Option<InHand>,
+    /// The FIFO message groups of the batch's messages.
+    groups: HashSet<String>,
 }
 
 impl Gathered {
@@ -58,26 +66,32 @@ impl Gathered {
     }
 
     /// Decodes one poll's messages into the batch, one at a time: once the batch is full, the
-    /// rest stay undecoded in [`Gathered::carried`], with their own heartbeat.
+    /// rest stay undecoded in [`Gathered::carried`], with their own heartbeat, except those of
+    /// a FIFO message group the batch already holds.
     pub fn add(&mut self, mut more: InHand, bounds: &BatchBounds, limits: &Limits) {
         let started = Instant::now();
-        let mut messages = std::mem::take(&mut more.messages).into_iter();
-        let mut taken = 0;
-        // A batch always takes one bundle, however big (the decoding limits bound it).
-        while self.batch.is_empty() || !self.is_full(bounds) {
-            let Some(message) = messages.next() else {
-                break;
-            };
+        let mut rest = Vec::new();
+        for message in std::mem::take(&mut more.messages) {
+            // A batch always takes one bundle, however big (the decoding limits bound it).
+            let full = !self.batch.is_empty() && self.is_full(bounds);
+            let held_group = message
+                .group_id
+                .as_ref()
+                .is_some_and(|g| self.groups.contains(g));
+            if full && !held_group {
+                rest.push(message);
+                continue;
+            }
+            self.groups.extend(message.group_id.clone());
             let received = Received::decode(message, limits);
             self.records += received.records();
             self.cells += received.cells();
             self.batch.push(received);
-            taken += 1;
         }
         self.decoding += started.elapsed();
-        let rest: Vec<_> = messages.collect();
         if !rest.is_empty() {
-            let heartbeat = more.heartbeat.split_off(taken);
+            let receipts: Vec<String> = rest.iter().map(|m| m.receipt_handle.clone()).collect();
+            let heartbeat = more.heartbeat.split_off_receipts(&receipts);
             let in_flight = more.in_flight.split_off(rest.len());
             self.carried = Some(InHand {
                 messages: rest,
@@ -178,5 +192,52 @@ mod tests {
             .map(|r| r.message.message_id.clone())
             .collect();
         assert_eq!(ids, ["b-2", "b-3"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_still_takes_the_rest_of_the_fifo_groups_it_holds() {
+        let state = Arc::new(WorkerState::default());
+        let queue = MemoryQueue::new("in.fifo");
+        let groups = ["A", "B", "A", "C", "A"];
+        let messages: Vec<Message> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Message {
+                group_id: Some((*g).to_owned()),
+                ..bundle(&format!("{g}-{i}"), 10, 100)
+            })
+            .collect();
+        let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+        let in_hand = InHand {
+            messages,
+            heartbeat: Heartbeat::start(queue, receipts, 30, 0.5),
+            in_flight: state.hold(5),
+        };
+        // Full after the first bundle.
+        let bounds = BatchBounds {
+            records: 10,
+            cells: 1_000,
+        };
+        let mut first = Gathered::default();
+        first.add(in_hand, &bounds, &Limits::default());
+        let ids: Vec<_> = first
+            .batch
+            .iter()
+            .map(|r| r.message.message_id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            ["A-0", "A-2", "A-4"],
+            "group A is not split between batches"
+        );
+        let carried = first.carried.take().expect("B and C are carried");
+        let ids: Vec<_> = carried
+            .messages
+            .iter()
+            .map(|m| m.message_id.clone())
+            .collect();
+        assert_eq!(ids, ["B-1", "C-3"]);
+        drop(first);
+        assert_eq!(state.in_flight(), 2);
     }
 }

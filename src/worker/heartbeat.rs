@@ -73,11 +73,19 @@ impl Heartbeat {
         }
     }
 
-    /// Splits off the messages from `at` on, with a heartbeat of their own: a poll's messages
-    /// can then end in two batches, each releasing its own when its step returns. Both extend
-    /// visibility at once, since the split restarts their period.
-    pub fn split_off(&mut self, at: usize) -> Self {
-        let rest = self.receipts.split_off(at.min(self.receipts.len()));
+    /// Splits off the messages whose receipt handles are in `rest`, with a heartbeat of their
+    /// own: a poll's messages can then end in two batches, each releasing its own when its step
+    /// returns. Both extend visibility at once, since the split restarts their period.
+    pub fn split_off_receipts(&mut self, rest: &[String]) -> Self {
+        let (rest, kept): (Vec<String>, Vec<String>) = std::mem::take(&mut self.receipts)
+            .into_iter()
+            .partition(|r| rest.contains(r));
+        self.receipts = kept;
+        self.split_into(rest)
+    }
+
+    /// Restarts this heartbeat on its receipts and starts one on `rest`.
+    fn split_into(&mut self, rest: Vec<String>) -> Self {
         let Some(restart) = self.restart.clone() else {
             return Self {
                 task: None,

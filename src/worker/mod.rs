@@ -2,7 +2,8 @@
 //! batch, and the one step answers it.
 //!
 //! - [`service`]: the [`Worker`] and everything it talks to; [`config`]: how it behaves.
-//! - [`step`]: the one step, [`Worker::process`], with its sub-steps.
+//! - [`step`]: the one step, [`Worker::process`], with its sub-steps; [`groups`]: the order
+//!   of FIFO message groups within it.
 //! - [`run`]: the loop around it (pollers, batching, back-off, drain); [`gather`]: a batch in
 //!   hand; [`heartbeat`]: visibility kept while it is.
 //! - [`state`], [`health`], [`endpoints`]: progress, liveness and readiness, served over HTTP.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod endpoints;
 pub mod feedback;
 pub mod gather;
+pub mod groups;
 pub mod health;
 pub mod heartbeat;
 pub mod protection;

@@ -18,7 +18,7 @@ use super::heartbeat::Heartbeat;
 use super::service::Worker;
 use super::step::StepReport;
 use crate::enrich::{DocumentSource, ReferenceSource};
-use crate::queue::Queue;
+use crate::queue::{Queue, ReceiveAttempt};
 
 /// What a whole run did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -102,13 +102,17 @@ where
         shutdown: CancellationToken,
     ) {
         let mut failures = 0;
+        // Each poller has its own attempt: a retried receive asks for what its lost one took.
+        let mut attempt = ReceiveAttempt::new();
         loop {
             let started = Instant::now();
+            let (max, wait) = (self.config.receive_max, self.config.wait_secs);
             let received = tokio::select! {
                 // Cancelling drops the in-flight long poll instead of waiting it out.
                 () = shutdown.cancelled() => return,
-                r = self.input.receive(self.config.receive_max, self.config.wait_secs) => r,
+                r = self.input.receive_attempt(max, wait, attempt.id()) => r,
             };
+            attempt.after(&received);
             self.state.beat();
             match received {
                 Ok(messages) if messages.is_empty() => {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::aggregates;
+use super::groups::{held_in_group_order, GroupOrder, Held};
 use super::service::Worker;
 use crate::batch::{prepare, BatchCoverage, PreparedBatch, Slot};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
@@ -21,7 +22,9 @@ use crate::queue::dead_letter::{
     ORIGINAL_SHA256_ATTRIBUTE, ORIGINAL_SIZE_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
     SOURCE_MESSAGE_ID_ATTRIBUTE,
 };
-use crate::queue::{delete_all, send_all, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE};
+use crate::queue::{
+    delete_all, send_all, send_in_group_order, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE,
+};
 use crate::text::truncate_chars;
 
 /// A received message and what decoding made of it.
@@ -148,18 +151,28 @@ const HOLD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// How soon held bundles left for redelivery become visible again, in seconds.
 const REDELIVERY_DELAY_SECS: i32 = 5;
 
-/// Splits off the bundles whose records wait for a source that was down, with their messages;
-/// the ready ones keep their plans (their matrix rows are unchanged).
-fn hold_back(readable: Readable, prepared: &mut PreparedBatch) -> (Readable, Readable) {
+/// Splits off the bundles whose records wait for a source that was down, with their messages,
+/// and on a FIFO queue the later bundles of their message groups too; the ready ones keep their
+/// plans (their matrix rows are unchanged).
+fn hold_back(readable: Readable, prepared: &mut PreparedBatch, fifo: bool) -> (Readable, Readable) {
     let waiting = prepared.waiting();
     if !waiting.contains(&true) {
         return (readable, Readable::default());
     }
+    let groups: Vec<Option<&str>> = readable
+        .messages
+        .iter()
+        .map(|m| m.group_id.as_deref())
+        .collect();
+    let held_back: Vec<bool> = held_in_group_order(&groups, &waiting, fifo)
+        .into_iter()
+        .map(|h| h != Held::Ready)
+        .collect();
     let mut ready = Readable::default();
     let mut held = Readable::default();
     let plans = std::mem::take(&mut prepared.plans);
     let bundles = readable.messages.into_iter().zip(readable.bundles);
-    for (((message, bundle), plan), wait) in bundles.zip(plans).zip(waiting) {
+    for (((message, bundle), plan), wait) in bundles.zip(plans).zip(held_back) {
         let into = if wait {
             &mut held
         } else {
@@ -180,6 +193,62 @@ struct Answered {
     outgoing: Vec<Outgoing>,
     /// The same answers' logged records, when their bundle is logged.
     to_log: Vec<Option<LoggedBundle>>,
+}
+
+/// Leaves for redelivery the bundles behind a stop of their FIFO message group: an earlier
+/// bundle of the group was not answered in this step, and they may not overtake it. They come
+/// back with their visibility timeout, as it does.
+fn leave_behind(readable: Readable, order: &GroupOrder, report: &mut StepReport) -> Readable {
+    let mut kept = Readable::default();
+    let mut left = 0;
+    for (message, bundle) in readable.messages.into_iter().zip(readable.bundles) {
+        if order.is_behind_a_stop(&message) {
+            left += 1;
+        } else {
+            kept.messages.push(message);
+            kept.bundles.push(bundle);
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "bundles behind an unanswered bundle of their message group left for redelivery"
+        );
+        report.left += left;
+    }
+    kept
+}
+
+/// Drops the answers behind a stop of their FIFO message group (see [`leave_behind`]).
+fn drop_behind(answered: Answered, order: &GroupOrder, report: &mut StepReport) -> Answered {
+    let mut kept = Answered {
+        to_send: Vec::with_capacity(answered.to_send.len()),
+        outgoing: Vec::with_capacity(answered.to_send.len()),
+        to_log: Vec::with_capacity(answered.to_send.len()),
+    };
+    let mut behind = 0;
+    let all = answered
+        .to_send
+        .into_iter()
+        .zip(answered.outgoing)
+        .zip(answered.to_log);
+    for ((sent, out), log) in all {
+        if order.is_behind_a_stop(&sent.0) {
+            behind += 1;
+        } else {
+            kept.to_send.push(sent);
+            kept.outgoing.push(out);
+            kept.to_log.push(log);
+        }
+    }
+    if behind > 0 {
+        tracing::warn!(
+            left = behind,
+            "answers behind an unanswered bundle of their message group not sent; left for redelivery"
+        );
+        report.left += behind;
+    }
+    kept
 }
 
 /// A bundle refused as a whole, with the stage that refused it; it goes to the dead-letter queue.
@@ -216,26 +285,33 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     /// source that is down are held in hand (still invisible to other consumers) and tried
     /// again every second or so, while every other bundle is answered at once; they are left
     /// for redelivery only after `outage_hold`, or when the worker stops.
+    ///
+    /// On a FIFO input queue the bundles of one message group are answered in the order
+    /// received: the later bundles of a group wait with a held one, and once one is not
+    /// answered in this step, its group's later bundles are left for redelivery with it
+    /// ([`GroupOrder`]); the other groups go on.
     pub async fn process(&self, batch: Vec<Received>) -> StepReport {
         let started = Instant::now();
         let mut report = StepReport {
             messages: batch.len(),
             ..StepReport::default()
         };
+        let mut order = GroupOrder::new(self.input.is_fifo(), batch.iter().map(|r| &r.message));
         let (mut readable, refused) = split_readable(batch);
         report.records = readable.bundles.iter().map(InputBundle::len).sum();
-        self.dead_letter(refused, &mut report).await;
+        self.dead_letter(refused, &mut order, &mut report).await;
         // One model for the whole batch, even if a new version is swapped in meanwhile.
         let model = self.models.current();
         report.model_version = Some(model.version);
         let held_since = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
+            readable = leave_behind(readable, &order, &mut report);
             let mut prepared = self.prepare(&model, &readable.bundles, &mut report).await;
             let outage = prepared.outage();
-            let (ready, waiting) = hold_back(readable, &mut prepared);
+            let (ready, waiting) = hold_back(readable, &mut prepared, order.is_fifo());
             if !ready.messages.is_empty() {
-                self.finish(&model, ready, prepared, started, &mut report)
+                self.finish(&model, ready, prepared, started, &mut order, &mut report)
                     .await;
             }
             let Some((source, reason)) = outage.filter(|_| !waiting.messages.is_empty()) else {
@@ -253,7 +329,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 let tired = self
                     .leave_for_redelivery(source, &reason, stopping, waiting, &mut report)
                     .await;
-                self.dead_letter(tired, &mut report).await;
+                self.dead_letter(tired, &mut order, &mut report).await;
                 break;
             }
             attempt += 1;
@@ -269,20 +345,28 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         readable: Readable,
         prepared: PreparedBatch,
         started: Instant,
+        order: &mut GroupOrder,
         report: &mut StepReport,
     ) {
         let coverage = prepared.coverage.clone();
         let mut refused = Vec::new();
+        let answered = self.answer(model, readable, prepared, started, &mut refused, report);
+        self.dead_letter(refused, order, report).await;
+        // A refused bundle whose dead-letter copy was not accepted stays: its group waits.
         let Answered {
             to_send,
             outgoing,
             to_log,
-        } = self.answer(model, readable, prepared, started, &mut refused, report);
-        self.dead_letter(refused, report).await;
+        } = drop_behind(answered, order, report);
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
         }
-        let accepted = self.send_answers(outgoing, report).await;
+        let accepted = self.send_answers(outgoing, order.is_fifo(), report).await;
+        for (i, (message, _)) in to_send.iter().enumerate() {
+            if accepted.binary_search(&i).is_err() {
+                order.stop(message);
+            }
+        }
         self.delete_answered(&to_send, &accepted, report).await;
         log_answered(&to_send, &accepted, model.version, report);
         self.log_predictions(model, to_log, &accepted);
@@ -341,12 +425,24 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let max = self.config.max_receives;
         let mut tired = Vec::new();
         let mut waiting = Vec::new();
+        let mut heads: std::collections::HashMap<String, String> = Default::default();
         for (message, bundle) in readable.messages.into_iter().zip(&readable.bundles) {
+            // On a FIFO queue, the first held bundle of its group, when this one is a later one.
+            let ahead = message.group_id.as_ref().and_then(|group| {
+                let head = heads
+                    .entry(group.clone())
+                    .or_insert_with(|| bundle.id().to_owned());
+                (head != bundle.id()).then(|| head.clone())
+            });
             if max > 0 && message.receive_count >= max && !stopping {
+                let why_unavailable = match &ahead {
+                    None => format!("{source} was unavailable ({reason})"),
+                    Some(head) => format!("{source} was unavailable ({reason}) for it or for bundle {head} ahead of it in its message group"),
+                };
                 let why = DecodeError {
                     bundle_id: Some(bundle.id().to_owned()),
                     reason: format!(
-                        "left unanswered on {} receives because {source} was unavailable ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {source} is back",
+                        "left unanswered on {} receives because {why_unavailable}; dead-lettered by the worker before the queue's redrive would move it without a reason: send it again once {source} is back",
                         message.receive_count,
                     ),
                 };
@@ -356,6 +452,9 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             }
         }
         let delay = if stopping { 0 } else { REDELIVERY_DELAY_SECS };
+        // A group's bundles come back together, never a later one before its first: SQS hands
+        // out a group's messages in order, and a later one coming back after the first could
+        // be handed to another batch by an emulator that does not lock groups (LocalStack).
         let receipts: Vec<String> = waiting.iter().map(|m| m.receipt_handle.clone()).collect();
         crate::queue::delivery::change_visibility_all(&self.input, &receipts, delay).await;
         report.retryable = Some(Retryable::SourceUnavailable {
@@ -489,17 +588,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         });
     }
 
-    /// Sends the answers' messages; returns the indexes accepted.
-    async fn send_answers(&self, outgoing: Vec<Outgoing>, report: &mut StepReport) -> Vec<usize> {
+    /// Sends the answers' messages, in group order for a FIFO input; returns the indexes
+    /// accepted.
+    async fn send_answers(
+        &self,
+        outgoing: Vec<Outgoing>,
+        fifo: bool,
+        report: &mut StepReport,
+    ) -> Vec<usize> {
         let t = Instant::now();
         let count = outgoing.len();
-        let accepted = send_all(
-            &self.output,
-            outgoing,
-            self.config.max_message_bytes,
-            &self.config.retry(),
-        )
-        .await;
+        let (limit, retry) = (self.config.max_message_bytes, self.config.retry());
+        let accepted = if fifo {
+            send_in_group_order(&self.output, outgoing, limit, &retry).await
+        } else {
+            send_all(&self.output, outgoing, limit, &retry).await
+        };
         report.timing_ms.insert("send".into(), ms(t));
         report.answered += accepted.len();
         report.left += count - accepted.len();
@@ -543,14 +647,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     }
 
     /// Sends refused bundles to the input's dead-letter queue with the reason, then deletes
-    /// them: retrying cannot help.
-    async fn dead_letter(&self, refused: Vec<Refused>, report: &mut StepReport) {
+    /// them: retrying cannot help. One whose copy was not accepted stays, and stops its group.
+    async fn dead_letter(
+        &self,
+        refused: Vec<Refused>,
+        order: &mut GroupOrder,
+        report: &mut StepReport,
+    ) {
         if refused.is_empty() {
             return;
         }
         let Some(dlq) = &self.dlq else {
             tracing::error!(count = refused.len(), "unreadable bundles but no dead-letter queue configured; they stay on the input queue");
             report.left += refused.len();
+            for (message, _, _) in &refused {
+                order.stop(message);
+            }
             return;
         };
         let version = self.models.current().version;
@@ -577,6 +689,11 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         report.deleted += deleted;
         report.left += refused.len() - deleted;
         report.dead_lettered += accepted.len();
+        for (i, (message, _, _)) in refused.iter().enumerate() {
+            if accepted.binary_search(&i).is_err() {
+                order.stop(message);
+            }
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! failed dead-letter send, a failed visibility change. (The same flow against LocalStack is in
 //! `tests/integration/worker.rs`.)
 
+mod fifo;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -73,12 +73,27 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
+    /// A worker on standard queues.
     pub async fn new(visibility_secs: i32) -> Self {
+        Self::with_queues(visibility_secs, false).await
+    }
+
+    /// A worker on FIFO queues: input, its dead-letter queue and output (SQS wants a FIFO
+    /// queue's dead-letter queue FIFO too). Senders give each message a group and a dedup id.
+    pub async fn new_fifo(visibility_secs: i32) -> Self {
+        Self::with_queues(visibility_secs, true).await
+    }
+
+    async fn with_queues(visibility_secs: i32, fifo: bool) -> Self {
         let loaded = super::Loaded::new().await;
         let sqs = ml_pipeline::aws::sqs(&super::aws().await);
         let id = super::suffix();
-        let create = |name: String, attrs: HashMap<QueueAttributeName, String>| {
+        let create = |name: String, mut attrs: HashMap<QueueAttributeName, String>| {
             let sqs = sqs.clone();
+            let name = if fifo { format!("{name}.fifo") } else { name };
+            if fifo {
+                attrs.insert(QueueAttributeName::FifoQueue, "true".into());
+            }
             async move {
                 let url = sqs
                     .create_queue()
@@ -111,8 +126,8 @@ impl TestWorker {
             ]),
         )
         .await;
-        let output_name = format!("w-{id}-out");
-        let output = create(output_name.clone(), HashMap::new()).await;
+        let output = create(format!("w-{id}-out"), HashMap::new()).await;
+        let output_name = output.url().rsplit('/').next().unwrap().to_owned();
         let registry = super::registry().await;
         super::published(&registry).await;
         let holder = Arc::new(
@@ -213,6 +228,26 @@ impl TestWorker {
                         .collect(),
                     dedup_id: None,
                     group_id: None,
+                })
+                .collect();
+            assert!(self.input.send_batch(&msgs).await.unwrap().is_empty());
+        }
+    }
+
+    /// Sends bundles to a FIFO input, in order, each in its message group; the dedup id is the
+    /// bundle's id.
+    pub async fn send_grouped(&self, bundles: &[(String, Value)]) {
+        for chunk in bundles.chunks(10) {
+            let msgs: Vec<_> = chunk
+                .iter()
+                .map(|(group, bundle)| {
+                    let id = bundle["bundle_id"].as_str().or(bundle["batch_id"].as_str());
+                    ml_pipeline::queue::Outgoing {
+                        body: bundle.to_string(),
+                        attributes: Vec::new(),
+                        dedup_id: Some(id.expect("a bundle has an id").to_owned()),
+                        group_id: Some(group.clone()),
+                    }
                 })
                 .collect();
             assert!(self.input.send_batch(&msgs).await.unwrap().is_empty());
