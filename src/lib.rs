@@ -19,6 +19,8 @@
 //! - [`batch`]: many bundles -> one canonical feature matrix, with each record's fate.
 //! - [`model`]: the fitted scaler and SVM, their versioned artifact, the registry over a model
 //!   store (S3 or memory), and the holder that hot-swaps promoted versions.
+//! - [`payload`]: bodies too large for one message, through S3 in the SQS Extended Client's
+//!   format (pointer and `ExtendedPayloadSize`), read for inputs and written for answers.
 //! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
 //! - [`train`]: training with the worker's own preprocessing, evaluation, publishing, the
 //!   reports (text, JSON, HTML figures), progress and Ctrl-C.
@@ -57,6 +59,7 @@ pub mod instruments;
 pub mod model;
 pub mod mongo;
 pub mod normalize;
+pub mod payload;
 pub mod providers;
 pub mod queue;
 pub mod record;

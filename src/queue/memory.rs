@@ -44,6 +44,7 @@ struct Stored {
     message_id: String,
     body: String,
     attributes: Vec<(String, String)>,
+    number_attributes: Vec<(String, String)>,
     group_id: Option<String>,
     receive_count: u32,
 }
@@ -104,6 +105,7 @@ impl MemoryQueue {
             message_id: message_id.clone(),
             body: body.into(),
             attributes: attributes.to_vec(),
+            number_attributes: Vec::new(),
             group_id: group_id.map(str::to_owned),
             receive_count: 0,
         });
@@ -221,6 +223,7 @@ impl Queue for MemoryQueue {
                 receive_count: stored.receive_count,
                 group_id: stored.group_id.clone(),
                 attributes: stored.attributes.clone(),
+                number_attributes: stored.number_attributes.clone(),
                 other_attributes: Vec::new(),
             });
             state.in_flight.insert(receipt, stored);
@@ -241,6 +244,7 @@ impl Queue for MemoryQueue {
                 message_id,
                 body: m.body.clone(),
                 attributes: m.attributes.clone(),
+                number_attributes: m.number_attributes.clone(),
                 group_id: m.group_id.clone(),
                 receive_count: 0,
             });

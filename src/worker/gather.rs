@@ -9,6 +9,7 @@ use super::heartbeat::Heartbeat;
 use super::state::InFlight;
 use super::step::Received;
 use crate::bundle::Limits;
+use crate::payload::Fetched;
 use crate::queue::Message;
 
 /// Messages received by one poll, kept visible by their heartbeat until their step returns.
@@ -16,6 +17,9 @@ use crate::queue::Message;
 pub struct InHand {
     /// The messages.
     pub messages: Vec<Message>,
+    /// Beside each message, its offloaded payload as read from S3 (None for an ordinary
+    /// message); may be empty when none is offloaded.
+    pub offloaded: Vec<Fetched>,
     /// Keeps them invisible to other consumers until dropped.
     pub heartbeat: Heartbeat,
     /// Counts them as in hand until dropped.
@@ -62,13 +66,15 @@ impl Gathered {
     pub fn add(&mut self, mut more: InHand, bounds: &BatchBounds, limits: &Limits) {
         let started = Instant::now();
         let mut messages = std::mem::take(&mut more.messages).into_iter();
+        let mut offloaded = std::mem::take(&mut more.offloaded).into_iter();
         let mut taken = 0;
         // A batch always takes one bundle, however big (the decoding limits bound it).
         while self.batch.is_empty() || !self.is_full(bounds) {
             let Some(message) = messages.next() else {
                 break;
             };
-            let received = Received::decode(message, limits);
+            let payload = offloaded.next().flatten();
+            let received = Received::decode_fetched(message, payload, limits);
             self.records += received.records();
             self.cells += received.cells();
             self.batch.push(received);
@@ -81,6 +87,7 @@ impl Gathered {
             let in_flight = more.in_flight.split_off(rest.len());
             self.carried = Some(InHand {
                 messages: rest,
+                offloaded: offloaded.collect(),
                 heartbeat,
                 in_flight,
             });
@@ -136,6 +143,7 @@ mod tests {
             receive_count: 1,
             group_id: None,
             attributes: Vec::new(),
+            number_attributes: Vec::new(),
             other_attributes: Vec::new(),
         }
     }
@@ -148,6 +156,7 @@ mod tests {
         let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
         let in_hand = InHand {
             messages,
+            offloaded: Vec::new(),
             heartbeat: Heartbeat::start(queue, receipts, 30, 0.5),
             in_flight: state.hold(4),
         };
