@@ -30,6 +30,7 @@ OUTPUT_ENV = {
     "InputDlqUrl": "ML_PIPELINE_INPUT_DLQ",
     "OutputDlqUrl": "ML_PIPELINE_OUTPUT_DLQ",
     "ModelBucketName": "ML_PIPELINE_MODEL_BUCKET",
+    "PayloadBucketName": "ML_PIPELINE_PAYLOAD_BUCKET",
 }
 
 # Queue attribute -> stack parameter it must equal (checked after every deploy).
@@ -178,6 +179,7 @@ def main() -> int:
             if have != stack_params[param]:
                 drift.append(f"{key}: {attr} is {have}, parameter {param} is {stack_params[param]}")
     s3.head_bucket(Bucket=outputs["ModelBucketName"])
+    s3.head_bucket(Bucket=outputs["PayloadBucketName"])
 
     if a.env_out:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
