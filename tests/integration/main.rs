@@ -10,6 +10,7 @@
 mod common;
 
 mod dlq;
+mod extended_client;
 mod operate;
 mod providers;
 mod providers_http;
