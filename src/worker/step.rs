@@ -332,8 +332,10 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             hook().await;
         }
         let accepted = self.send_answers(outgoing, report).await;
-        self.delete_answered(&to_send, &accepted, report).await;
-        if let Some(payloads) = &self.payloads {
+        let all_deleted = self.delete_answered(&to_send, &accepted, report).await;
+        // Only once every answered input is gone: an input left undeleted comes back, and must
+        // still find its payload (its answer then repeats, as any redelivery's does).
+        if let Some(payloads) = self.payloads.as_ref().filter(|_| all_deleted) {
             payloads
                 .delete_answered(accepted.iter().map(|&i| &to_send[i].0))
                 .await;
@@ -613,13 +615,13 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         accepted
     }
 
-    /// Deletes the inputs whose answers were accepted.
+    /// Deletes the inputs whose answers were accepted; returns whether all were deleted.
     async fn delete_answered(
         &self,
         to_send: &[(Message, Answer)],
         accepted: &[usize],
         report: &mut StepReport,
-    ) {
+    ) -> bool {
         let t = Instant::now();
         let receipts: Vec<&str> = accepted
             .iter()
@@ -629,6 +631,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         report.deleted += deleted;
         report.left += receipts.len() - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
+        deleted == receipts.len()
     }
 
     /// Upserts the prediction aggregates of the accepted answers, when configured.

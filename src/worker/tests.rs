@@ -541,3 +541,30 @@ async fn an_answer_over_the_threshold_goes_through_s3_and_is_not_refused() {
         .1;
     assert!(reason.contains("ML_PIPELINE_PAYLOAD_BUCKET"), "{reason}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_input_payload_is_deleted_only_when_configured_and_its_input_is_gone() {
+    let store = crate::payload::memory::MemoryPayloads::default();
+    let mut w = with_payloads(worker(2).await, &store, None);
+    w.payloads.as_mut().unwrap().config.delete_inputs = true;
+    // The first input's delete never succeeds: it comes back, and its payload must be there.
+    w.input.fail_next(Fault::Entries(Op::Delete, vec![0]));
+    w.input.fail_next(Fault::Entries(Op::Delete, vec![0]));
+    let body = Some(seed_bundle("b-0"));
+    let report = step_on_pointers(&w, &store, &[("in/0", body.clone())]).await;
+    assert_eq!((report.answered, report.deleted, report.left), (1, 0, 1));
+    assert_eq!(store.len(), 1, "kept for the redelivery");
+    let report = step_on_pointers(&w, &store, &[("in/1", body)]).await;
+    assert_eq!((report.answered, report.deleted), (1, 1));
+    assert_eq!(
+        store.len(),
+        1,
+        "in/1 deleted once answered; in/0 still there"
+    );
+    assert!(store
+        .object(&crate::payload::pointer::PayloadPointer {
+            bucket: "producer".into(),
+            key: "in/0".into(),
+        })
+        .is_some());
+}

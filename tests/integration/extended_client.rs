@@ -32,9 +32,9 @@ fn spawn_with_payloads(
     CancellationToken,
     tokio::task::JoinHandle<ml_pipeline::worker::RunSummary>,
 ) {
-    let mut worker = Arc::try_unwrap(t.worker(config, Hooks::default()))
-        .ok()
-        .expect("a new worker is not shared yet");
+    let Ok(mut worker) = Arc::try_unwrap(t.worker(config, Hooks::default())) else {
+        panic!("a new worker is not shared yet");
+    };
     worker.payloads = Some(Payloads::new(
         Arc::new(S3Payloads::new(s3)),
         PayloadConfig {
