@@ -32,6 +32,7 @@ OUTPUT_ENV = {
     "FeedbackQueueUrl": "ML_PIPELINE_FEEDBACK_QUEUE",
     "FeedbackDlqUrl": "ML_PIPELINE_FEEDBACK_DLQ",
     "ModelBucketName": "ML_PIPELINE_MODEL_BUCKET",
+    "PayloadBucketName": "ML_PIPELINE_PAYLOAD_BUCKET",
 }
 
 # Queue attribute -> stack parameter it must equal (checked after every deploy).
@@ -198,6 +199,7 @@ def main() -> int:
         if target != dlq_arn:
             drift.append(f"{key}: dead-letter target is {target}, expected {dlq_arn}")
     s3.head_bucket(Bucket=outputs["ModelBucketName"])
+    s3.head_bucket(Bucket=outputs["PayloadBucketName"])
 
     if a.env_out:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

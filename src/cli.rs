@@ -45,6 +45,8 @@ pub enum Command {
     Models(ModelsCommand),
     /// Run the worker: long-poll the input queue, answer every bundle, until SIGTERM/SIGINT.
     /// Serves /metrics, /health and /ready on ML_PIPELINE_HTTP_ADDR (default 0.0.0.0:9090).
+    /// Reads SQS Extended Client pointers from S3; answers too large for one message go to
+    /// ML_PIPELINE_PAYLOAD_BUCKET as pointers (README, "Large payloads").
     Worker,
     /// Ask a running worker's /health (or /ready) and exit 0 when it answers 200: the container
     /// image's HEALTHCHECK. Prints the answer.
@@ -175,8 +177,9 @@ pub enum DlqCommand {
     /// Each message is sent to the input queue first and deleted from the dead-letter queue
     /// only once the input accepted it: a failed send leaves it where it was. On a FIFO input
     /// queue the message keeps its group, and its deduplication id is derived from its
-    /// dead-letter message id. Messages whose body the worker cut to fit, or that carry Number
-    /// or Binary attributes, are skipped. The messages not moved are invisible while the
+    /// dead-letter message id. Messages whose body the worker cut to fit, or that carry Binary
+    /// attributes, are skipped; Number attributes are kept, so an Extended Client pointer
+    /// (body and ExtendedPayloadSize) goes back as it came. The messages not moved are invisible while the
     /// redrive runs (at most 120 s) and visible again when it ends. Prints a line per matched
     /// message and a summary (matched, moved, skipped, failed); exits non-zero when any
     /// failed.

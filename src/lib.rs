@@ -19,6 +19,8 @@
 //! - [`batch`]: many bundles -> one canonical feature matrix, with each record's fate.
 //! - [`model`]: the fitted scaler and SVM, their versioned artifact, the registry over a model
 //!   store (S3 or memory), and the holder that hot-swaps promoted versions.
+//! - [`payload`]: bodies too large for one message, through S3 in the SQS Extended Client's
+//!   format (pointer and `ExtendedPayloadSize`), read for inputs and written for answers.
 //! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
 //! - [`learning`]: the learning loop: the prediction log, feedback turned into labelled
 //!   examples, and retraining that promotes only a better model.
@@ -60,6 +62,7 @@ pub mod learning;
 pub mod model;
 pub mod mongo;
 pub mod normalize;
+pub mod payload;
 pub mod providers;
 pub mod queue;
 pub mod record;

@@ -85,8 +85,23 @@ pub struct Settings {
     /// 1048576 (1 MiB, SQS's limit since August 2025); lower it for a queue whose
     /// MaximumMessageSize is smaller, or an emulator that enforces the old 256 KiB.
     pub max_message_bytes: usize,
-    /// Largest decoded body, in bytes. Default 16 MiB.
+    /// Largest decoded body, in bytes; also the largest Extended Client payload read from S3
+    /// (refused from its Content-Length before it is read). Default 16 MiB.
     pub max_body_bytes: usize,
+    /// The S3 bucket answers too large for one message (in every encoding) are written to, and
+    /// sent as Extended Client pointers. Default: unset, such answers are dead-lettered with
+    /// their size. Pointer messages are read from whatever bucket they name, set or not.
+    pub payload_bucket: Option<String>,
+    /// The key prefix of the answers written to the payload bucket, before a random UUID.
+    /// Default `answers/`.
+    pub payload_prefix: String,
+    /// An answer whose message is larger than this in every encoding, in bytes, goes through
+    /// S3; never above `max_message_bytes`. Default: unset, the message size limit.
+    pub payload_threshold_bytes: Option<usize>,
+    /// Delete an input's payload from S3 once its answer is accepted. Default false: with SNS
+    /// fan-out several queues' messages point to one object, and the bucket's lifecycle rule
+    /// expires payloads anyway.
+    pub delete_input_payloads: bool,
     /// Most rows per bundle. Default 10000.
     pub max_rows: usize,
     /// Longest string value in a row, in characters. Default 1024.
@@ -188,6 +203,10 @@ impl Default for Settings {
             output_encoding: worker.output_encoding,
             max_message_bytes: worker.max_message_bytes,
             max_body_bytes: limits.max_body_bytes,
+            payload_bucket: None,
+            payload_prefix: "answers/".into(),
+            payload_threshold_bytes: None,
+            delete_input_payloads: false,
             max_rows: limits.max_rows,
             max_string_chars: limits.max_string_chars,
             max_cells: limits.max_cells,
@@ -253,6 +272,16 @@ impl Settings {
             max_string_chars: self.max_string_chars,
             max_cells: self.max_cells,
             max_columns: self.max_columns,
+        }
+    }
+
+    /// How the worker writes and deletes Extended Client payloads.
+    pub fn payload_config(&self) -> crate::payload::PayloadConfig {
+        crate::payload::PayloadConfig {
+            bucket: self.payload_bucket.clone().filter(|b| !b.is_empty()),
+            prefix: self.payload_prefix.clone(),
+            threshold_bytes: self.payload_threshold_bytes,
+            delete_inputs: self.delete_input_payloads,
         }
     }
 

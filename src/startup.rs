@@ -20,6 +20,8 @@ use crate::enrich::source::LookupLimits;
 use crate::enrich::Enricher;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
+use crate::payload::s3::S3Payloads;
+use crate::payload::Payloads;
 use crate::queue::{RedrivePolicy, SqsQueue};
 use crate::settings::Settings;
 use crate::worker::feedback::FeedbackConsumer;
@@ -205,10 +207,15 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
             settings.prediction_log_retention_days,
         )
     });
+    let payloads = Payloads::new(
+        Arc::new(S3Payloads::new(s3(settings).await)),
+        settings.payload_config(),
+    );
     Ok(Worker {
         input,
         output,
         dlq,
+        payloads: Some(payloads),
         enricher,
         models,
         aggregates: settings.aggregates.then_some(pool),

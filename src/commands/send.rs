@@ -55,6 +55,7 @@ pub async fn send<Q: Queue>(
                     .map(|a| (CONTENT_ENCODING_ATTRIBUTE.to_owned(), a.to_owned()))
                     .into_iter()
                     .collect(),
+                number_attributes: Vec::new(),
                 dedup_id: Some(uuid::Uuid::new_v4().to_string()),
                 group_id: Some("send".to_owned()),
             })

@@ -45,8 +45,8 @@ pub enum NotRedrivable {
         /// The original body's SHA-256, as the copy's attribute says.
         original_sha256: String,
     },
-    /// It carries Number or Binary attributes, which the queue seam does not copy.
-    #[error("it carries message attributes that are not Strings ({}), which a redrive cannot copy: move it with the SQS console's or the AWS CLI's redrive (start-message-move-task) instead", .0.join(", "))]
+    /// It carries Binary attributes, which the queue seam does not copy.
+    #[error("it carries Binary message attributes ({}), which a redrive cannot copy: move it with the SQS console's or the AWS CLI's redrive (start-message-move-task) instead", .0.join(", "))]
     OtherAttributes(Vec<String>),
     /// With the dead-letter attributes dropped, the copy is still over the size limit.
     #[error("it takes {size} bytes with its attributes, over the limit of {limit} (ML_PIPELINE_MAX_MESSAGE_BYTES)")]
@@ -59,7 +59,7 @@ pub enum NotRedrivable {
 }
 
 /// The message `dlq redrive` sends back to the input queue for a dead-lettered one: the same
-/// body and String attributes, less [`DEAD_LETTER_ATTRIBUTES`]. On a FIFO input it keeps the
+/// body, String and Number attributes (an Extended Client pointer stays one), less [`DEAD_LETTER_ATTRIBUTES`]. On a FIFO input it keeps the
 /// message's group (its message id when it has none) and takes a deduplication id derived from
 /// the dead-letter message id, so a retried redrive of the same message is not sent twice.
 pub fn redrive_copy(m: &Message, max_message_bytes: usize) -> Result<Outgoing, NotRedrivable> {
@@ -76,6 +76,7 @@ pub fn redrive_copy(m: &Message, max_message_bytes: usize) -> Result<Outgoing, N
     let copy = Outgoing {
         body: m.body.clone(),
         attributes: kept_attributes(&m.attributes),
+        number_attributes: m.number_attributes.clone(),
         dedup_id: Some(fifo_id(&format!("redrive-{}", m.message_id))),
         group_id: Some(m.group_id.clone().unwrap_or_else(|| m.message_id.clone())),
     };
@@ -114,6 +115,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            number_attributes: Vec::new(),
             other_attributes: Vec::new(),
         }
     }
@@ -148,6 +150,17 @@ mod tests {
     }
 
     #[test]
+    fn a_redriven_pointer_message_stays_a_pointer_with_its_number_attribute() {
+        let mut m = dead_lettered(&[("error-stage", "decode")]);
+        m.body = r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"b","s3Key":"k"}]"#.into();
+        m.number_attributes = vec![("ExtendedPayloadSize".into(), "2000000".into())];
+        let copy = redrive_copy(&m, 1 << 20).unwrap();
+        assert_eq!(copy.body, m.body);
+        assert_eq!(copy.number_attributes, m.number_attributes);
+        assert!(copy.attributes.is_empty());
+    }
+
+    #[test]
     fn a_cut_body_a_typed_attribute_or_an_oversized_copy_is_not_redriven() {
         let cut = dead_lettered(&[
             ("body-truncated", "true"),
@@ -157,9 +170,9 @@ mod tests {
         let why = redrive_copy(&cut, 1 << 20).unwrap_err().to_string();
         assert!(why.contains("2000000") && why.contains("ab12"), "{why}");
         let mut typed = dead_lettered(&[]);
-        typed.other_attributes = vec!["ExtendedPayloadSize".into()];
+        typed.other_attributes = vec!["signature".into()];
         let why = redrive_copy(&typed, 1 << 20).unwrap_err().to_string();
-        assert!(why.contains("ExtendedPayloadSize"), "{why}");
+        assert!(why.contains("signature") && why.contains("Binary"), "{why}");
         let why = redrive_copy(&dead_lettered(&[("k", "v")]), 8)
             .unwrap_err()
             .to_string();

@@ -326,6 +326,7 @@ mod tests {
         Outgoing {
             body: "x".repeat(n),
             attributes: vec![],
+            number_attributes: vec![],
             dedup_id: None,
             group_id: None,
         }

@@ -64,6 +64,7 @@ struct Stored {
     message_id: String,
     body: String,
     attributes: Vec<(String, String)>,
+    number_attributes: Vec<(String, String)>,
     group_id: Option<String>,
     receive_count: u32,
     /// The order sent, which a FIFO queue keeps within a group.
@@ -137,6 +138,7 @@ impl MemoryQueue {
             message_id: message_id.clone(),
             body: body.into(),
             attributes: attributes.to_vec(),
+            number_attributes: Vec::new(),
             group_id: group_id.map(str::to_owned),
             receive_count: 0,
             seq,
@@ -365,6 +367,7 @@ fn message(stored: &Stored, receipt: &str) -> Message {
         receive_count: stored.receive_count,
         group_id: stored.group_id.clone(),
         attributes: stored.attributes.clone(),
+        number_attributes: stored.number_attributes.clone(),
         other_attributes: Vec::new(),
     }
 }
@@ -409,6 +412,7 @@ impl Queue for MemoryQueue {
                 message_id,
                 body: m.body.clone(),
                 attributes: m.attributes.clone(),
+                number_attributes: m.number_attributes.clone(),
                 group_id: m.group_id.clone(),
                 receive_count: 0,
                 seq,

@@ -27,8 +27,10 @@ pub struct Message {
     pub group_id: Option<String>,
     /// Its String message attributes, as received (`content-encoding` among them).
     pub attributes: Vec<(String, String)>,
-    /// The names of its message attributes of other types (Number, Binary), which the seam does
-    /// not carry: a copy made from this message would lose them.
+    /// Its Number message attributes, with their values as text (`ExtendedPayloadSize`).
+    pub number_attributes: Vec<(String, String)>,
+    /// The names of its Binary message attributes, which the seam does not carry: a copy made
+    /// from this message would lose them.
     pub other_attributes: Vec<String>,
 }
 
@@ -36,6 +38,14 @@ impl Message {
     /// The value of a String message attribute.
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of a Number message attribute, as text.
+    pub fn number_attribute(&self, name: &str) -> Option<&str> {
+        self.number_attributes
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
@@ -49,6 +59,8 @@ pub struct Outgoing {
     pub body: String,
     /// String message attributes.
     pub attributes: Vec<(String, String)>,
+    /// Number message attributes, their values as text (`ExtendedPayloadSize`).
+    pub number_attributes: Vec<(String, String)>,
     /// FIFO queues: the deduplication key (the bundle id); [`super::delivery::send_all`] makes
     /// it a valid id on a FIFO queue and drops it on a standard one.
     pub dedup_id: Option<String>,
@@ -69,6 +81,11 @@ impl Outgoing {
                 .attributes
                 .iter()
                 .map(|(k, v)| k.len() + "String".len() + v.len())
+                .sum::<usize>()
+            + self
+                .number_attributes
+                .iter()
+                .map(|(k, v)| k.len() + "Number".len() + v.len())
                 .sum::<usize>()
     }
 }

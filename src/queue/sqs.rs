@@ -161,6 +161,11 @@ impl Queue for SqsQueue {
                     // SQS refuses empty attribute values; an empty value says nothing anyway.
                     .filter(|(_, v)| !v.is_empty())
                     .map(|(k, v)| (k.clone(), string_attribute(v)))
+                    .chain(
+                        m.number_attributes
+                            .iter()
+                            .map(|(k, v)| (k.clone(), number_attribute(v))),
+                    )
                     .collect();
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
@@ -248,19 +253,23 @@ impl Queue for SqsQueue {
     }
 }
 
-/// A received SQS message on the seam: String attributes kept, the names of the others noted.
+/// A received SQS message on the seam: String and Number attributes kept, the names of the
+/// Binary ones noted.
 fn received(m: aws_sdk_sqs::types::Message) -> Message {
     let system = m.attributes.unwrap_or_default();
     let number = |k: MessageSystemAttributeName| system.get(&k).and_then(|v| v.parse().ok());
     let mut attributes = Vec::new();
+    let mut number_attributes = Vec::new();
     let mut other_attributes = Vec::new();
     for (name, value) in m.message_attributes.unwrap_or_default() {
         match value.string_value {
             Some(v) if value.data_type.starts_with("String") => attributes.push((name, v)),
+            Some(v) if value.data_type.starts_with("Number") => number_attributes.push((name, v)),
             _ => other_attributes.push(name),
         }
     }
     attributes.sort();
+    number_attributes.sort();
     other_attributes.sort();
     Message {
         message_id: m.message_id.unwrap_or_default(),
@@ -277,6 +286,7 @@ fn received(m: aws_sdk_sqs::types::Message) -> Message {
             .get(&MessageSystemAttributeName::MessageGroupId)
             .cloned(),
         attributes,
+        number_attributes,
         other_attributes,
     }
 }
@@ -292,6 +302,15 @@ fn string_attribute(value: &str) -> MessageAttributeValue {
     MessageAttributeValue::builder()
         .data_type("String")
         .string_value(clean)
+        .build()
+        .expect("data type is set")
+}
+
+/// A Number attribute (a custom type label such as `Number.int` is not kept).
+fn number_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(value)
         .build()
         .expect("data type is set")
 }

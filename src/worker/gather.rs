@@ -10,6 +10,7 @@ use super::heartbeat::Heartbeat;
 use super::state::InFlight;
 use super::step::Received;
 use crate::bundle::Limits;
+use crate::payload::Fetched;
 use crate::queue::Message;
 
 /// Messages received by one poll, kept visible by their heartbeat until their step returns.
@@ -17,6 +18,9 @@ use crate::queue::Message;
 pub struct InHand {
     /// The messages.
     pub messages: Vec<Message>,
+    /// Beside each message, its offloaded payload as read from S3 (None for an ordinary
+    /// message); may be empty when none is offloaded.
+    pub offloaded: Vec<Fetched>,
     /// Keeps them invisible to other consumers until dropped.
     pub heartbeat: Heartbeat,
     /// Counts them as in hand until dropped.
@@ -70,8 +74,11 @@ impl Gathered {
     /// a FIFO message group the batch already holds.
     pub fn add(&mut self, mut more: InHand, bounds: &BatchBounds, limits: &Limits) {
         let started = Instant::now();
+        let mut offloaded = std::mem::take(&mut more.offloaded).into_iter();
         let mut rest = Vec::new();
+        let mut rest_offloaded = Vec::new();
         for message in std::mem::take(&mut more.messages) {
+            let payload = offloaded.next().flatten();
             // A batch always takes one bundle, however big (the decoding limits bound it).
             let full = !self.batch.is_empty() && self.is_full(bounds);
             let held_group = message
@@ -80,10 +87,11 @@ impl Gathered {
                 .is_some_and(|g| self.groups.contains(g));
             if full && !held_group {
                 rest.push(message);
+                rest_offloaded.push(payload);
                 continue;
             }
             self.groups.extend(message.group_id.clone());
-            let received = Received::decode(message, limits);
+            let received = Received::decode_fetched(message, payload, limits);
             self.records += received.records();
             self.cells += received.cells();
             self.batch.push(received);
@@ -95,6 +103,7 @@ impl Gathered {
             let in_flight = more.in_flight.split_off(rest.len());
             self.carried = Some(InHand {
                 messages: rest,
+                offloaded: rest_offloaded,
                 heartbeat,
                 in_flight,
             });
@@ -150,6 +159,7 @@ mod tests {
             receive_count: 1,
             group_id: None,
             attributes: Vec::new(),
+            number_attributes: Vec::new(),
             other_attributes: Vec::new(),
         }
     }
@@ -162,6 +172,7 @@ mod tests {
         let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
         let in_hand = InHand {
             messages,
+            offloaded: Vec::new(),
             heartbeat: Heartbeat::start(queue, receipts, 30, 0.5),
             in_flight: state.hold(4),
         };

@@ -131,10 +131,19 @@ where
                         self.config.visibility_timeout_secs,
                         self.config.heartbeat_fraction,
                     );
+                    // Offloaded bodies are read here, so the batcher's bounds count their
+                    // records; each within the body limit.
+                    let offloaded = crate::payload::fetch_all(
+                        self.payloads.as_ref(),
+                        &messages,
+                        self.config.limits.max_body_bytes,
+                    )
+                    .await;
                     // Messages in hand are always handed over, even during shutdown.
                     if tx
                         .send(InHand {
                             messages,
+                            offloaded,
                             heartbeat,
                             in_flight,
                         })

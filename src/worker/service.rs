@@ -11,6 +11,7 @@ use super::state::WorkerState;
 use crate::enrich::Enricher;
 use crate::learning::prediction_log::PredictionLog;
 use crate::model::holder::ModelHolder;
+use crate::payload::Payloads;
 use crate::queue::SqsQueue;
 
 /// Everything the worker talks to.
@@ -22,6 +23,9 @@ pub struct Worker<R, D, Q = SqsQueue> {
     pub output: Q,
     /// The input's dead-letter queue, for unreadable bundles.
     pub dlq: Option<Q>,
+    /// Where Extended Client payloads are read and written; None refuses pointer messages and
+    /// answers too large for one message (unit tests).
+    pub payloads: Option<Payloads>,
     /// Enrichment sources.
     pub enricher: Enricher<R, D>,
     /// The served model.

@@ -17,6 +17,7 @@ use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, Input
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::learning::prediction_log::{capture, LogBatch, LoggedBundle, ModelFacts};
 use crate::model::holder::LoadedModel;
+use crate::payload::Fetched;
 use crate::queue::dead_letter::{
     BODY_TRUNCATED_ATTRIBUTE, ERROR_REASON_ATTRIBUTE, ERROR_STAGE_ATTRIBUTE,
     ORIGINAL_SHA256_ATTRIBUTE, ORIGINAL_SIZE_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
@@ -34,6 +35,9 @@ pub struct Received {
     pub message: Message,
     /// The bundle, or why it cannot be read.
     pub bundle: Result<InputBundle, DecodeError>,
+    /// Its offloaded payload could not be read now (S3 refused or did not answer): the message
+    /// is left for redelivery, not dead-lettered.
+    pub payload_failed: Option<String>,
 }
 
 impl Received {
@@ -139,7 +143,44 @@ impl Received {
     /// Decodes one message.
     pub fn decode(message: Message, limits: &crate::bundle::Limits) -> Self {
         let bundle = decode(&message.body, message.content_encoding.as_deref(), limits);
-        Received { message, bundle }
+        Received {
+            message,
+            bundle,
+            payload_failed: None,
+        }
+    }
+
+    /// Decodes one message whose body may be offloaded: the payload read from S3 is decoded
+    /// as its body would be (same limits, its `content-encoding`); a payload that is missing,
+    /// too large or not text makes the bundle unreadable, with the reason.
+    pub fn decode_fetched(
+        message: Message,
+        payload: Fetched,
+        limits: &crate::bundle::Limits,
+    ) -> Self {
+        let unreadable = |reason: String| DecodeError {
+            bundle_id: None,
+            reason,
+        };
+        match payload {
+            None => Self::decode(message, limits),
+            Some(Ok(payload)) => {
+                let bundle = decode(&payload, message.content_encoding.as_deref(), limits);
+                Received {
+                    message,
+                    bundle,
+                    payload_failed: None,
+                }
+            }
+            Some(Err(e)) => {
+                let reason = crate::text::error_chain(&e);
+                Received {
+                    message,
+                    bundle: Err(unreadable(reason.clone())),
+                    payload_failed: e.is_retryable().then_some(reason),
+                }
+            }
+        }
     }
 }
 
@@ -261,23 +302,47 @@ struct Readable {
     bundles: Vec<InputBundle>,
 }
 
-/// Splits a batch into readable bundles and refused messages.
-fn split_readable(batch: Vec<Received>) -> (Readable, Vec<Refused>) {
+/// A message whose offloaded payload S3 could not serve now, with the reason.
+type Unavailable = (Message, String);
+
+/// Splits a batch into readable bundles, refused messages, and messages whose payload could
+/// not be read now.
+fn split_readable(batch: Vec<Received>) -> (Readable, Vec<Refused>, Vec<Unavailable>) {
     let mut readable = Readable {
         messages: Vec::with_capacity(batch.len()),
         bundles: Vec::with_capacity(batch.len()),
     };
     let mut refused = Vec::new();
-    for Received { message, bundle } in batch {
-        match bundle {
-            Ok(bundle) => {
+    let mut unavailable = Vec::new();
+    for received in batch {
+        let message = received.message;
+        match (received.bundle, received.payload_failed) {
+            (_, Some(reason)) => unavailable.push((message, reason)),
+            (Ok(bundle), None) => {
                 readable.messages.push(message);
                 readable.bundles.push(bundle);
             }
-            Err(e) => refused.push((message, e, "decode")),
+            (Err(e), None) => refused.push((message, e, "decode")),
         }
     }
-    (readable, refused)
+    (readable, refused, unavailable)
+}
+
+/// What the model call made of a batch, before large answers go to S3: each answer with its
+/// input, its message as fitted, and its logged records, in the same order.
+#[derive(Default)]
+struct Predicted {
+    answered: Vec<(Message, Answer)>,
+    fitted: Vec<Fitted>,
+    to_log: Vec<Option<LoggedBundle>>,
+}
+
+/// An answer's message: within the inline limit, or too large in every encoding (with why).
+enum Fitted {
+    /// Sent as it is.
+    Inline(Outgoing),
+    /// Its body goes to S3 and a pointer is sent instead, when a payload bucket is set.
+    Large(Outgoing, String),
 }
 
 impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
@@ -297,9 +362,13 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             ..StepReport::default()
         };
         let mut order = GroupOrder::new(self.input.is_fifo(), batch.iter().map(|r| &r.message));
-        let (mut readable, refused) = split_readable(batch);
+        let (mut readable, refused, unavailable) = split_readable(batch);
         report.records = readable.bundles.iter().map(InputBundle::len).sum();
         self.dead_letter(refused, &mut order, &mut report).await;
+        let tired = self
+            .leave_unavailable(unavailable, &mut order, &mut report)
+            .await;
+        self.dead_letter(tired, &mut order, &mut report).await;
         // One model for the whole batch, even if a new version is swapped in meanwhile.
         let model = self.models.current();
         report.model_version = Some(model.version);
@@ -350,7 +419,9 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     ) {
         let coverage = prepared.coverage.clone();
         let mut refused = Vec::new();
-        let answered = self.answer(model, readable, prepared, started, &mut refused, report);
+        let predicted = self.answer(model, readable, prepared, started, &mut refused, report);
+        let answered = self.offload_large(predicted, &mut refused, report).await;
+        // An answer that could not go to S3 is left for redelivery: its group waits too.
         self.dead_letter(refused, order, report).await;
         // A refused bundle whose dead-letter copy was not accepted stays: its group waits.
         let Answered {
@@ -367,7 +438,14 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 order.stop(message);
             }
         }
-        self.delete_answered(&to_send, &accepted, report).await;
+        let all_deleted = self.delete_answered(&to_send, &accepted, report).await;
+        // Only once every answered input is gone: an input left undeleted comes back, and must
+        // still find its payload (its answer then repeats, as any redelivery's does).
+        if let Some(payloads) = self.payloads.as_ref().filter(|_| all_deleted) {
+            payloads
+                .delete_answered(accepted.iter().map(|&i| &to_send[i].0))
+                .await;
+        }
         log_answered(&to_send, &accepted, model.version, report);
         self.log_predictions(model, to_log, &accepted);
         self.record_aggregates(model, &to_send, &accepted, &coverage)
@@ -475,7 +553,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         started: Instant,
         refused: &mut Vec<Refused>,
         report: &mut StepReport,
-    ) -> Answered {
+    ) -> Predicted {
         // The canonical features outlive the model call only when some bundle is logged.
         let log_mode = self.prediction_log.as_ref().map(|l| l.mode());
         let logged_matrix = log_mode
@@ -511,9 +589,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             &version,
             &timing,
         );
-        let mut to_send = Vec::with_capacity(results.len());
-        let mut outgoing = Vec::with_capacity(results.len());
-        let mut to_log = Vec::with_capacity(results.len());
+        let mut predicted = Predicted::default();
         for ((message, result), logged) in readable.messages.into_iter().zip(results).zip(logged) {
             let answer = match result {
                 Ok(answer) => answer,
@@ -522,24 +598,92 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                     continue;
                 }
             };
-            let limit = self.config.max_message_bytes;
-            match answer_message(&message, &answer, self.config.output_encoding, limit) {
-                Ok(out) => {
+            let limit = self.inline_limit();
+            predicted.fitted.push(answer_message(
+                &message,
+                &answer,
+                self.config.output_encoding,
+                limit,
+            ));
+            predicted.answered.push((message, answer));
+            predicted.to_log.push(logged);
+        }
+        predicted
+    }
+
+    /// The largest answer message sent inline: the message size limit, or the payload
+    /// threshold when it is lower.
+    fn inline_limit(&self) -> usize {
+        let limit = self.config.max_message_bytes;
+        self.payloads
+            .as_ref()
+            .map_or(limit, |p| p.inline_limit(limit))
+    }
+
+    /// Writes the answers too large for one message to S3 and sends pointers to them in their
+    /// place, in order. Without a payload bucket such an answer is refused with its size; when
+    /// the write fails, its input is left for redelivery.
+    async fn offload_large(
+        &self,
+        predicted: Predicted,
+        refused: &mut Vec<Refused>,
+        report: &mut StepReport,
+    ) -> Answered {
+        let n = predicted.answered.len();
+        let mut to_send = Vec::with_capacity(n);
+        let mut outgoing = Vec::with_capacity(n);
+        let mut to_log = Vec::with_capacity(n);
+        let all = predicted
+            .answered
+            .into_iter()
+            .zip(predicted.fitted)
+            .zip(predicted.to_log);
+        for (((message, answer), fitted), logged) in all {
+            let (large, why) = match fitted {
+                Fitted::Inline(out) => {
                     outgoing.push(out);
                     to_send.push((message, answer));
                     to_log.push(logged);
+                    continue;
                 }
-                Err(reason) => {
+                Fitted::Large(large, why) => (large, why),
+            };
+            let bytes = large.body.len();
+            let offloaded = match &self.payloads {
+                Some(payloads) => payloads.offload(large).await,
+                None => None,
+            };
+            match offloaded {
+                Some(Ok(pointer)) => {
+                    tracing::info!(
+                        bundle_id = answer.bundle_id(),
+                        bytes,
+                        body = %pointer.body,
+                        "answer too large for one message; written to S3 and sent as a pointer"
+                    );
+                    outgoing.push(pointer);
+                    to_send.push((message, answer));
+                    to_log.push(logged);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        bundle_id = answer.bundle_id(),
+                        error = %crate::text::error_chain(&e),
+                        "large answer not written to S3; its bundle stays on the queue for redelivery"
+                    );
+                    report.left += 1;
+                }
+                None => {
                     let e = DecodeError {
                         bundle_id: Some(answer.bundle_id().to_owned()),
-                        reason,
+                        reason: why,
                     };
                     refused.push((message, e, "answer"));
                 }
             }
         }
         // Rows with a label: not the matrix rows, some of which end as errors (a score that is
-        // not a number) or belong to a bundle refused above.
+        // not a number) or belong to a bundle refused above or left for redelivery.
         report.predicted += to_send
             .iter()
             .map(|(_, answer)| answer.records() - answer.errors())
@@ -588,6 +732,56 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         });
     }
 
+    /// Messages whose payload S3 could not serve are made visible again soon, and the loop
+    /// backs off; one already received `max_receives` times is returned, to be dead-lettered
+    /// with the reason instead of going round again.
+    async fn leave_unavailable(
+        &self,
+        unavailable: Vec<Unavailable>,
+        order: &mut GroupOrder,
+        report: &mut StepReport,
+    ) -> Vec<Refused> {
+        let Some((_, first)) = unavailable.first() else {
+            return Vec::new();
+        };
+        tracing::warn!(
+            error = %first,
+            messages = unavailable.len(),
+            "Extended Client payloads not readable now; their messages are left for redelivery"
+        );
+        report.retryable = Some(Retryable::SourceUnavailable {
+            source: "s3",
+            reason: first.clone(),
+        });
+        let max = self.config.max_receives;
+        let mut tired = Vec::new();
+        let mut receipts = Vec::new();
+        for (message, reason) in unavailable {
+            if max > 0 && message.receive_count >= max {
+                let why = DecodeError {
+                    bundle_id: None,
+                    reason: format!(
+                        "its Extended Client payload could not be read on {} receives ({reason}); dead-lettered by the worker before the queue's redrive would move it without a reason",
+                        message.receive_count
+                    ),
+                };
+                tired.push((message, why, "decode"));
+            } else {
+                // Its group's later bundles may not overtake it.
+                order.stop(&message);
+                receipts.push(message.receipt_handle.clone());
+            }
+        }
+        crate::queue::delivery::change_visibility_all(
+            &self.input,
+            &receipts,
+            REDELIVERY_DELAY_SECS,
+        )
+        .await;
+        report.left += receipts.len();
+        tired
+    }
+
     /// Sends the answers' messages, in group order for a FIFO input; returns the indexes
     /// accepted.
     async fn send_answers(
@@ -610,13 +804,13 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         accepted
     }
 
-    /// Deletes the inputs whose answers were accepted.
+    /// Deletes the inputs whose answers were accepted; returns whether all were deleted.
     async fn delete_answered(
         &self,
         to_send: &[(Message, Answer)],
         accepted: &[usize],
         report: &mut StepReport,
-    ) {
+    ) -> bool {
         let t = Instant::now();
         let receipts: Vec<&str> = accepted
             .iter()
@@ -626,6 +820,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         report.deleted += deleted;
         report.left += receipts.len() - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
+        deleted == receipts.len()
     }
 
     /// Upserts the prediction aggregates of the accepted answers, when configured.
@@ -729,6 +924,8 @@ pub(super) fn dead_letter_copy(
     let mut copy = Outgoing {
         body: m.body.clone(),
         attributes,
+        // An Extended Client pointer stays one: body and `ExtendedPayloadSize` as received.
+        number_attributes: m.number_attributes.clone(),
         dedup_id: Some(m.message_id.clone()),
         group_id: Some(
             m.group_id
@@ -809,15 +1006,17 @@ fn bundle_span(
 /// Encodes an answer into its message, with its attributes, within `max_bytes`. A plain
 /// answer too large for one message is sent compressed instead, gzip, or zstd when gzip is not
 /// enough (consumers read all three forms, docs/contract.md section 4); a compressed one too
-/// large is tried with zstd too. An answer that no encoding brings under the limit is refused
-/// with its size.
+/// large is tried with zstd too. An answer that no encoding brings under the limit is
+/// [`Fitted::Large`]: its message in the configured encoding, to be offloaded to S3, and the
+/// sizes tried, for the reason when it cannot be.
 fn answer_message(
     message: &Message,
     answer: &Answer,
     configured: ContentEncoding,
     max_bytes: usize,
-) -> Result<Outgoing, String> {
+) -> Fitted {
     let mut tried = Vec::new();
+    let mut first = None;
     let fallbacks = [ContentEncoding::Gzip, ContentEncoding::Zstd];
     let encodings =
         std::iter::once(configured).chain(fallbacks.into_iter().filter(|e| *e != configured));
@@ -832,6 +1031,7 @@ fn answer_message(
         let outgoing = Outgoing {
             body: answer.encode(encoding),
             attributes,
+            number_attributes: Vec::new(),
             dedup_id: Some(answer.bundle_id().to_owned()),
             // The input's group, so a FIFO output keeps each group's order (docs/contract.md
             // section 7); a bundle sent without one is its own group.
@@ -852,14 +1052,16 @@ fn answer_message(
                     "answer too large for one message as configured; sent compressed"
                 );
             }
-            return Ok(outgoing);
+            return Fitted::Inline(outgoing);
         }
         tried.push(format!("{size} bytes as {encoding}"));
+        first.get_or_insert(outgoing);
     }
-    Err(format!(
-        "the answer is too large for one SQS message ({}; the limit is {max_bytes} bytes with attributes, ML_PIPELINE_MAX_MESSAGE_BYTES): send this bundle's records in smaller bundles",
+    let why = format!(
+        "the answer is too large for one SQS message ({}; the limit is {max_bytes} bytes with attributes, ML_PIPELINE_MAX_MESSAGE_BYTES) and no payload bucket is set (ML_PIPELINE_PAYLOAD_BUCKET): send this bundle's records in smaller bundles",
         tried.join(", ")
-    ))
+    );
+    Fitted::Large(first.expect("at least one encoding is tried"), why)
 }
 
 fn ms(t: Instant) -> f64 {
@@ -869,6 +1071,22 @@ fn ms(t: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Fitted {
+        fn unwrap(self) -> Outgoing {
+            match self {
+                Fitted::Inline(out) => out,
+                Fitted::Large(_, why) => panic!("{why}"),
+            }
+        }
+
+        fn unwrap_err(self) -> String {
+            match self {
+                Fitted::Inline(out) => panic!("fits: {} bytes", out.size()),
+                Fitted::Large(_, why) => why,
+            }
+        }
+    }
 
     fn message(group: Option<&str>) -> Message {
         Message {
@@ -880,6 +1098,7 @@ mod tests {
             receive_count: 1,
             group_id: group.map(str::to_owned),
             attributes: Vec::new(),
+            number_attributes: Vec::new(),
             other_attributes: Vec::new(),
         }
     }

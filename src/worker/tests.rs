@@ -57,6 +57,7 @@ async fn worker_on<R: ReferenceSource>(
         input: MemoryQueue::new("memory://input"),
         output: MemoryQueue::new("memory://output"),
         dlq: Some(MemoryQueue::new("memory://input-dlq")),
+        payloads: None,
         enricher: Enricher {
             reference,
             documents,
@@ -410,4 +411,164 @@ async fn held_bundles_are_let_go_at_once_when_the_worker_stops() {
     );
     assert!(w.output.accepted().is_empty());
     assert!(w.input.deleted().is_empty(), "left for another worker");
+}
+
+/// Offloads each body to the memory store and pushes its Extended Client pointer, as the
+/// clients send it, then receives them and reads their payloads as the poller does.
+async fn step_on_pointers(
+    w: &TestWorker,
+    store: &crate::payload::memory::MemoryPayloads,
+    bodies: &[(&str, Option<String>)],
+) -> super::StepReport {
+    use crate::payload::pointer::PayloadPointer;
+    let outgoing: Vec<crate::queue::Outgoing> = bodies
+        .iter()
+        .map(|(key, body)| {
+            let pointer = PayloadPointer {
+                bucket: "producer".into(),
+                key: (*key).into(),
+            };
+            if let Some(body) = body {
+                store.insert(&pointer, body.clone());
+            }
+            pointer.into_message(crate::queue::Outgoing {
+                body: body.clone().unwrap_or_else(|| "gone".into()),
+                attributes: Vec::new(),
+                number_attributes: Vec::new(),
+                dedup_id: None,
+                group_id: None,
+            })
+        })
+        .collect();
+    w.input.send_batch(&outgoing).await.unwrap();
+    let messages = w.input.receive(10, 0).await.unwrap();
+    let limits = w.config.limits;
+    let fetched =
+        crate::payload::fetch_all(w.payloads.as_ref(), &messages, limits.max_body_bytes).await;
+    let batch = messages
+        .into_iter()
+        .zip(fetched)
+        .map(|(m, f)| super::Received::decode_fetched(m, f, &limits))
+        .collect();
+    w.process(batch).await
+}
+
+fn with_payloads(
+    mut w: TestWorker,
+    store: &crate::payload::memory::MemoryPayloads,
+    bucket: Option<&str>,
+) -> TestWorker {
+    w.payloads = Some(crate::payload::Payloads::new(
+        Arc::new(store.clone()),
+        crate::payload::PayloadConfig {
+            bucket: bucket.map(str::to_owned),
+            prefix: "answers/".into(),
+            threshold_bytes: None,
+            delete_inputs: false,
+        },
+    ));
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pointer_is_answered_from_its_payload_and_a_missing_payload_is_dead_lettered_intact() {
+    let store = crate::payload::memory::MemoryPayloads::default();
+    let w = with_payloads(worker(3).await, &store, None);
+    let report = step_on_pointers(
+        &w,
+        &store,
+        &[("in/1", Some(seed_bundle("b-big"))), ("in/2", None)],
+    )
+    .await;
+    assert_eq!(
+        (report.answered, report.dead_lettered, report.deleted),
+        (1, 1, 2)
+    );
+    assert_eq!(answered_ids(&w.output), ["b-big"]);
+    assert_eq!(store.len(), 1, "the input payload is kept by default");
+    let dead = &w.dlq.as_ref().unwrap().accepted()[0];
+    let pointer = crate::payload::pointer::PayloadPointer::parse(&dead.body).unwrap();
+    assert_eq!(
+        pointer.key, "in/2",
+        "the copy is the pointer, so it can be redriven"
+    );
+    assert_eq!(
+        dead.number_attributes,
+        [("ExtendedPayloadSize".to_owned(), "4".to_owned())]
+    );
+    let reason = &dead
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "error-reason")
+        .unwrap()
+        .1;
+    assert!(
+        reason.contains("s3://producer/in/2") && reason.contains("does not exist"),
+        "{reason}"
+    );
+    assert_eq!(w.input.in_flight(), 0, "nothing loops");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_over_the_threshold_goes_through_s3_and_is_not_refused() {
+    let store = crate::payload::memory::MemoryPayloads::default();
+    let mut w = with_payloads(worker(3).await, &store, Some("answers-bucket"));
+    // Below any answer in every encoding: this one goes through S3.
+    let threshold = 60;
+    w.payloads.as_mut().unwrap().config.threshold_bytes = Some(threshold);
+    let report = step_on(&w, &[seed_bundle("b-0")]).await;
+    assert_eq!((report.answered, report.dead_lettered), (1, 0));
+    let sent = &w.output.accepted()[0];
+    let pointer = crate::payload::pointer::PayloadPointer::parse(&sent.body)
+        .unwrap_or_else(|| panic!("not a pointer: {}", sent.body));
+    assert_eq!(pointer.bucket, "answers-bucket");
+    assert!(pointer.key.starts_with("answers/"), "{}", pointer.key);
+    let payload = store.object(&pointer).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(answer["batch_id"], "b-0", "the configured encoding (plain)");
+    assert_eq!(
+        sent.number_attributes,
+        [("ExtendedPayloadSize".to_owned(), payload.len().to_string())]
+    );
+    // Without a bucket the same answer is refused, with its sizes, as before.
+    let store = crate::payload::memory::MemoryPayloads::default();
+    let mut w = with_payloads(worker(3).await, &store, None);
+    w.payloads.as_mut().unwrap().config.threshold_bytes = Some(threshold);
+    let report = step_on(&w, &[seed_bundle("b-0")]).await;
+    assert_eq!((report.answered, report.dead_lettered), (0, 1));
+    let dead = &w.dlq.as_ref().unwrap().accepted()[0];
+    let reason = &dead
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "error-reason")
+        .unwrap()
+        .1;
+    assert!(reason.contains("ML_PIPELINE_PAYLOAD_BUCKET"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_input_payload_is_deleted_only_when_configured_and_its_input_is_gone() {
+    let store = crate::payload::memory::MemoryPayloads::default();
+    let mut w = with_payloads(worker(2).await, &store, None);
+    w.payloads.as_mut().unwrap().config.delete_inputs = true;
+    // The first input's delete never succeeds: it comes back, and its payload must be there.
+    w.input.fail_next(Fault::Entries(Op::Delete, vec![0]));
+    w.input.fail_next(Fault::Entries(Op::Delete, vec![0]));
+    let body = Some(seed_bundle("b-0"));
+    let report = step_on_pointers(&w, &store, &[("in/0", body.clone())]).await;
+    assert_eq!((report.answered, report.deleted, report.left), (1, 0, 1));
+    assert_eq!(store.len(), 1, "kept for the redelivery");
+    let report = step_on_pointers(&w, &store, &[("in/1", body)]).await;
+    assert_eq!((report.answered, report.deleted), (1, 1));
+    assert_eq!(
+        store.len(),
+        1,
+        "in/1 deleted once answered; in/0 still there"
+    );
+    assert!(store
+        .object(&crate::payload::pointer::PayloadPointer {
+            bucket: "producer".into(),
+            key: "in/0".into(),
+        })
+        .is_some());
 }

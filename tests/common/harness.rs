@@ -182,6 +182,7 @@ impl TestWorker {
             input: self.input.clone(),
             output: self.output.clone(),
             dlq: self.input_dlq(),
+            payloads: None,
             enricher,
             models: self.holder.clone(),
             aggregates: Some(self.loaded.db.pool.clone()),
@@ -226,6 +227,7 @@ impl TestWorker {
                         .map(|e| ("content-encoding".to_owned(), e.to_owned()))
                         .into_iter()
                         .collect(),
+                    number_attributes: Vec::new(),
                     dedup_id: None,
                     group_id: None,
                 })

@@ -94,6 +94,7 @@ async fn inspect_lists_real_dead_letters_and_redrive_moves_only_the_matching_one
                 ("content-encoding".into(), "gzip".into()),
                 ("trace-id".into(), "t-42".into()),
             ],
+            number_attributes: Vec::new(),
             dedup_id: None,
             group_id: None,
         }])

@@ -77,6 +77,7 @@ async fn send(queue: &SqsQueue, bodies: &[Value]) {
             .map(|b| Outgoing {
                 body: b.to_string(),
                 attributes: Vec::new(),
+                number_attributes: Vec::new(),
                 dedup_id: None,
                 group_id: None,
             })

@@ -10,6 +10,7 @@
 mod common;
 
 mod dlq;
+mod extended_client;
 mod fifo;
 mod learning_loop;
 mod operate;

@@ -115,6 +115,7 @@ async fn the_drain_ends_at_its_deadline_while_mongodb_stops_answering_and_nothin
         input: t.input.clone(),
         output: t.output.clone(),
         dlq: t.input_dlq(),
+        payloads: None,
         enricher: Enricher {
             reference: t.loaded.enricher.reference.clone(),
             documents: MongoDocuments::new(relayed).with_limits(LookupLimits {

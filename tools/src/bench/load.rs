@@ -105,6 +105,7 @@ pub async fn send(
             .into_iter()
             .chain([(BUNDLE_ID_ATTRIBUTE.to_owned(), p.bundle_id.clone())])
             .collect(),
+        number_attributes: Vec::new(),
         dedup_id: None,
         group_id: None,
     };

@@ -102,6 +102,7 @@ pub async fn run(
             .map(|m| Outgoing {
                 body: m.to_string(),
                 attributes: Vec::new(),
+                number_attributes: Vec::new(),
                 dedup_id: None,
                 group_id: None,
             })
