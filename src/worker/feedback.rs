@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::step::dead_letter_copy;
+use super::dead_letter::dead_letter_copy;
 use crate::bundle::compression::decompress;
 use crate::bundle::{ContentEncoding, DecodeError};
 use crate::learning::feedback::{self, Applied, ApplyError, Origin};

@@ -220,6 +220,7 @@ mod tests {
             .collect();
         let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
         let in_hand = InHand {
+            offloaded: Vec::new(),
             messages,
             heartbeat: Heartbeat::start(queue, receipts, 30, 0.5),
             in_flight: state.hold(5),

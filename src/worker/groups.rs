@@ -115,6 +115,7 @@ mod tests {
             receive_count: 1,
             group_id: Some(group.into()),
             attributes: Vec::new(),
+            number_attributes: Vec::new(),
             other_attributes: Vec::new(),
         }
     }

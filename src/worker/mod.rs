@@ -11,6 +11,7 @@
 
 pub mod aggregates;
 pub mod config;
+pub mod dead_letter;
 pub mod endpoints;
 pub mod feedback;
 pub mod gather;

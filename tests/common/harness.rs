@@ -247,6 +247,7 @@ impl TestWorker {
                     ml_pipeline::queue::Outgoing {
                         body: bundle.to_string(),
                         attributes: Vec::new(),
+                        number_attributes: Vec::new(),
                         dedup_id: Some(id.expect("a bundle has an id").to_owned()),
                         group_id: Some(group.clone()),
                     }

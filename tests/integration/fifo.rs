@@ -198,6 +198,7 @@ async fn a_bundle_waiting_for_mongodb_holds_back_its_group_while_the_other_group
         input: t.input.clone(),
         output: t.output.clone(),
         dlq: t.input_dlq(),
+        payloads: None,
         enricher: Enricher {
             reference: t.loaded.enricher.reference.clone(),
             documents: Switchable {
@@ -207,6 +208,8 @@ async fn a_bundle_waiting_for_mongodb_holds_back_its_group_while_the_other_group
         },
         models: t.holder.clone(),
         aggregates: None,
+        prediction_log: None,
+        feedback: None,
         config: WorkerConfig {
             // Held in hand for 2 s, then left for redelivery (visible again after 5 s).
             outage_hold: Duration::from_secs(2),

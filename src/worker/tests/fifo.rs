@@ -21,12 +21,15 @@ async fn fifo_worker(send_attempts: u32, reference: MemoryReference) -> FifoWork
         input: MemoryQueue::new("memory://input.fifo"),
         output: MemoryQueue::new("memory://output.fifo"),
         dlq: Some(MemoryQueue::new("memory://input-dlq.fifo")),
+        payloads: None,
         enricher: Enricher {
             reference,
             documents: MemoryDocuments::default(),
         },
         models: holder().await,
         aggregates: None,
+        prediction_log: None,
+        feedback: None,
         config: WorkerConfig {
             send_attempts,
             ..WorkerConfig::default()
