@@ -78,7 +78,14 @@ pub async fn status(settings: &Settings, since: DateTime<Utc>) -> anyhow::Result
     .fetch_all(&pool)
     .await?;
     for (bundle, ids) in unmatched {
-        writeln!(out, "  unmatched in bundle {bundle}: {}", ids.join(", "))?;
+        let shown = ids.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = ids.len().saturating_sub(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        writeln!(out, "  unmatched in bundle {bundle}: {shown}{more}")?;
     }
     Ok(out)
 }

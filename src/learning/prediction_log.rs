@@ -463,6 +463,22 @@ pub async fn drop_expired(
     Ok(dropped)
 }
 
+/// How many predictions of these bundles were logged since `since` (redeliveries included).
+pub async fn logged_records(
+    pool: &PgPool,
+    bundle_ids: &[String],
+    since: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM prediction_log WHERE bundle_id = ANY($1) AND predicted_at >= $2",
+    )
+    .bind(bundle_ids)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
 /// Names a model version's features and classes, once.
 async fn record_model(pool: &PgPool, m: &ModelFacts) -> anyhow::Result<()> {
     sqlx::query(

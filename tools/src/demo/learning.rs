@@ -80,6 +80,8 @@ pub struct Running<'a> {
     pub input: &'a SqsQueue,
     /// The output queue.
     pub output: &'a SqsQueue,
+    /// When the demo started: predictions logged before are an earlier run's.
+    pub started: chrono::DateTime<chrono::Utc>,
 }
 
 /// Steps 6 to 9 of the demo.
@@ -95,6 +97,22 @@ pub async fn run(
     let sqs = ml_pipeline::startup::sqs(Duration::from_secs(30)).await;
     let queue = SqsQueue::resolve(sqs, name).await?;
     let (messages, rated, wrong) = ratings(set, answers);
+    // The log is written behind the answers: wait until it holds them, as users' feedback,
+    // minutes later, would find it.
+    let ids: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m["batch_id"].as_str().map(str::to_owned))
+        .collect();
+    let logged_by = Instant::now() + Duration::from_secs(30);
+    while ml_pipeline::learning::prediction_log::logged_records(r.pool, &ids, r.started).await?
+        < rated as i64
+    {
+        anyhow::ensure!(
+            Instant::now() < logged_by,
+            "the prediction log did not hold the {rated} answers within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let sent_at = chrono::Utc::now();
     for chunk in messages.chunks(10) {
         let out: Vec<Outgoing> = chunk

@@ -148,6 +148,7 @@ pub async fn run(
             holder: &holder,
             input: &input,
             output: &output,
+            started: demo_started,
         };
         learning::run(&running, &set, &answers, &bundles).await?;
         provider_delivery(settings, fixtures_dir).await?;
