@@ -21,10 +21,10 @@ pub async fn drain(settings: &Settings, wait_secs: i32) -> anyhow::Result<Feedba
     let sqs = crate::startup::sqs(Duration::from_secs(wait_secs.clamp(0, 20) as u64 + 10)).await;
     let config = crate::startup::worker_config(settings, 30);
     let consumer = crate::startup::feedback_consumer(settings, &sqs, name, &pool, &config).await?;
-    Ok(consumer
+    consumer
         .drain(wait_secs.clamp(0, 20))
         .await
-        .context("receiving from the feedback queue")?)
+        .context("receiving from the feedback queue")
 }
 
 /// `feedback status`: feedback messages applied since `since`, the feedback dataset, and what

@@ -157,9 +157,9 @@ fn ratings(obj: &Map<String, Value>) -> Result<Feedback, String> {
                 ))
             }
         };
-        let right = match rating.as_f64() {
-            Some(r) if r == 1.0 => true,
-            Some(r) if r == 0.0 => false,
+        let right = match rating.as_u64() {
+            Some(1) => true,
+            Some(0) => false,
             _ => {
                 return Err(format!(
                     "feedback rating {i} (subject {id:?}) must be 1 (the prediction was right) or 0 (it was wrong), got {rating}"

@@ -531,7 +531,8 @@ impl Split {
             Err(_) if count(pool, feedback).await? == 0 => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut train: (Vec<Map<String, Value>>, Vec<Map<String, Value>>) = Default::default();
+        let mut base_train: Vec<Map<String, Value>> = Vec::new();
+        let mut feedback_train: Vec<Map<String, Value>> = Vec::new();
         let mut gate = Vec::new();
         let mut gate_from_feedback = Vec::new();
         for (dataset, rows, from_feedback) in
@@ -546,18 +547,18 @@ impl Split {
                     gate.push(row);
                     gate_from_feedback.push(from_feedback);
                 } else if from_feedback {
-                    train.1.push(row);
+                    feedback_train.push(row);
                 } else {
-                    train.0.push(row);
+                    base_train.push(row);
                 }
             }
         }
-        let train_rows = (train.0.len(), train.1.len());
+        let train_rows = (base_train.len(), feedback_train.len());
         if gate.len() < 10 {
             bail!("only {} rows are held out of {base} and {feedback} (share {share}): too few to compare champion and challenger; raise --gate-share or label more examples", gate.len());
         }
-        let mut rows = train.0;
-        rows.extend(train.1);
+        let mut rows = base_train;
+        rows.extend(feedback_train);
         let source = format!("{DATASET_SOURCE}{base}{FEEDBACK_SEPARATOR}{feedback} (less the {:.0}% held out to compare with the champion)", share * 100.0);
         Ok(Split {
             train: data::canonical(spec, &rows, &source, LABEL_COLUMN)?,

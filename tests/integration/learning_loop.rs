@@ -16,7 +16,6 @@ use ml_pipeline::learning::prediction_log;
 use ml_pipeline::learning::retrain::{retrain, RetrainOptions, RetrainOutcome, Trigger};
 use ml_pipeline::learning::LogMode;
 use ml_pipeline::queue::{Outgoing, Queue, SqsQueue};
-use ml_pipeline::spec::PipelineSpec;
 use ml_pipeline::worker::feedback::FeedbackConsumer;
 use ml_pipeline::worker::Hooks;
 use serde_json::{json, Value};
@@ -115,9 +114,8 @@ async fn feedback_retrains_a_better_model_and_the_worker_switches_to_it_without_
     // Traffic, every prediction logged.
     let log = prediction_log::start(pool.clone(), LogMode::All, 30);
     let worker = t.worker_logging(t.config(), Hooks::default(), Some(log.clone()));
-    let (token, handle) = (CancellationToken::new(), ());
+    let token = CancellationToken::new();
     let running = tokio::spawn(Arc::clone(&worker).run(token.clone()));
-    let _ = handle;
     t.send_json(&fixture_bundles(), ContentEncoding::Identity)
         .await;
     let outputs = t.outputs(set.bundles.len() + set.seed_bundles.len()).await;
@@ -135,7 +133,7 @@ async fn feedback_retrains_a_better_model_and_the_worker_switches_to_it_without_
         written.written as usize, predicted,
         "every answered prediction is logged"
     );
-    assert_eq!(written.copies >= 1, true);
+    assert!(written.copies >= 1);
     let (partitions,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'prediction_log'",
     )
@@ -339,5 +337,4 @@ async fn feedback_retrains_a_better_model_and_the_worker_switches_to_it_without_
         .unwrap();
     assert_eq!(alias.record.version, challenger, "the alias did not move");
     stop.cancel();
-    let _ = PipelineSpec::banknote();
 }
