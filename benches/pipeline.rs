@@ -182,6 +182,26 @@ fn predict_group(c: &mut Criterion, name: &str, classifier: &Classifier, w: &Wor
     group.finish();
 }
 
+/// What the monitor adds to a batch on the answer's path: binning its canonical rows for the
+/// drift window (set beside `predict_linear` of the same rows).
+fn drift_observe(c: &mut Criterion) {
+    let w = workload();
+    let spec = ml_pipeline::spec::PipelineSpec::banknote();
+    let stats = ml_pipeline::model::TrainingStats::compute(
+        &spec.feature_names(),
+        w.canonical_rows(2000).view(),
+    );
+    let mut group = c.benchmark_group("drift_observe");
+    for rows in [100, 10_000] {
+        let matrix = w.canonical_rows(rows);
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(rows), &matrix, |b, matrix| {
+            b.iter(|| ml_pipeline::monitor::drift::Counts::of(&stats, black_box(matrix.view())))
+        });
+    }
+    group.finish();
+}
+
 fn encode_answers(c: &mut Criterion) {
     let w = workload();
     let rt = runtime();
@@ -236,6 +256,7 @@ criterion_group!(
     prepare_batches,
     stages,
     predict,
+    drift_observe,
     encode_answers,
     whole_path
 );

@@ -131,6 +131,15 @@ pub struct RetrainArgs {
     /// The feedback dataset; default ML_PIPELINE_FEEDBACK_DATASET (feedback).
     #[arg(long)]
     pub feedback_dataset: Option<String>,
+    /// Run when one served feature's PSI has stayed over ML_PIPELINE_DRIFT_PSI_THRESHOLD (0.2)
+    /// for this many minutes since the last retrain (0: never); default
+    /// ML_PIPELINE_RETRAIN_DRIFT_MINUTES (60).
+    #[arg(long)]
+    pub drift_minutes: Option<f64>,
+    /// Point this alias at a challenger that is not promoted, so that workers shadow-score it;
+    /// default ML_PIPELINE_SHADOW_ALIAS (unset: no alias moves).
+    #[arg(long)]
+    pub challenger_alias: Option<String>,
     /// The share of each dataset held out to compare champion and challenger.
     #[arg(long, default_value_t = crate::learning::retrain::DEFAULT_GATE_SHARE)]
     pub gate_share: f64,
@@ -616,6 +625,23 @@ pub enum ModelsCommand {
         #[arg(long, default_value = "production")]
         alias: String,
     },
+    /// How the model fares in production over a window: drift of each served feature against
+    /// the version's training data, and shadow scoring of the challenger (agreement, score
+    /// difference, time), from what the workers recorded.
+    Compare {
+        /// The window (`90m`, `24h`, `7d`).
+        #[arg(long, default_value = "1h", value_parser = parse_window)]
+        since: chrono::TimeDelta,
+        /// Also write an HTML page with the PSI and the agreement over time here.
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
+        /// Print JSON (with the per-minute series) instead of the tables.
+        #[arg(long)]
+        json: bool,
+        /// The model name; default from settings.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Metrics and spec differences between two versions.
     Diff {
         /// The first version.
@@ -871,6 +897,11 @@ async fn retrain(settings: &Settings, args: RetrainArgs) -> anyhow::Result<Strin
             .min_new_examples
             .unwrap_or(settings.retrain_min_new_examples),
         max_hours: args.max_hours.unwrap_or(settings.retrain_max_hours),
+        drift_minutes: args.drift_minutes.unwrap_or(settings.retrain_drift_minutes),
+        drift_threshold: settings.drift_psi_threshold,
+        challenger_alias: args
+            .challenger_alias
+            .or_else(|| settings.shadow_alias.clone()),
         force: args.force,
         margin: args.margin.unwrap_or(settings.retrain_margin),
         gate_share: args.gate_share.clamp(0.01, 0.9),
@@ -890,14 +921,15 @@ async fn retrain(settings: &Settings, args: RetrainArgs) -> anyhow::Result<Strin
 }
 
 async fn models(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<String> {
-    let registry = crate::startup::registry(settings).await?;
+    let registry = || crate::startup::registry(settings);
     let default_name = || settings.model_name.clone();
     Ok(match cmd {
         ModelsCommand::List { name } => {
-            commands::models::list(&registry, &name.unwrap_or_else(default_name)).await?
+            commands::models::list(&registry().await?, &name.unwrap_or_else(default_name)).await?
         }
         ModelsCommand::Show { version, name } => commands::models::show(
-            &registry
+            &registry()
+                .await?
                 .load(&name.unwrap_or_else(default_name), version)
                 .await?,
         ),
@@ -908,15 +940,26 @@ async fn models(settings: &Settings, cmd: ModelsCommand) -> anyhow::Result<Strin
             require_better,
             force,
         } => {
+            let registry = registry().await?;
             commands::models::promote(&registry, &name, version, &alias, require_better && !force)
                 .await?
         }
         ModelsCommand::Rollback { name, alias } => {
-            let (from, to) = registry.rollback(&name, &alias).await?;
+            let (from, to) = registry().await?.rollback(&name, &alias).await?;
             format!("{name}: alias {alias} rolled back from version {from} to version {to}")
         }
-        ModelsCommand::Diff { a, b, name } => {
+        ModelsCommand::Compare {
+            since,
+            html,
+            json,
+            name,
+        } => {
             let name = name.unwrap_or_else(default_name);
+            let since = chrono::Utc::now() - since;
+            commands::compare::run(settings, &name, since, html.as_deref(), json).await?
+        }
+        ModelsCommand::Diff { a, b, name } => {
+            let (registry, name) = (registry().await?, name.unwrap_or_else(default_name));
             commands::models::diff(
                 &registry.load(&name, a).await?,
                 &registry.load(&name, b).await?,

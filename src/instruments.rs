@@ -56,6 +56,24 @@ pub const RETRAIN_DECISIONS: &str = "ml_pipeline_retrain_decisions_total";
 /// Feedback items, by result: added, changed, unchanged, not_logged, ambiguous.
 pub const FEEDBACK_ITEMS: &str = "ml_pipeline_feedback_items_total";
 
+/// Records chosen for shadow scoring, by result: agreed, disagreed (the shadow model gave the
+/// other class), failed, skipped (the previous batch was still scoring).
+pub const SHADOW_RECORDS: &str = "ml_pipeline_shadow_records_total";
+/// Seconds each model spent on the shadowed rows of a batch, by model: served, shadow.
+pub const SHADOW_PREDICT_SECONDS: &str = "ml_pipeline_shadow_predict_seconds";
+/// The share of shadowed records both models classed alike, over the last monitor interval.
+pub const SHADOW_AGREEMENT: &str = "ml_pipeline_shadow_agreement_ratio";
+/// The mean |shadow score - served score| over the last monitor interval.
+pub const SHADOW_SCORE_DIFF: &str = "ml_pipeline_shadow_score_difference";
+/// Shadow prediction time over served prediction time for the same records, last interval.
+pub const SHADOW_LATENCY_RATIO: &str = "ml_pipeline_shadow_latency_ratio";
+/// Population stability index of each served feature over the drift window, by feature.
+pub const FEATURE_PSI: &str = "ml_pipeline_feature_psi";
+/// Share of each served feature's values outside its training range over the drift window.
+pub const FEATURE_OUT_OF_RANGE: &str = "ml_pipeline_feature_out_of_range_ratio";
+/// Records in the drift window.
+pub const DRIFT_WINDOW_RECORDS: &str = "ml_pipeline_drift_window_records";
+
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 ];
@@ -138,8 +156,38 @@ fn describe() {
     );
     describe_gauge!(
         MODEL_INFO,
-        "1 for the model version in use (labels model, version); 0 for versions served before."
+        "1 for the model version in use (labels model, alias, version; alias is the served alias, pinned, or the shadow alias); 0 for versions served before."
     );
+    describe_counter!(
+        SHADOW_RECORDS,
+        "Records chosen for shadow scoring, by result: agreed, disagreed (the shadow model gave the other class), failed (its prediction failed), skipped (the previous batch was still scoring)."
+    );
+    describe_histogram!(
+        SHADOW_PREDICT_SECONDS,
+        metrics::Unit::Seconds,
+        "Seconds each model spent on a batch's shadowed rows, by model: served (its share of the batch call) and shadow."
+    );
+    describe_gauge!(
+        SHADOW_AGREEMENT,
+        "Share of shadowed records both models classed alike, over the last monitor interval."
+    );
+    describe_gauge!(
+        SHADOW_SCORE_DIFF,
+        "Mean absolute difference of shadow and served scores, over the last monitor interval."
+    );
+    describe_gauge!(
+        SHADOW_LATENCY_RATIO,
+        "Shadow prediction time over served prediction time for the same records, over the last monitor interval."
+    );
+    describe_gauge!(
+        FEATURE_PSI,
+        "Population stability index of each served feature over the drift window, against the served version's training data (by feature); over 0.2 is a shift worth acting on."
+    );
+    describe_gauge!(
+        FEATURE_OUT_OF_RANGE,
+        "Share of each served feature's values outside its training range over the drift window (by feature)."
+    );
+    describe_gauge!(DRIFT_WINDOW_RECORDS, "Records in the drift window.");
 }
 
 /// Messages in hand now.
@@ -217,13 +265,50 @@ pub fn bundle_ages(seconds: impl Iterator<Item = f64>) {
     }
 }
 
-/// `version` of model `name` serves from now on; `previous` no longer does.
-pub fn model_serving(name: &str, version: u64, previous: Option<u64>) {
+/// `version` of model `name` serves from now on under `alias` (the served alias, `pinned`, or
+/// the shadow alias); `previous` no longer does.
+pub fn model_serving(name: &str, alias: &str, version: u64, previous: Option<u64>) {
+    let info = |version: u64| gauge!(MODEL_INFO, "model" => name.to_owned(), "alias" => alias.to_owned(), "version" => version.to_string());
     if let Some(previous) = previous {
         counter!(MODEL_RELOADS).increment(1);
-        gauge!(MODEL_INFO, "model" => name.to_owned(), "version" => previous.to_string()).set(0.0);
+        info(previous).set(0.0);
     }
-    gauge!(MODEL_INFO, "model" => name.to_owned(), "version" => version.to_string()).set(1.0);
+    info(version).set(1.0);
+}
+
+/// Records chosen for shadow scoring that ended as `result` without a comparison: `skipped`
+/// (the previous batch was still scoring) or `failed` (the shadow model's prediction failed).
+pub fn shadow_records(result: &'static str, count: u64) {
+    counter!(SHADOW_RECORDS, "result" => result).increment(count);
+}
+
+/// One shadow-scored batch: records agreed, disagreed and unscorable, and each model's seconds.
+pub fn shadow_scored(agreed: u64, disagreed: u64, failed: u64, served_s: f64, shadow_s: f64) {
+    counter!(SHADOW_RECORDS, "result" => "agreed").increment(agreed);
+    counter!(SHADOW_RECORDS, "result" => "disagreed").increment(disagreed);
+    counter!(SHADOW_RECORDS, "result" => "failed").increment(failed);
+    histogram!(SHADOW_PREDICT_SECONDS, "model" => "served").record(served_s);
+    histogram!(SHADOW_PREDICT_SECONDS, "model" => "shadow").record(shadow_s);
+}
+
+/// The shadow figures of the last monitor interval, for the versions that served and shadowed.
+pub fn shadow_interval(agreement: f64, mean_score_diff: f64, latency_ratio: Option<f64>) {
+    gauge!(SHADOW_AGREEMENT).set(agreement);
+    gauge!(SHADOW_SCORE_DIFF).set(mean_score_diff);
+    if let Some(ratio) = latency_ratio {
+        gauge!(SHADOW_LATENCY_RATIO).set(ratio);
+    }
+}
+
+/// One feature's drift over the monitor's window, against model `version`'s training data.
+pub fn feature_drift(feature: &str, psi: f64, out_of_range: f64) {
+    gauge!(FEATURE_PSI, "feature" => feature.to_owned()).set(psi);
+    gauge!(FEATURE_OUT_OF_RANGE, "feature" => feature.to_owned()).set(out_of_range);
+}
+
+/// Records in the drift window.
+pub fn drift_window(records: u64) {
+    gauge!(DRIFT_WINDOW_RECORDS).set(records as f64);
 }
 
 /// A model reload failed: `refused` or `unavailable`.

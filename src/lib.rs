@@ -22,6 +22,8 @@
 //! - [`payload`]: bodies too large for one message, through S3 in the SQS Extended Client's
 //!   format (pointer and `ExtendedPayloadSize`), read for inputs and written for answers.
 //! - [`worker`]: the one step, the loop around it, heartbeat, health, endpoints, aggregates.
+//! - [`monitor`]: watching the served model: drift of the served features against the
+//!   training statistics stored with it, and shadow scoring of a challenger beside it.
 //! - [`learning`]: the learning loop: the prediction log, feedback turned into labelled
 //!   examples, and retraining that promotes only a better model.
 //! - [`train`]: training with the worker's own preprocessing, evaluation, publishing, the
@@ -29,7 +31,7 @@
 //!
 //! Beside the stages:
 //! - [`spec`]: the declarative pipeline spec; [`record`]: per-record errors with their stage;
-//!   [`text`]: bounded descriptions for messages.
+//!   [`text`]: bounded descriptions for messages; [`sample`]: stable sampling by key.
 //! - [`fixtures`]: the banknote fixture files, read and loaded.
 //! - [`providers`]: provider deliveries (files, S3 objects, HTTP APIs) into MongoDB with their
 //!   history, the deliveries ledger and API request records in PostgreSQL, rollback (what puts
@@ -61,11 +63,13 @@ pub mod instruments;
 pub mod learning;
 pub mod model;
 pub mod mongo;
+pub mod monitor;
 pub mod normalize;
 pub mod payload;
 pub mod providers;
 pub mod queue;
 pub mod record;
+pub mod sample;
 pub mod settings;
 pub mod spec;
 pub mod standardize;

@@ -165,6 +165,31 @@ pub struct Settings {
     /// The dataset the champion was trained on, which `retrain` trains on with the feedback;
     /// default: read from the champion's `data_source` (`postgres:training_examples/<dataset>`).
     pub retrain_base_dataset: Option<String>,
+    /// `retrain` runs when one served feature's PSI has stayed over `drift_psi_threshold` for
+    /// this many minutes since the last retrain (read from `drift_observations`); 0 turns the
+    /// drift trigger off. Default 60.
+    pub retrain_drift_minutes: f64,
+    /// A second alias of the model (`challenger`, say) whose version scores
+    /// `shadow_fraction` of each batch beside the served one; answers carry the served result
+    /// only. Default: unset (no shadow scoring).
+    pub shadow_alias: Option<String>,
+    /// The share of bundles shadow-scored, chosen by a hash of the bundle id. Default 0.1.
+    pub shadow_fraction: f64,
+    /// How often the worker reports drift and shadow figures (gauges, EMF lines,
+    /// `drift_observations` and `shadow_observations`), in seconds. Default 60.
+    pub monitor_interval_secs: u64,
+    /// The span of the rolling window of served features that drift is measured over, in
+    /// seconds. Default 900.
+    pub drift_window_secs: u64,
+    /// Fewer records than this in the drift window report no drift figures. Default 200.
+    pub drift_min_records: u64,
+    /// A feature whose PSI is over this has drifted: logged, and the retrain trigger's
+    /// threshold. Default 0.2.
+    pub drift_psi_threshold: f64,
+    /// The CloudWatch namespace of the Embedded Metric Format lines the worker writes to
+    /// stdout each monitor interval (the awslogs driver turns them into metrics). Default:
+    /// unset (no EMF lines); the ECS template sets `MlPipeline`.
+    pub emf_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -228,6 +253,14 @@ impl Default for Settings {
             retrain_max_hours: 168.0,
             retrain_margin: 0.005,
             retrain_base_dataset: None,
+            retrain_drift_minutes: 60.0,
+            shadow_alias: None,
+            shadow_fraction: 0.1,
+            monitor_interval_secs: 60,
+            drift_window_secs: 900,
+            drift_min_records: 200,
+            drift_psi_threshold: 0.2,
+            emf_namespace: None,
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::enrich::source::LookupLimits;
 use crate::enrich::Enricher;
 use crate::model::holder::{ModelHolder, ModelSource};
 use crate::model::registry::Registry;
+use crate::monitor::shadow::Shadow;
+use crate::monitor::{Monitor, MonitorConfig};
 use crate::payload::s3::S3Payloads;
 use crate::payload::Payloads;
 use crate::queue::{RedrivePolicy, SqsQueue};
@@ -195,7 +197,8 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         None => ModelSource::Alias(settings.model_alias.clone()),
     };
     let registry = registry(settings).await?;
-    let models = Arc::new(ModelHolder::load(registry, &settings.model_name, source).await?);
+    let models = Arc::new(ModelHolder::load(registry.clone(), &settings.model_name, source).await?);
+    let monitor = Some(Arc::new(monitor(settings, registry, &pool)));
     let feedback = match &settings.feedback_queue {
         Some(name) => Some(feedback_consumer(settings, &sqs, name, &pool, &config).await?),
         None => None,
@@ -220,11 +223,34 @@ pub async fn build_worker(settings: &Settings) -> anyhow::Result<ProductionWorke
         models,
         aggregates: settings.aggregates.then_some(pool),
         prediction_log,
+        monitor,
         feedback,
         config,
         hooks: Hooks::default(),
         state: Arc::default(),
     })
+}
+
+/// The worker's monitor: drift of the served features, and shadow scoring when
+/// `ML_PIPELINE_SHADOW_ALIAS` is set; its figures go to `pool` too.
+pub fn monitor(settings: &Settings, registry: Registry, pool: &PgPool) -> Monitor {
+    let shadow = settings.shadow_alias.as_deref().map(|alias| {
+        Arc::new(Shadow::new(
+            registry,
+            &settings.model_name,
+            alias,
+            settings.shadow_fraction,
+        ))
+    });
+    let config = MonitorConfig {
+        interval: Duration::from_secs(settings.monitor_interval_secs.max(1)),
+        drift_window: Duration::from_secs(settings.drift_window_secs.max(1)),
+        drift_min_records: settings.drift_min_records,
+        psi_threshold: settings.drift_psi_threshold,
+        emf_namespace: settings.emf_namespace.clone().filter(|n| !n.is_empty()),
+        worker: std::env::var("HOSTNAME").unwrap_or_else(|_| format!("pid-{}", std::process::id())),
+    };
+    Monitor::new(config, &settings.model_name, shadow, Some(pool.clone()))
 }
 
 /// The feedback queue's consumer: the queue named `name`, its dead-letter queue
@@ -289,6 +315,12 @@ pub async fn serve(
     }
     if let Some(handle) = options.metrics {
         side.spawn(metrics_upkeep(handle, stop_side.clone()));
+    }
+    if let Some(monitor) = worker.monitor.clone() {
+        if let Some(shadow) = monitor.shadow() {
+            side.spawn(Arc::clone(shadow).run(options.poll, stop_side.clone()));
+        }
+        side.spawn(monitor.run(Arc::clone(&worker.models), stop_side.clone()));
     }
     if let Some(consumer) = worker.feedback.clone() {
         let stop = stop_side.clone();

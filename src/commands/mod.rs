@@ -2,6 +2,7 @@
 //! line is parsed. Each returns the text to print; `cli` maps subcommands here, `startup` builds
 //! the clients they use.
 
+pub mod compare;
 pub mod dlq;
 pub mod fixtures;
 pub mod healthcheck;

@@ -31,6 +31,7 @@ use super::sampling::unit_hash;
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::holder::LoadedModel;
 use crate::model::registry::Registry;
+use crate::monitor::store::{sustained_drift, SustainedDrift};
 use crate::train::data::{self, TrainingData, LABEL_COLUMN};
 use crate::train::search::Grid;
 use crate::train::{DataSource, TrainOptions, TrainReport};
@@ -53,6 +54,13 @@ pub struct RetrainOptions {
     pub min_new_examples: u64,
     /// Run when the last run is this many hours old.
     pub max_hours: f64,
+    /// Run when one served feature's PSI has stayed over `drift_threshold` for this many
+    /// minutes since the last run; 0: never.
+    pub drift_minutes: f64,
+    /// The PSI over which a feature has drifted.
+    pub drift_threshold: f64,
+    /// Point this alias at a challenger that is not promoted, so the workers shadow-score it.
+    pub challenger_alias: Option<String>,
     /// Run whatever the trigger says.
     pub force: bool,
     /// How much more accurate the challenger must be, as a fraction.
@@ -77,6 +85,23 @@ pub enum Trigger {
         new_examples: u64,
         /// The threshold they reached.
         threshold: u64,
+        /// The last run's start (or the champion's training).
+        since: DateTime<Utc>,
+    },
+    /// A served feature's PSI has stayed over the threshold (`drift_observations`).
+    Drift {
+        /// The feature.
+        feature: String,
+        /// Its latest PSI.
+        psi: f64,
+        /// The threshold it stayed over.
+        threshold: f64,
+        /// Since when it has.
+        drifting_since: DateTime<Utc>,
+        /// The minutes it had to stay over.
+        minutes: f64,
+        /// Feedback examples labelled since `since`.
+        new_examples: u64,
         /// The last run's start (or the champion's training).
         since: DateTime<Utc>,
     },
@@ -109,6 +134,8 @@ pub struct Accrued {
     pub new_examples: u64,
     /// Hours since then.
     pub hours_since: f64,
+    /// A feature of the champion whose PSI has stayed over the threshold since then.
+    pub drift: Option<SustainedDrift>,
 }
 
 /// Whether a run is due, and why.
@@ -117,11 +144,22 @@ pub fn trigger(accrued: &Accrued, opts: &RetrainOptions) -> Option<Trigger> {
         since,
         new_examples,
         hours_since,
+        ref drift,
     } = *accrued;
     if new_examples >= opts.min_new_examples.max(1) {
         Some(Trigger::NewExamples {
             new_examples,
             threshold: opts.min_new_examples,
+            since,
+        })
+    } else if let Some(drift) = drift {
+        Some(Trigger::Drift {
+            feature: drift.feature.clone(),
+            psi: drift.psi,
+            threshold: drift.threshold,
+            drifting_since: drift.since,
+            minutes: opts.drift_minutes,
+            new_examples,
             since,
         })
     } else if hours_since >= opts.max_hours {
@@ -243,6 +281,9 @@ pub struct Decision {
     pub challenger_version: u64,
     /// The alias.
     pub alias: String,
+    /// The alias pointed at the challenger when it was not promoted, for shadow scoring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenger_alias: Option<String>,
     /// The share of each dataset held out.
     pub gate_share: f64,
     /// The margin asked for.
@@ -298,7 +339,7 @@ impl std::fmt::Display for RetrainOutcome {
                 max_hours,
             } => writeln!(
                 f,
-                "retrain not due: {} new feedback examples since {} (runs at {min_new_examples}), {:.1} hours ago (runs at {max_hours}); nothing trained",
+                "retrain not due: {} new feedback examples since {} (runs at {min_new_examples}), {:.1} hours ago (runs at {max_hours}), no feature's PSI over its threshold long enough; nothing trained",
                 accrued.new_examples,
                 accrued.since.format("%Y-%m-%d %H:%M:%S UTC"),
                 accrued.hours_since
@@ -311,6 +352,9 @@ impl std::fmt::Display for RetrainOutcome {
                     }
                     Trigger::Schedule { hours_since, max_hours, .. } => {
                         format!("{hours_since:.1} hours since the last run (at most {max_hours})")
+                    }
+                    Trigger::Drift { feature, psi, threshold, drifting_since, .. } => {
+                        format!("drift: feature {feature} has had a PSI over {threshold} since {} (now {psi:.3})", drifting_since.format("%H:%M:%S UTC"))
                     }
                     Trigger::Forced { new_examples, .. } => {
                         format!("forced ({new_examples} new feedback examples)")
@@ -338,6 +382,8 @@ impl std::fmt::Display for RetrainOutcome {
                 writeln!(f, "decision: {}", d.reason)?;
                 if d.promoted {
                     writeln!(f, "alias {} -> version {} (workers switch within their poll interval)", d.alias, d.challenger_version)
+                } else if let Some(challenger) = &d.challenger_alias {
+                    writeln!(f, "alias {} stays on version {}; alias {challenger} -> version {} (workers with ML_PIPELINE_SHADOW_ALIAS={challenger} shadow-score it)", d.alias, d.champion_version, d.challenger_version)
                 } else {
                     writeln!(f, "alias {} stays on version {}; version {} is published for inspection", d.alias, d.champion_version, d.challenger_version)
                 }
@@ -372,7 +418,7 @@ pub async fn retrain<R: ReferenceSource, D: DocumentSource>(
         .load(name, champion_version)
         .await
         .with_context(|| format!("loading the champion, {name} version {champion_version}"))?;
-    let accrued = accrued(pool, opts, champion.created_at).await?;
+    let accrued = accrued(pool, opts, (champion_version, champion.created_at)).await?;
     let Some(trigger) = trigger(&accrued, opts) else {
         return Ok(RetrainOutcome::NotDue {
             accrued,
@@ -418,21 +464,24 @@ pub async fn retrain<R: ReferenceSource, D: DocumentSource>(
     let champion_scores = judge(&LoadedModel::new(champion_version, champion.clone()));
     let challenger_scores = judge(&LoadedModel::new(challenger_version, artifact));
     let (promoted, reason) = decide(&champion_scores, &challenger_scores, opts.margin);
-    if promoted {
+    let moved = match (promoted, &opts.challenger_alias) {
+        (true, _) => Some(&opts.alias),
+        (false, Some(challenger)) => Some(challenger),
+        (false, None) => None,
+    };
+    if let Some(alias) = moved {
         registry
-            .set_alias(name, &opts.alias, challenger_version, "retrain")
+            .set_alias(name, alias, challenger_version, "retrain")
             .await
             .with_context(|| {
-                format!(
-                    "promoting the challenger, version {challenger_version}, to alias {}",
-                    opts.alias
-                )
+                format!("pointing alias {alias} at the challenger, version {challenger_version}")
             })?;
     }
     let decision = Decision {
         champion_version,
         challenger_version,
         alias: opts.alias.clone(),
+        challenger_alias: opts.challenger_alias.clone().filter(|_| !promoted),
         gate_share: opts.gate_share,
         margin: opts.margin,
         champion: champion_scores,
@@ -483,7 +532,7 @@ fn class_name(artifact: &crate::model::ModelArtifact, class: u8) -> &str {
 async fn accrued(
     pool: &PgPool,
     opts: &RetrainOptions,
-    champion_trained: DateTime<Utc>,
+    (champion_version, champion_trained): (u64, DateTime<Utc>),
 ) -> anyhow::Result<Accrued> {
     let (last,): (Option<DateTime<Utc>>,) = sqlx::query_as(
         "SELECT max(started_at) FROM training_jobs WHERE model_name = $1 AND kind = 'retrain' AND status = 'succeeded'",
@@ -501,10 +550,20 @@ async fn accrued(
     .fetch_one(pool)
     .await
     .context("counting new feedback examples")?;
+    let drift = if opts.drift_minutes > 0.0 {
+        let span = chrono::Duration::milliseconds((opts.drift_minutes * 60e3) as i64);
+        let model = (opts.model.as_str(), champion_version);
+        sustained_drift(pool, model, opts.drift_threshold, span, since)
+            .await
+            .context("reading drift_observations")?
+    } else {
+        None
+    };
     Ok(Accrued {
         since,
         new_examples: new_examples as u64,
         hours_since: (Utc::now() - since).num_milliseconds() as f64 / 3.6e6,
+        drift,
     })
 }
 
@@ -631,6 +690,9 @@ mod tests {
             feedback_dataset: "feedback".into(),
             min_new_examples: 500,
             max_hours: 24.0,
+            drift_minutes: 0.0,
+            drift_threshold: 0.2,
+            challenger_alias: None,
             force: false,
             margin: 0.005,
             gate_share: DEFAULT_GATE_SHARE,
@@ -660,6 +722,7 @@ mod tests {
             since,
             new_examples,
             hours_since,
+            drift: None,
         };
         assert!(matches!(
             trigger(&at(500, 1.0), &opts()),
@@ -684,5 +747,21 @@ mod tests {
         let json = serde_json::to_value(trigger(&at(600, 1.0), &opts()).unwrap()).unwrap();
         assert_eq!(json["reason"], "new_examples");
         assert_eq!(json["new_examples"], 600);
+
+        // Sustained drift starts a run before the schedule would, and says which feature.
+        let drifted = Accrued {
+            drift: Some(SustainedDrift {
+                feature: "variance".into(),
+                psi: 0.4,
+                threshold: 0.2,
+                since,
+                observations: 12,
+            }),
+            ..at(3, 1.0)
+        };
+        let json = serde_json::to_value(trigger(&drifted, &opts()).unwrap()).unwrap();
+        assert_eq!(json["reason"], "drift");
+        assert_eq!(json["feature"], "variance");
+        assert_eq!(json["psi"], 0.4);
     }
 }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
+pub(crate) use crate::sample::unit_hash;
+
 /// The prediction log's mode (`ML_PIPELINE_PREDICTION_LOG`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum LogMode {
@@ -33,18 +35,6 @@ impl LogMode {
     pub fn is_on(self) -> bool {
         !matches!(self, LogMode::Off) && self != LogMode::Sampled(0.0)
     }
-}
-
-/// A number in [0, 1) from a stable hash of `key` (FNV-1a, 64 bits): the same on every worker
-/// and every release.
-pub(crate) fn unit_hash(key: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // The top 53 bits, as a fraction.
-    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl FromStr for LogMode {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checks::{self, FieldError, FittedKernel, ReferenceSet};
 use super::classifier::Classifier;
+use super::stats::TrainingStats;
 use crate::spec::{PipelineSpec, SpecError};
 
 /// The artifact format this build writes.
@@ -176,6 +177,10 @@ pub struct ModelArtifact {
     /// in versions written before reference sets existed: those are served with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<ReferenceSet>,
+    /// Each feature's statistics on the training data, which drift is measured against.
+    /// Absent in versions written before they existed: those serve without drift figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_stats: Option<TrainingStats>,
 }
 
 /// Why an artifact cannot be served.
@@ -258,6 +263,9 @@ impl ModelArtifact {
         if let Some(reference) = &self.reference {
             checks::reference(n, reference, &classifier)?;
         }
+        if let Some(stats) = &self.training_stats {
+            stats.check(&self.spec.feature_names())?;
+        }
         let example = Array2::from_shape_vec((1, n), self.spec.example_features.clone())
             .map_err(|e| ArtifactError::Inconsistent(e.to_string()))?;
         let score =
@@ -322,6 +330,8 @@ pub(crate) fn test_artifact_with(kernel: Kernel) -> ModelArtifact {
     };
     let classifier = crate::train::fit::fit(&x, &y, &params).expect("separable data fits");
     let reference = ReferenceSet::compute(&classifier, x.slice(ndarray::s![..8, ..]).to_owned());
+    let training_stats =
+        TrainingStats::compute(&PipelineSpec::banknote().feature_names(), x.view());
     ModelArtifact {
         format: ARTIFACT_FORMAT,
         name: "banknote".into(),
@@ -337,5 +347,6 @@ pub(crate) fn test_artifact_with(kernel: Kernel) -> ModelArtifact {
         crate_version: env!("CARGO_PKG_VERSION").into(),
         created_at: chrono::Utc::now(),
         reference: Some(reference),
+        training_stats: Some(training_stats),
     }
 }

@@ -58,6 +58,16 @@ pub enum ModelSource {
     Alias(String),
 }
 
+impl ModelSource {
+    /// The alias, or `pinned`: the `alias` label of `ml_pipeline_model_info`.
+    pub fn label(&self) -> &str {
+        match self {
+            ModelSource::Pinned(_) => "pinned",
+            ModelSource::Alias(alias) => alias,
+        }
+    }
+}
+
 /// Serves the current model and reloads it when its alias moves.
 #[derive(Debug)]
 pub struct ModelHolder {
@@ -130,12 +140,13 @@ impl ModelHolder {
         let artifact = registry.load(name, version).await?;
         tracing::info!(
             model = name,
+            alias = source.label(),
             model_version = version,
             load_ms = started.elapsed().as_secs_f64() * 1e3,
             "model loaded"
         );
         warn_without_reference(name, version, &artifact);
-        crate::instruments::model_serving(name, version, None);
+        crate::instruments::model_serving(name, source.label(), version, None);
         Ok(Self {
             registry,
             name: name.to_owned(),
@@ -243,8 +254,8 @@ impl ModelHolder {
             refused: None,
         };
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(model = %self.name, from, to, load_ms, "model version swapped in");
-        crate::instruments::model_serving(&self.name, to, Some(from));
+        tracing::info!(model = %self.name, alias = %alias, from, to, load_ms, "model version swapped in");
+        crate::instruments::model_serving(&self.name, self.source.label(), to, Some(from));
         Ok(PollOutcome::Swapped { from, to })
     }
 

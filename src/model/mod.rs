@@ -12,6 +12,7 @@ pub mod holder;
 pub mod memory_store;
 pub mod registry;
 pub mod s3_store;
+pub mod stats;
 pub mod store;
 
 #[cfg(test)]
@@ -20,3 +21,4 @@ mod tests;
 pub use artifact::{ArtifactError, ModelArtifact, ARTIFACT_FORMAT, DEFAULT_MAX_ARTIFACT_BYTES};
 pub use checks::ReferenceSet;
 pub use classifier::{class_name, Classifier};
+pub use stats::{FeatureStats, TrainingStats};

@@ -28,6 +28,7 @@ use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::artifact::{Metrics, ModelArtifact, TrainParams, ARTIFACT_FORMAT};
 use crate::model::checks::ReferenceSet;
 use crate::model::registry::Registry;
+use crate::model::stats::TrainingStats;
 use crate::model::Classifier;
 use crate::spec::PipelineSpec;
 use data::{Form, TrainingData};
@@ -205,6 +206,10 @@ pub async fn train_until<R: ReferenceSource, D: DocumentSource>(
         crate_version: env!("CARGO_PKG_VERSION").to_owned(),
         created_at: chrono::Utc::now(),
         reference: Some(reference),
+        training_stats: Some(TrainingStats::compute(
+            &opts.spec.feature_names(),
+            data.x.view(),
+        )),
     };
     artifact
         .validate()

@@ -11,6 +11,7 @@ use super::state::WorkerState;
 use crate::enrich::Enricher;
 use crate::learning::prediction_log::PredictionLog;
 use crate::model::holder::ModelHolder;
+use crate::monitor::Monitor;
 use crate::payload::Payloads;
 use crate::queue::SqsQueue;
 
@@ -34,6 +35,8 @@ pub struct Worker<R, D, Q = SqsQueue> {
     pub aggregates: Option<PgPool>,
     /// Where logged predictions go (`ML_PIPELINE_PREDICTION_LOG`); None logs nothing.
     pub prediction_log: Option<PredictionLog>,
+    /// Drift of the served features and shadow scoring; None watches nothing.
+    pub monitor: Option<Arc<Monitor>>,
     /// The feedback queue's consumer, run beside the pollers; None when no feedback queue is
     /// configured.
     pub feedback: Option<FeedbackConsumer<Q>>,

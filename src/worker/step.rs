@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ndarray::Array2;
+
 use super::aggregates;
 use super::dead_letter::dead_letter_copy;
 use super::groups::{held_in_group_order, GroupOrder, Held};
@@ -18,6 +20,8 @@ use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, Input
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::learning::prediction_log::{capture, LogBatch, LoggedBundle, ModelFacts};
 use crate::model::holder::LoadedModel;
+use crate::monitor::shadow::ShadowJob;
+use crate::monitor::Monitor;
 use crate::payload::Fetched;
 use crate::queue::{
     delete_all, send_all, send_in_group_order, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE,
@@ -555,11 +559,28 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let logged_matrix = log_mode
             .filter(|mode| readable.bundles.iter().any(|b| mode.keeps(b.id())))
             .map(|_| prepared.matrix.clone());
+        let monitor = self.monitor.as_deref();
+        if let Some(monitor) = monitor {
+            monitor.observe(model, prepared.matrix.view());
+        }
+        let shadowed = monitor.and_then(|m| shadow_rows(m, model, &readable.bundles, &prepared));
         let t = Instant::now();
         let scores = model
             .classifier
             .decision_values(std::mem::take(&mut prepared.matrix));
         report.timing_ms.insert("predict".into(), ms(t));
+        if let (Some(monitor), Some((shadow_model, rows, x))) = (monitor, shadowed) {
+            let share = rows.len() as f64 / scores.len().max(1) as f64;
+            let job = ShadowJob {
+                served_version: model.version,
+                x,
+                served: rows.iter().map(|&r| scores[r]).collect(),
+                served_seconds: t.elapsed().as_secs_f64() * share,
+            };
+            if let Some(shadow) = monitor.shadow() {
+                shadow.submit(shadow_model, job);
+            }
+        }
         let mut logged = match (log_mode, &logged_matrix) {
             (Some(mode), Some(x)) => capture(mode, &readable.bundles, &prepared.plans, x, &scores),
             _ => Vec::new(),
@@ -916,6 +937,35 @@ fn log_answered(
 }
 
 /// The span of one bundle: every log line about it carries these fields.
+/// The shadow model and the rows of the batch it scores (those of the bundles it keeps), copied
+/// before the served model's call; None when nothing is shadowed.
+fn shadow_rows(
+    monitor: &Monitor,
+    served: &LoadedModel,
+    bundles: &[InputBundle],
+    prepared: &PreparedBatch,
+) -> Option<(Arc<LoadedModel>, Vec<usize>, Array2<f64>)> {
+    let shadow = monitor.shadow()?;
+    let model = shadow.model_for(served)?;
+    let rows: Vec<usize> = bundles
+        .iter()
+        .zip(&prepared.plans)
+        .filter(|(bundle, _)| shadow.keeps(bundle.id()))
+        .filter_map(|(_, plan)| plan.as_ref().ok())
+        .flat_map(|plan| {
+            plan.slots.iter().filter_map(|slot| match slot {
+                Slot::Row { matrix_row } => Some(*matrix_row),
+                _ => None,
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let x = prepared.matrix.select(ndarray::Axis(0), &rows);
+    Some((model, rows, x))
+}
+
 fn bundle_span(
     message: &Message,
     bundle_id: &str,

@@ -65,6 +65,7 @@ async fn worker_on<R: ReferenceSource>(
         models: holder().await,
         aggregates: None,
         prediction_log: None,
+        monitor: None,
         feedback: None,
         config: WorkerConfig {
             send_attempts,

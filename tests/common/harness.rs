@@ -168,6 +168,17 @@ impl TestWorker {
         hooks: Hooks,
         prediction_log: Option<PredictionLog>,
     ) -> Arc<Worker<Counting<PgReference>, Counting<MongoDocuments>>> {
+        self.worker_with(config, hooks, prediction_log, None)
+    }
+
+    /// A worker that logs its predictions to `log` and is watched by `monitor`.
+    pub fn worker_with(
+        &self,
+        config: WorkerConfig,
+        hooks: Hooks,
+        prediction_log: Option<PredictionLog>,
+        monitor: Option<Arc<ml_pipeline::monitor::Monitor>>,
+    ) -> Arc<Worker<Counting<PgReference>, Counting<MongoDocuments>>> {
         let enricher: TestEnricher = Enricher {
             reference: Counting {
                 inner: self.loaded.enricher.reference.clone(),
@@ -187,6 +198,7 @@ impl TestWorker {
             models: self.holder.clone(),
             aggregates: Some(self.loaded.db.pool.clone()),
             prediction_log,
+            monitor,
             feedback: None,
             config,
             hooks,

@@ -241,6 +241,10 @@ pub fn fixture_artifact() -> ml_pipeline::model::ModelArtifact {
                 crate_version: env!("CARGO_PKG_VERSION").into(),
                 created_at: chrono::Utc::now(),
                 reference: Some(reference),
+                training_stats: Some(ml_pipeline::model::TrainingStats::compute(
+                    &PipelineSpec::banknote().feature_names(),
+                    x.view(),
+                )),
             }
         })
         .clone()

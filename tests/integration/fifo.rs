@@ -209,6 +209,7 @@ async fn a_bundle_waiting_for_mongodb_holds_back_its_group_while_the_other_group
         models: t.holder.clone(),
         aggregates: None,
         prediction_log: None,
+        monitor: None,
         feedback: None,
         config: WorkerConfig {
             // Held in hand for 2 s, then left for redelivery (visible again after 5 s).

@@ -13,6 +13,7 @@ mod dlq;
 mod extended_client;
 mod fifo;
 mod learning_loop;
+mod monitoring;
 mod operate;
 mod providers;
 mod providers_http;

@@ -126,6 +126,7 @@ async fn the_drain_ends_at_its_deadline_while_mongodb_stops_answering_and_nothin
         models: t.holder.clone(),
         aggregates: None,
         prediction_log: None,
+        monitor: None,
         feedback: None,
         config: WorkerConfig {
             drain_timeout: drain,

@@ -29,6 +29,7 @@ async fn fifo_worker(send_attempts: u32, reference: MemoryReference) -> FifoWork
         models: holder().await,
         aggregates: None,
         prediction_log: None,
+        monitor: None,
         feedback: None,
         config: WorkerConfig {
             send_attempts,

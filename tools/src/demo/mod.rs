@@ -4,10 +4,12 @@
 //! the answers read back, and a summary printed: records, errors by reason, time per stage, and
 //! whether the predictions agree with the model's predictions on the canonical features. Then
 //! the learning loop ([`learning`]): feedback in the predecessor's format, `retrain`, and the
-//! worker switching to the promoted version. Then the data side: a provider's second delivery
+//! worker switching to the promoted version. Then the model watch ([`watch`]): shifted traffic
+//! raising the PSI, a retrain for drift, its challenger shadow-scored. Then the data side: a provider's second delivery
 //! ingested, and the provider report's summary table printed, its HTML and JSON written.
 
 mod learning;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -76,6 +78,11 @@ pub async fn run(
     let mut settings = settings.clone();
     settings.prediction_log = ml_pipeline::learning::LogMode::All;
     settings.model_poll_secs = 1;
+    // Drift and shadow figures every 2 s instead of every minute, every bundle shadowed.
+    settings.monitor_interval_secs = 2;
+    settings.drift_min_records = 100;
+    settings.shadow_alias = Some(watch::CHALLENGER.into());
+    settings.shadow_fraction = 1.0;
     let settings = &settings;
     let worker = ml_pipeline::startup::build_worker(settings).await?;
     let model = worker.models.current();
@@ -151,13 +158,14 @@ pub async fn run(
             started: demo_started,
         };
         learning::run(&running, &set, &answers, &bundles).await?;
+        watch::run(&running, &bundles, report_dir).await?;
         provider_delivery(settings, fixtures_dir).await?;
         provider_report(settings, demo_started, &metrics_url, report_dir).await
     }
     .await;
     shutdown.cancel();
     let summary = running.await?;
-    println!("12. worker stopped (drained: {})", summary.drained);
+    println!("13. worker stopped (drained: {})", summary.drained);
     data_side
 }
 
@@ -183,7 +191,7 @@ async fn provider_report(
     );
     report::html::write_html(&html, &r)?;
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
-    println!("11. provider report over the demo's traffic (ml-pipeline providers report):");
+    println!("12. provider report over the demo's traffic (ml-pipeline providers report):");
     for line in report::text::summary(&r).lines() {
         println!("   {line}");
     }
@@ -233,7 +241,7 @@ async fn provider_delivery(settings: &Settings, fixtures_dir: &Path) -> anyhow::
         batch_docs: ml_pipeline::providers::DEFAULT_BATCH_DOCS,
     };
     let summary = ml_pipeline::commands::providers::ingest(settings, job).await?;
-    println!("10. provider aurum's second delivery ({}):", path.display());
+    println!("11. provider aurum's second delivery ({}):", path.display());
     for line in summary.lines() {
         println!("   {line}");
     }
