@@ -8,7 +8,8 @@
 # Each worker gets its own new, empty input, output and dead-letter queues, its own /metrics
 # port, and no feedback queue; both run at the same time. They serve a model trained on the
 # fixtures in a PostgreSQL database, MongoDB database and S3 bucket of the run's own (so the
-# stack's own are not touched); all are deleted at the end. The counter is read once the first
+# stack's own are not touched); all but the MongoDB database (no client here) are deleted at
+# the end. The counter is read once the first
 # minute has passed (the idle rule parks pollers within it) and again MINUTES later. Run from
 # the repository root; needs the release binary: cargo build --release --locked -p ml-pipeline.
 set -euo pipefail
