@@ -60,8 +60,10 @@ async fn an_output_backlog_pauses_polling_and_draining_it_resumes_polling_by_its
         "5 unread answers over a limit of 3 pause polling; the pace is {:?}",
         *pace.borrow()
     );
-    // The 1 s long polls made before the pause have ended.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A long poll made before the pause still returns what it finds: let those (1 s here) end.
+    // With a 2 s wait one bundle was received once, on a loaded machine (two builds beside
+    // it); most likely a long poll LocalStack answered late.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let bundles: Vec<Value> = fixture_bundles().into_iter().take(3).collect();
     t.send_json(&bundles, ContentEncoding::Identity).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
