@@ -30,6 +30,16 @@ pub const ENRICHMENT: &str = "ml_pipeline_enrichment_lookups_total";
 pub const PROVIDER_ENRICHMENT: &str = "ml_pipeline_enrichment_provider_lookups_total";
 /// Batches left for redelivery because a dependency did not answer.
 pub const BATCHES_RETRIED: &str = "ml_pipeline_batches_retried_total";
+/// Receive calls that returned, by result: `messages` or `empty`.
+pub const RECEIVE_CALLS: &str = "ml_pipeline_receive_calls_total";
+/// Pollers receiving now (fewer on an idle queue, one when slowed, none when paused).
+pub const POLLERS: &str = "ml_pipeline_pollers_receiving";
+/// 1 for the pace the pollers keep now (`polling`, `slowed`, `paused`), 0 for the others.
+pub const POLLING_PACE: &str = "ml_pipeline_polling_pace";
+/// 1 while a back-pressure condition holds (`output_backlog`, `enrich_latency`, `slots_full`).
+pub const BACK_PRESSURE: &str = "ml_pipeline_back_pressure";
+/// The output queue's visible messages, as last measured.
+pub const OUTPUT_BACKLOG: &str = "ml_pipeline_output_backlog_messages";
 /// Receive calls that failed.
 pub const RECEIVE_ERRORS: &str = "ml_pipeline_receive_errors_total";
 /// Model versions swapped in after start.
@@ -125,6 +135,26 @@ fn describe() {
         "Batches left for redelivery because PostgreSQL or MongoDB did not answer."
     );
     describe_counter!(RECEIVE_ERRORS, "ReceiveMessage calls that failed.");
+    describe_counter!(
+        RECEIVE_CALLS,
+        "ReceiveMessage calls that returned, by result: messages or empty."
+    );
+    describe_gauge!(
+        POLLERS,
+        "Pollers receiving now: fewer than configured on an idle queue, one while polling is slowed, none while paused."
+    );
+    describe_gauge!(
+        POLLING_PACE,
+        "1 for the pace the pollers keep now (label pace: polling, slowed, paused), 0 for the others."
+    );
+    describe_gauge!(
+        BACK_PRESSURE,
+        "1 while a back-pressure condition holds polling back (label condition: output_backlog, enrich_latency, slots_full), else 0."
+    );
+    describe_gauge!(
+        OUTPUT_BACKLOG,
+        "The output queue's visible messages (ApproximateNumberOfMessages), as last measured."
+    );
     describe_counter!(MODEL_RELOADS, "Model versions swapped in after start.");
     describe_counter!(
         MODEL_RELOAD_FAILURES,
@@ -197,8 +227,28 @@ pub fn in_flight(n: usize) {
 
 /// One receive call returned `messages` after `wait`.
 pub fn received(messages: usize, wait: Duration) {
+    let result = if messages == 0 { "empty" } else { "messages" };
+    counter!(RECEIVE_CALLS, "result" => result).increment(1);
     counter!(MESSAGES_RECEIVED).increment(messages as u64);
     histogram!(STAGE_SECONDS, "stage" => "receive_wait").record(wait.as_secs_f64());
+}
+
+/// The pollers keep `pace` now, `pollers` of them receiving.
+pub fn pace(pace: &'static str, pollers: usize) {
+    for state in ["polling", "slowed", "paused"] {
+        gauge!(POLLING_PACE, "pace" => state).set(if state == pace { 1.0 } else { 0.0 });
+    }
+    gauge!(POLLERS).set(pollers as f64);
+}
+
+/// A back-pressure condition began (`holding`) or ended.
+pub fn pressure(condition: &'static str, holding: bool) {
+    gauge!(BACK_PRESSURE, "condition" => condition).set(if holding { 1.0 } else { 0.0 });
+}
+
+/// The output queue held `visible` visible messages when measured.
+pub fn output_backlog(visible: u64) {
+    gauge!(OUTPUT_BACKLOG).set(visible as f64);
 }
 
 /// One receive call failed.

@@ -6,6 +6,7 @@
 //! endpoint, region and credentials from the SDK's own chain (`AWS_ENDPOINT_URL`, `AWS_REGION`...).
 
 use std::path::Path;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Json};
 use figment::Figment;
@@ -55,6 +56,30 @@ pub struct Settings {
     pub wait_secs: i32,
     /// Concurrent long-pollers. Default 2.
     pub pollers: usize,
+    /// Empty receives in a row after which one poller fewer long-polls, down to one; the first
+    /// receive that returns messages brings every poller back at once. 0 keeps every poller
+    /// polling. Default 3.
+    pub idle_empty_receives: u32,
+    /// Back-pressure: visible messages on the output queue (ApproximateNumberOfMessages) above
+    /// which polling slows, then pauses, until the output's consumers catch up. 0 turns it off.
+    /// Default 50000.
+    pub output_backlog_max: u64,
+    /// How often the output queue's visible messages are measured, in seconds, while messages
+    /// arrive or the backlog holds polling back (an idle worker makes no such call). Default 15.
+    pub output_backlog_check_secs: u64,
+    /// Back-pressure: the enrichment stage's time per batch (a moving mean, the latest batch
+    /// weighing half), in milliseconds, above which polling slows, then pauses. 0 turns it off.
+    /// Default 2000.
+    pub enrich_budget_ms: u64,
+    /// Back-pressure: how long every batch slot may stay busy, no batch finishing, before
+    /// polling slows, then pauses, in seconds. 0 turns it off. Default 20.
+    pub slots_full_max_secs: u64,
+    /// While back-pressure slows polling, one poller receives, waiting this long before each
+    /// receive, in milliseconds. Default 1000.
+    pub slow_poll_delay_ms: u64,
+    /// A back-pressure condition that has held this long pauses polling, in seconds; an
+    /// enrichment time measured longer ago than this is forgotten. Default 10.
+    pub pause_after_secs: u64,
     /// Most records in one batch. Default 2500.
     pub max_batch_records: usize,
     /// How long to wait for more bundles after the first when none is in hand, in milliseconds.
@@ -217,6 +242,16 @@ impl Default for Settings {
             receive_max: worker.receive_max,
             wait_secs: worker.wait_secs,
             pollers: worker.pollers,
+            idle_empty_receives: worker.pacing.idle_empty_receives,
+            output_backlog_max: worker.pacing.output_backlog_max.unwrap_or(0),
+            output_backlog_check_secs: worker.pacing.output_backlog_check.as_secs(),
+            enrich_budget_ms: worker
+                .pacing
+                .enrich_budget
+                .map_or(0, |d| d.as_millis() as u64),
+            slots_full_max_secs: worker.pacing.slots_full_max.map_or(0, |d| d.as_secs()),
+            slow_poll_delay_ms: worker.pacing.slow_delay.as_millis() as u64,
+            pause_after_secs: worker.pacing.pause_after.as_secs(),
             max_batch_records: worker.max_batch_records,
             max_batch_wait_ms: worker.max_batch_wait.as_millis() as u64,
             max_concurrent_batches: worker.max_concurrent_batches,
@@ -297,6 +332,20 @@ impl Settings {
             .map_err(Box::new)
     }
 
+    /// Fewer pollers on an idle queue, and back-pressure; a limit of 0 turns its condition off.
+    pub fn pacing(&self) -> crate::worker::PacingConfig {
+        let off_at_zero = |v: u64| (v > 0).then_some(v);
+        crate::worker::PacingConfig {
+            idle_empty_receives: self.idle_empty_receives,
+            output_backlog_max: off_at_zero(self.output_backlog_max),
+            output_backlog_check: Duration::from_secs(self.output_backlog_check_secs.max(1)),
+            enrich_budget: off_at_zero(self.enrich_budget_ms).map(Duration::from_millis),
+            slots_full_max: off_at_zero(self.slots_full_max_secs).map(Duration::from_secs),
+            slow_delay: Duration::from_millis(self.slow_poll_delay_ms),
+            pause_after: Duration::from_secs(self.pause_after_secs),
+        }
+    }
+
     /// The decoding limits.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -345,6 +394,22 @@ impl Settings {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn the_pacing_defaults_are_the_workers_and_zero_turns_a_condition_off() {
+        assert_eq!(Settings::default().pacing(), WorkerConfig::default().pacing);
+        let off = Settings {
+            output_backlog_max: 0,
+            enrich_budget_ms: 0,
+            slots_full_max_secs: 0,
+            ..Settings::default()
+        };
+        let p = off.pacing();
+        assert_eq!(
+            (p.output_backlog_max, p.enrich_budget, p.slots_full_max),
+            (None, None, None)
+        );
+    }
 
     #[test]
     fn secrets_never_print() {

@@ -135,6 +135,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         limits: settings.limits(),
         max_receives: settings.max_receives,
         outage_hold: Duration::from_secs(settings.outage_hold_secs),
+        pacing: settings.pacing(),
         ..WorkerConfig::default()
     }
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pacing::PacingConfig;
 use crate::bundle::{ContentEncoding, Limits};
 use crate::queue::Retry;
 
@@ -57,6 +58,9 @@ pub struct WorkerConfig {
     pub backoff_base: Duration,
     /// Longest back-off delay.
     pub backoff_max: Duration,
+    /// Fewer pollers on an idle queue; polling slowed, then paused, while the downstream
+    /// cannot keep up.
+    pub pacing: PacingConfig,
 }
 
 impl WorkerConfig {
@@ -97,6 +101,7 @@ impl Default for WorkerConfig {
             send_attempts: Retry::default().attempts,
             backoff_base: Retry::default().base,
             backoff_max: Retry::default().max,
+            pacing: PacingConfig::default(),
         }
     }
 }

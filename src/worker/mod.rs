@@ -6,6 +6,9 @@
 //!   of FIFO message groups within it.
 //! - [`run`]: the loop around it (pollers, batching, back-off, drain); [`gather`]: a batch in
 //!   hand; [`heartbeat`]: visibility kept while it is.
+//! - [`pacing`]: how fast the pollers receive (fewer on an idle queue; slowed, then paused,
+//!   under back-pressure), decided as plain values; [`governor`]: that pace shared by the loops,
+//!   logged and measured.
 //! - [`state`], [`health`], [`endpoints`]: progress, liveness and readiness, served over HTTP.
 //! - [`protection`]: ECS task scale-in protection; [`aggregates`]: prediction counts per batch.
 
@@ -15,9 +18,11 @@ pub mod dead_letter;
 pub mod endpoints;
 pub mod feedback;
 pub mod gather;
+pub mod governor;
 pub mod groups;
 pub mod health;
 pub mod heartbeat;
+pub mod pacing;
 pub mod protection;
 pub mod run;
 pub mod service;
@@ -28,6 +33,7 @@ pub mod step;
 mod tests;
 
 pub use config::{HookFuture, Hooks, WorkerConfig};
+pub use pacing::{Pace, PacingConfig, Pressure};
 pub use run::RunSummary;
 pub use service::Worker;
 pub use step::{decode_all, Received, Retryable, StepReport};

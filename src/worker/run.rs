@@ -5,15 +5,19 @@
 //! Memory is bounded: the pollers hand messages over a bounded channel, and at most
 //! `max_concurrent_batches` batches are processed at once. Messages stay invisible to other
 //! workers from receipt until their step returns: a heartbeat starts at the poller.
+//!
+//! Each poller waits for its turn before a receive: the [`Governor`] parks pollers while the
+//! queue is idle, and slows or pauses polling while the downstream cannot keep up.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::gather::{BatchBounds, Gathered, InHand};
+use super::governor::{turn, Governor};
 use super::heartbeat::Heartbeat;
 use super::service::Worker;
 use super::step::StepReport;
@@ -46,13 +50,23 @@ where
     /// Runs until `shutdown` is cancelled, then drains what it holds within the drain timeout.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> RunSummary {
         let (tx, rx) = mpsc::channel::<InHand>(self.config.pollers.max(1) * 2);
+        let governor = Governor::new(
+            self.config.pacing.clone(),
+            self.config.pollers.max(1),
+            self.config.max_concurrent_batches.max(1),
+            Arc::clone(&self.state),
+        );
+        let watch =
+            tokio::spawn(Arc::clone(&governor).watch(self.output.clone(), shutdown.clone()));
         let mut pollers = JoinSet::new();
         for n in 0..self.config.pollers.max(1) {
-            pollers.spawn(Arc::clone(&self).poll(n, tx.clone(), shutdown.clone()));
+            let governor = Arc::clone(&governor);
+            pollers.spawn(Arc::clone(&self).poll(n, tx.clone(), governor, shutdown.clone()));
         }
         drop(tx);
-        let batcher = tokio::spawn(Arc::clone(&self).batch_loop(rx));
+        let batcher = tokio::spawn(Arc::clone(&self).batch_loop(rx, governor));
         shutdown.cancelled().await;
+        watch.abort();
         self.state.stopping.cancel();
         tracing::info!(
             drain_timeout_s = self.config.drain_timeout.as_secs_f64(),
@@ -99,12 +113,17 @@ where
         self: Arc<Self>,
         n: usize,
         tx: mpsc::Sender<InHand>,
+        governor: Arc<Governor>,
         shutdown: CancellationToken,
     ) {
         let mut failures = 0;
         // Each poller has its own attempt: a retried receive asks for what its lost one took.
         let mut attempt = ReceiveAttempt::new();
+        let mut pace = self.state.pace.subscribe();
         loop {
+            if !turn(&mut pace, n, &shutdown).await {
+                return;
+            }
             let started = Instant::now();
             let (max, wait) = (self.config.receive_max, self.config.wait_secs);
             let received = tokio::select! {
@@ -118,10 +137,13 @@ where
                 Ok(messages) if messages.is_empty() => {
                     failures = 0;
                     crate::instruments::received(0, started.elapsed());
+                    governor.received(0);
                 }
                 Ok(messages) => {
                     failures = 0;
                     crate::instruments::received(messages.len(), started.elapsed());
+                    // Parked pollers wake now, not after the hand-over.
+                    governor.received(messages.len());
                     let in_flight = self.state.hold(messages.len());
                     // Visibility is kept from receipt on: messages may wait behind a slow batch.
                     let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();
@@ -169,7 +191,11 @@ where
 
     /// Gathers received messages into batches and processes them, at most
     /// `max_concurrent_batches` at once; ends when the pollers are gone and all is processed.
-    async fn batch_loop(self: Arc<Self>, mut rx: mpsc::Receiver<InHand>) -> RunSummary {
+    async fn batch_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<InHand>,
+        governor: Arc<Governor>,
+    ) -> RunSummary {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_batches.max(1)));
         let mut running: JoinSet<StepReport> = JoinSet::new();
         let mut summary = RunSummary::default();
@@ -186,7 +212,7 @@ where
             } else {
                 tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    failures = self.account(&mut summary, done, failures);
+                    failures = self.account(&mut summary, done, failures, &governor);
                     continue;
                 }
                 received = rx.recv() => match received {
@@ -223,7 +249,7 @@ where
             carried = gathered.carried.take();
             crate::instruments::decoded(gathered.decoding);
             while let Some(done) = running.try_join_next() {
-                failures = self.account(&mut summary, done, failures);
+                failures = self.account(&mut summary, done, failures, &governor);
             }
             if failures > 0 {
                 let delay = self.config.backoff(failures - 1);
@@ -234,14 +260,15 @@ where
                 tokio::time::sleep(delay).await;
             }
             let worker = Arc::clone(&self);
+            let slot = governor.slot();
             running.spawn(async move {
                 let report = worker.process(gathered.batch).await;
-                drop((permit, gathered.held));
+                drop((permit, slot, gathered.held));
                 report
             });
         }
         while let Some(done) = running.join_next().await {
-            self.account(&mut summary, done, 0);
+            self.account(&mut summary, done, 0, &governor);
         }
         summary
     }
@@ -251,6 +278,7 @@ where
         summary: &mut RunSummary,
         done: Result<StepReport, tokio::task::JoinError>,
         failures: u32,
+        governor: &Governor,
     ) -> u32 {
         self.state.beat();
         let Ok(report) = done else {
@@ -258,6 +286,10 @@ where
             return failures + 1;
         };
         report.record_metrics();
+        let enrich = report.timing_ms.get("enrich");
+        if let Some(Ok(enrich)) = enrich.map(|ms| Duration::try_from_secs_f64(ms / 1e3)) {
+            governor.enriched(enrich);
+        }
         summary.batches += 1;
         summary.messages += report.messages;
         summary.answered += report.answered;

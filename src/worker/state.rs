@@ -1,17 +1,22 @@
 //! What the worker's loops share with the health endpoints and task protection: when they last
-//! made progress, and how many messages are in hand.
+//! made progress, how many messages are in hand, and the pace the pollers keep.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant as LoopInstant;
+
+use super::pacing::Pace;
 
 /// What the worker's loops share with the health endpoints and task protection.
 #[derive(Debug)]
 pub struct WorkerState {
     /// Cancelled when shutdown starts: held bundles are let go at once.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// How the pollers receive now ([`super::governor`] sets it); paused until a run starts.
+    pub pace: watch::Sender<Pace>,
     started: LoopInstant,
     last_beat_ms: AtomicU64,
     in_flight: AtomicUsize,
@@ -21,6 +26,7 @@ impl Default for WorkerState {
     fn default() -> Self {
         Self {
             stopping: tokio_util::sync::CancellationToken::new(),
+            pace: watch::Sender::new(Pace::Paused),
             started: LoopInstant::now(),
             last_beat_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),

@@ -4,6 +4,7 @@
 //! `tests/integration/worker.rs`.)
 
 mod fifo;
+mod pacing;
 
 use std::sync::Arc;
 use std::time::Duration;

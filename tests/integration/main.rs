@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod back_pressure;
 mod dlq;
 mod extended_client;
 mod fifo;

@@ -1,0 +1,269 @@
+//! The governor: the loops report what they see (receives, batch slots, enrichment times, the
+//! output backlog), [`super::pacing`] decides the pace, and the governor hands it to the
+//! pollers through [`WorkerState::pace`], logs each change once and shows it as metrics.
+//!
+//! A poller waits for its turn ([`turn`]) before each receive: a parked poller makes no call
+//! and wakes the moment the pace lets it receive again. The governor's watch task
+//! ([`Governor::watch`]) re-evaluates the time-based rules every quarter second and measures the
+//! output backlog, but only while messages arrive or the backlog holds polling back: an idle
+//! worker makes no call for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::pacing::{Changes, Pace, Pacing, PacingConfig, Pressure};
+use super::state::WorkerState;
+use crate::queue::Queue;
+
+/// How often the time-based rules are looked at.
+const TICK: Duration = Duration::from_millis(250);
+/// The longest wait for the output queue's depth; past it the measure counts as failed.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pace shared by the loops of one run.
+#[derive(Debug)]
+pub struct Governor {
+    pacing: Mutex<Pacing>,
+    state: Arc<WorkerState>,
+    /// Whether messages arrived since the output backlog was last measured.
+    received_since_measure: AtomicBool,
+}
+
+impl Governor {
+    /// A governor for `pollers` pollers and `slots` batch slots; every poller may receive.
+    pub fn new(
+        config: PacingConfig,
+        pollers: usize,
+        slots: usize,
+        state: Arc<WorkerState>,
+    ) -> Arc<Self> {
+        let pacing = Pacing::new(config, pollers, slots);
+        let pace = pacing.pace();
+        state.pace.send_replace(pace);
+        crate::instruments::pace(pace.name(), polling(pace));
+        for pressure in Pressure::ALL {
+            crate::instruments::pressure(pressure.name(), false);
+        }
+        Arc::new(Self {
+            pacing: Mutex::new(pacing),
+            state,
+            received_since_measure: AtomicBool::new(true),
+        })
+    }
+
+    /// A receive returned `messages` messages.
+    pub fn received(&self, messages: usize) {
+        if messages > 0 {
+            self.received_since_measure.store(true, Ordering::Relaxed);
+        }
+        self.update(|p, _| p.received(messages));
+    }
+
+    /// A batch finished whose enrichment stage took `enrich`.
+    pub fn enriched(&self, enrich: Duration) {
+        self.update(|p, now| p.enriched(now, enrich));
+    }
+
+    /// Takes a batch slot until the returned guard is dropped (its batch finished).
+    pub fn slot(self: &Arc<Self>) -> SlotHeld {
+        self.update(|p, now| p.slot_taken(now));
+        SlotHeld {
+            governor: Arc::clone(self),
+        }
+    }
+
+    /// Re-evaluates the rules, measuring the output backlog every check interval while messages
+    /// arrive or the backlog holds polling back; ends at `shutdown`.
+    pub async fn watch<Q: Queue>(self: Arc<Self>, output: Q, shutdown: CancellationToken) {
+        let check = self.config().output_backlog_check.max(TICK);
+        let measures = self.config().output_backlog_max.is_some();
+        let mut next_measure = Instant::now();
+        loop {
+            if measures && Instant::now() >= next_measure && self.wants_measure() {
+                let visible = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    visible = measure(&output) => visible,
+                };
+                self.update(|p, _| p.output_backlog(visible));
+                next_measure = Instant::now() + check;
+            }
+            self.update(|_, _| {});
+            if self.paused_by_choice() {
+                // A pause for the output's consumers is the worker deciding, not a stall.
+                self.state.beat();
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    fn config(&self) -> PacingConfig {
+        self.lock().config().clone()
+    }
+
+    /// Whether the backlog is worth a call: messages arrived since the last measure, or the
+    /// backlog holds polling back and its end must be seen.
+    fn wants_measure(&self) -> bool {
+        let arrived = self.received_since_measure.swap(false, Ordering::Relaxed);
+        arrived || self.lock().holding().contains(&Pressure::OutputBacklog)
+    }
+
+    /// Whether polling is paused by the output backlog (and not by full slots, which `/health`
+    /// must still see when no batch ever finishes; a pause for enrichment ends on its own).
+    fn paused_by_choice(&self) -> bool {
+        let pacing = self.lock();
+        pacing.pace() == Pace::Paused
+            && pacing.holding().contains(&Pressure::OutputBacklog)
+            && !pacing.holding().contains(&Pressure::SlotsFull)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pacing> {
+        self.pacing
+            .lock()
+            .expect("no code panics while holding the pacing")
+    }
+
+    /// Applies what a loop saw, re-evaluates, and announces what changed.
+    fn update(&self, saw: impl FnOnce(&mut Pacing, Instant)) {
+        let now = Instant::now();
+        let mut pacing = self.lock();
+        saw(&mut pacing, now);
+        let changes = pacing.evaluate(now);
+        if changes != Changes::default() {
+            announce(&pacing, &changes, now);
+        }
+        if let Some(pace) = changes.pace {
+            self.state.pace.send_replace(pace);
+        }
+    }
+}
+
+/// A batch slot taken; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SlotHeld {
+    governor: Arc<Governor>,
+}
+
+impl Drop for SlotHeld {
+    fn drop(&mut self) {
+        self.governor.update(|p, _| p.slot_freed());
+    }
+}
+
+/// Waits until poller `n` may receive; false when shutdown came first.
+pub async fn turn(
+    pace: &mut watch::Receiver<Pace>,
+    n: usize,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let now = *pace.borrow_and_update();
+        match now.turn(n) {
+            Some(wait) if wait.is_zero() => return true,
+            Some(wait) => tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(wait) => return true,
+                // A new pace may let it go at once, or not at all.
+                changed = pace.changed() => if changed.is_err() { return false },
+            },
+            None => tokio::select! {
+                () = shutdown.cancelled() => return false,
+                changed = pace.changed() => if changed.is_err() { return false },
+            },
+        }
+    }
+}
+
+/// The output queue's visible messages; `None` when it could not be measured.
+async fn measure<Q: Queue>(output: &Q) -> Option<u64> {
+    match tokio::time::timeout(MEASURE_TIMEOUT, output.depth()).await {
+        Ok(Ok(visible)) => {
+            if let Some(visible) = visible {
+                crate::instruments::output_backlog(visible);
+            }
+            visible
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::text::error_chain(&e), "could not measure the output queue's backlog; it does not hold polling back until measured again");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = MEASURE_TIMEOUT.as_secs(),
+                "the output queue's backlog was not measured in time; it does not hold polling back until measured again"
+            );
+            None
+        }
+    }
+}
+
+/// How many pollers receive at `pace`.
+fn polling(pace: Pace) -> usize {
+    match pace {
+        Pace::Polling { pollers } => pollers,
+        Pace::Slowed { .. } => 1,
+        Pace::Paused => 0,
+    }
+}
+
+/// Logs and records what changed: each condition that began or ended, and the new pace.
+fn announce(pacing: &Pacing, changes: &Changes, now: Instant) {
+    let c = pacing.config();
+    for &pressure in &changes.began {
+        crate::instruments::pressure(pressure.name(), true);
+        match pressure {
+            Pressure::OutputBacklog => tracing::warn!(
+                condition = pressure.name(),
+                visible = pacing.backlog(),
+                limit = c.output_backlog_max,
+                "back-pressure: the output queue's consumers are behind; polling slows"
+            ),
+            Pressure::EnrichLatency => tracing::warn!(
+                condition = pressure.name(),
+                enrich_ms = pacing.enrich_mean_ms(now),
+                budget_ms = c.enrich_budget.map(|b| b.as_millis() as u64),
+                "back-pressure: enrichment is over its time budget; polling slows"
+            ),
+            Pressure::SlotsFull => tracing::warn!(
+                condition = pressure.name(),
+                full_s = pacing.slots_full_for(now).map(|d| d.as_secs_f64()),
+                limit_s = c.slots_full_max.map(|d| d.as_secs_f64()),
+                "back-pressure: every batch slot has been busy past its limit; polling slows"
+            ),
+        }
+    }
+    for &pressure in &changes.ended {
+        crate::instruments::pressure(pressure.name(), false);
+        tracing::info!(condition = pressure.name(), "back-pressure ended");
+    }
+    if let Some(pace) = changes.pace {
+        crate::instruments::pace(pace.name(), polling(pace));
+        let holding: Vec<&str> = pacing.holding().iter().map(|p| p.name()).collect();
+        match pace {
+            Pace::Polling { pollers } => tracing::info!(
+                pace = pace.name(),
+                pollers,
+                "polling with {pollers} poller(s)"
+            ),
+            Pace::Slowed { delay } => tracing::warn!(
+                pace = pace.name(),
+                delay_ms = delay.as_millis() as u64,
+                conditions = ?holding,
+                "polling slowed: one poller, waiting before each receive"
+            ),
+            Pace::Paused => tracing::warn!(
+                pace = pace.name(),
+                conditions = ?holding,
+                after_s = c.pause_after.as_secs_f64(),
+                "polling paused until the back-pressure ends"
+            ),
+        }
+    }
+}
