@@ -5,8 +5,9 @@
 //! - the shadow model is loaded and polled by its own task; until it loads (or when its alias
 //!   names a version that does not validate), nothing is shadowed and the worker serves as usual;
 //! - its rows are copied before the served model's call, and scored afterwards on a blocking
-//!   thread, one batch at a time: a batch that finds the previous one still scoring is skipped
-//!   (and counted), so a slow shadow model costs shadow coverage, never answer time;
+//!   thread, one batch at a time (at most one core); when [`QUEUED_JOBS`] batches already wait,
+//!   a new one is skipped (and counted), so a slow shadow model costs shadow coverage, never
+//!   answer time;
 //! - a panic in its prediction is caught and counted as a failure.
 //!
 //! Which bundles are shadowed is a stable hash of the bundle id, the same one the prediction log
@@ -24,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::holder::{LoadedModel, ModelHolder, ModelSource};
 use crate::model::registry::{Registry, RegistryError};
+
+/// Shadow jobs waiting or scoring before new ones are skipped: a burst of batches is shadowed
+/// whole, a shadow model slower than production sheds its excess.
+pub const QUEUED_JOBS: usize = 8;
 
 /// What shadow scoring saw for one pair of versions since the last interval.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -99,7 +104,10 @@ pub struct Shadow {
     alias: String,
     fraction: f64,
     holder: OnceLock<Arc<ModelHolder>>,
-    busy: Arc<Semaphore>,
+    /// Jobs submitted and not finished, at most [`QUEUED_JOBS`].
+    queued: Arc<Semaphore>,
+    /// Held while a job scores: one at a time, so shadowing takes at most one core.
+    scoring: Mutex<()>,
     /// Per (served version, shadow version).
     tallies: Mutex<BTreeMap<(u64, u64), Tally>>,
     /// The shadow version last found incompatible with the served one (warned once).
@@ -115,7 +123,8 @@ impl Shadow {
             alias: alias.to_owned(),
             fraction: fraction.clamp(0.0, 1.0),
             holder: OnceLock::new(),
-            busy: Arc::new(Semaphore::new(1)),
+            queued: Arc::new(Semaphore::new(QUEUED_JOBS)),
+            scoring: Mutex::new(()),
             tallies: Mutex::default(),
             incompatible: AtomicU64::new(u64::MAX),
         }
@@ -153,14 +162,15 @@ impl Shadow {
         None
     }
 
-    /// Scores `job` with `shadow` on a blocking thread, unless the previous job is still
-    /// scoring (then its records are counted as skipped). Never waits.
+    /// Scores `job` with `shadow` on a blocking thread, after the jobs before it (one at a
+    /// time); when [`QUEUED_JOBS`] are already waiting or scoring, its records are counted as
+    /// skipped instead. Never waits.
     pub fn submit(self: &Arc<Self>, shadow: Arc<LoadedModel>, job: ShadowJob) {
         let rows = job.x.nrows() as u64;
         if rows == 0 {
             return;
         }
-        let Ok(permit) = Arc::clone(&self.busy).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.queued).try_acquire_owned() else {
             self.tallies
                 .lock()
                 .expect("shadow tallies")
@@ -173,6 +183,7 @@ impl Shadow {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _one_at_a_time = me.scoring.lock().unwrap_or_else(|e| e.into_inner());
             me.score(&shadow, job);
         });
     }

@@ -95,7 +95,8 @@ pub async fn drift_summary(
     model: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<DriftSummary>, sqlx::Error> {
-    let rows: Vec<(i64, String, i64, f64, f64, f64, f64, DateTime<Utc>)> = sqlx::query_as(
+    type Row = (i64, String, i64, f64, f64, f64, f64, DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT model_version, feature, count(*),
                 (array_agg(psi ORDER BY observed_at DESC))[1], max(psi), avg(psi), avg(out_of_range),
                 max(observed_at)
