@@ -21,6 +21,9 @@
 //! - `encode`: `Answer::encode` of a 100-record answer, identity, gzip and zstd.
 //! - `in_process_path`: 10 bundles x 100 records from message bodies to answer bodies: decode,
 //!   prepare (in memory), decision values (linear, then Gaussian), answers, encode (identity).
+//! - `prediction_log`: the log's cost of 10 bundles x 100 predicted records with every bundle
+//!   logged (`ML_PIPELINE_PREDICTION_LOG=all`): `capture` on the worker's step, and the writer's
+//!   `prediction_log::encode` of those rows as binary `COPY` into its reused buffer.
 //!
 //! Run all: `cargo bench --bench pipeline`. One group: `cargo bench --bench pipeline -- decode`.
 //! Shorter runs: `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`.
@@ -38,6 +41,8 @@ use ml_pipeline::batch::prepare;
 use ml_pipeline::bundle::ColumnIndex;
 use ml_pipeline::bundle::{decode, ContentEncoding, InputBundle, Limits};
 use ml_pipeline::enrich::{DocumentSource, Enrichment, ReferenceSource};
+use ml_pipeline::learning::prediction_log::{capture, encode, LogBatch, ModelFacts};
+use ml_pipeline::learning::LogMode;
 use ml_pipeline::model::Classifier;
 use ml_pipeline::normalize::Normalizer;
 use ml_pipeline::standardize::StandardBatch;
@@ -250,6 +255,44 @@ fn whole_path(c: &mut Criterion) {
     group.finish();
 }
 
+fn prediction_log(c: &mut Criterion) {
+    let w = workload();
+    let rt = runtime();
+    let bundles = w.bundles(10);
+    let prepared = rt.block_on(prepare(&w.spec, &bundles, &w.enricher));
+    let scores = w.gaussian.decision_values(prepared.matrix.clone());
+    let capture_all = || {
+        capture(
+            LogMode::All,
+            &bundles,
+            &prepared.plans,
+            &prepared.matrix,
+            &scores,
+        )
+    };
+    let batch = LogBatch {
+        model: std::sync::Arc::new(ModelFacts {
+            name: w.spec.name.clone(),
+            version: 1,
+            features: w.spec.features.iter().map(|f| f.name.clone()).collect(),
+            classes: vec!["fake".into(), "real".into()],
+        }),
+        predicted_at: chrono::Utc::now(),
+        bundles: capture_all().into_iter().flatten().collect(),
+    };
+    let records: usize = batch.bundles.iter().map(|b| b.records.len()).sum();
+    let mut group = c.benchmark_group("prediction_log");
+    group.throughput(Throughput::Elements(records as u64));
+    group.bench_function(BenchmarkId::new("capture", records), |b| {
+        b.iter(capture_all)
+    });
+    let mut buf = Vec::new();
+    group.bench_function(BenchmarkId::new("encode_binary_copy", records), |b| {
+        b.iter(|| encode(&mut buf, std::slice::from_ref(black_box(&batch))))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     decode_bundles,
@@ -258,6 +301,7 @@ criterion_group!(
     predict,
     drift_observe,
     encode_answers,
-    whole_path
+    whole_path,
+    prediction_log
 );
 criterion_main!(benches);

@@ -6,10 +6,12 @@
 //! has queued up with one `COPY` (so writes grow with the load, one round trip each), creates
 //! the day partitions ahead of the rows and drops those older than the retention. When the
 //! channel is full (PostgreSQL slower than the traffic) a batch's log is dropped and counted,
-//! never the answer.
+//! never the answer. The rows go in `COPY`'s binary format ([`copy_binary`]), so that neither
+//! the worker nor PostgreSQL formats or parses them as text.
+
+pub mod copy_binary;
 
 use std::collections::{BTreeSet, HashSet};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::LogMode;
 use crate::batch::{BundlePlan, Slot};
 use crate::bundle::{DecodeError, InputBundle};
+use copy_binary::{CopyBinary, FieldTooLong};
 
 /// What the log needs to know of the model that predicted a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +136,8 @@ pub struct PredictionLog {
     tx: mpsc::Sender<LogBatch>,
     stop: CancellationToken,
     writer: Arc<Mutex<Option<JoinHandle<WriterSummary>>>>,
+    /// The facts of the model version last logged, shared by its batches.
+    facts: Arc<Mutex<Option<Arc<ModelFacts>>>>,
 }
 
 impl PredictionLog {
@@ -162,6 +167,29 @@ impl PredictionLog {
     /// Which bundles are logged.
     pub fn mode(&self) -> LogMode {
         self.mode
+    }
+
+    /// The facts of model `name` version `version`: made by `facts` when that is not the
+    /// version this log last saw, shared otherwise (a version's facts never change), so a
+    /// batch costs no copy of the model's names.
+    pub fn model_facts(
+        &self,
+        name: &str,
+        version: u64,
+        facts: impl FnOnce() -> ModelFacts,
+    ) -> Arc<ModelFacts> {
+        let mut last = self
+            .facts
+            .lock()
+            .expect("the model facts' lock is never poisoned");
+        match &*last {
+            Some(f) if f.version == version && f.name == name => Arc::clone(f),
+            _ => {
+                let f = Arc::new(facts());
+                *last = Some(Arc::clone(&f));
+                f
+            }
+        }
     }
 
     /// Queues a batch for the writer; when the writer is behind by [`QUEUED_BATCHES`] batches,
@@ -232,6 +260,8 @@ pub fn start(pool: PgPool, mode: LogMode, retention_days: u32) -> PredictionLog 
         partitions: BTreeSet::new(),
         models: HashSet::new(),
         pruned_on: None,
+        last_model: None,
+        buf: Vec::new(),
         summary: WriterSummary::default(),
     };
     let stop = CancellationToken::new();
@@ -241,6 +271,7 @@ pub fn start(pool: PgPool, mode: LogMode, retention_days: u32) -> PredictionLog 
         tx,
         stop,
         writer: Arc::new(Mutex::new(Some(handle))),
+        facts: Arc::new(Mutex::new(None)),
     }
 }
 
@@ -253,8 +284,15 @@ struct Writer {
     models: HashSet<(String, u64)>,
     /// The day the expired partitions were last dropped.
     pruned_on: Option<NaiveDate>,
+    /// The facts of the model version last checked against `models`.
+    last_model: Option<Arc<ModelFacts>>,
+    /// The `COPY` data, reused from one write to the next.
+    buf: Vec<u8>,
     summary: WriterSummary,
 }
+
+/// Bytes of the `COPY` buffer kept between writes (about 60 000 rows of the default model).
+const KEPT_BUFFER_BYTES: usize = 8 << 20;
 
 impl Writer {
     async fn run(
@@ -328,65 +366,95 @@ impl Writer {
         }
         for batch in batches {
             let m = &batch.model;
+            // Batches of one model version share its facts: one pointer comparison per batch.
+            if self
+                .last_model
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, m))
+            {
+                continue;
+            }
             if self.models.insert((m.name.clone(), m.version)) {
                 record_model(&self.pool, m).await?;
             }
+            self.last_model = Some(Arc::clone(m));
         }
-        let mut text = String::new();
-        for batch in batches {
-            copy_text(&mut text, batch);
-        }
+        encode(&mut self.buf, batches)?;
+        let copied = self.copy_buffer().await;
+        // A burst's buffer is not kept for ever.
+        self.buf.clear();
+        self.buf.shrink_to(KEPT_BUFFER_BYTES);
+        copied
+    }
+
+    /// One `COPY` of what [`encode`] put in the buffer.
+    async fn copy_buffer(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
-        let mut copy = conn
-            .copy_in_raw(
-                "COPY prediction_log (predicted_at, bundle_id, record_id, position, model_name, model_version, class, score, features) FROM STDIN",
-            )
-            .await?;
-        copy.send(text.into_bytes()).await?;
+        let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
+        copy.send(self.buf.as_slice()).await?;
         copy.finish().await?;
         Ok(())
     }
 }
 
-/// Appends a batch's rows in COPY's text format.
-fn copy_text(out: &mut String, batch: &LogBatch) {
-    let at = batch.predicted_at.to_rfc3339();
-    let mut model = String::new();
-    escape_into(&mut model, &batch.model.name);
-    for bundle in &batch.bundles {
-        for r in &bundle.records {
-            out.push_str(&at);
-            out.push('\t');
-            escape_into(out, &bundle.bundle_id);
-            out.push('\t');
-            escape_into(out, &r.record_id);
-            let _ = write!(
-                out,
-                "\t{}\t{model}\t{}\t{}\t{}\t{{",
-                r.position, batch.model.version, r.class, r.score
-            );
-            for (i, v) in r.features.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{v}");
+/// The statement that reads what [`encode`] writes.
+const COPY_STATEMENT: &str = "COPY prediction_log (predicted_at, bundle_id, record_id, position, \
+    model_name, model_version, class, score, features) FROM STDIN (FORMAT binary)";
+
+/// Replaces `out` with the rows of `batches` as one binary `COPY` stream for
+/// [`COPY_STATEMENT`]. `out` is the writer's buffer, reused from one `COPY` to the next.
+pub fn encode(out: &mut Vec<u8>, batches: &[LogBatch]) -> Result<(), OutOfRange> {
+    let mut copy = CopyBinary::start(out);
+    for batch in batches {
+        let model = &batch.model;
+        let version = i64::try_from(model.version).map_err(|_| OutOfRange {
+            column: "model_version",
+            value: model.version.to_string(),
+        })?;
+        for bundle in &batch.bundles {
+            for r in &bundle.records {
+                let position = i32::try_from(r.position).map_err(|_| OutOfRange {
+                    column: "position",
+                    value: r.position.to_string(),
+                })?;
+                let texts = bundle.bundle_id.len() + r.record_id.len() + model.name.len();
+                copy.row(
+                    9,
+                    9 * 4 + 8 + texts + 4 + 8 + 2 + 8 + 20 + 12 * r.features.len(),
+                );
+                copy.timestamptz(batch.predicted_at);
+                let too_long = |column| {
+                    move |e: FieldTooLong| OutOfRange {
+                        column,
+                        value: format!("{} bytes", e.bytes),
+                    }
+                };
+                copy.text(&bundle.bundle_id)
+                    .map_err(too_long("bundle_id"))?;
+                copy.text(&r.record_id).map_err(too_long("record_id"))?;
+                copy.int4(position);
+                copy.text(&model.name).map_err(too_long("model_name"))?;
+                copy.int8(version);
+                copy.int2(r.class);
+                copy.float8(r.score);
+                copy.float8_array(&r.features)
+                    .map_err(too_long("features"))?;
             }
-            out.push_str("}\n");
         }
     }
+    copy.finish();
+    Ok(())
 }
 
-/// A text value in COPY's text format: backslash, tab, newline and carriage return escaped.
-fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
+/// A logged value that its column cannot hold; the whole `COPY` fails, as the text format's
+/// did on the same values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a prediction log {column} out of its column's range: {value}")]
+pub struct OutOfRange {
+    /// The column.
+    pub column: &'static str,
+    /// The value, or its length.
+    pub value: String,
 }
 
 /// The partition holding a day's rows.
@@ -572,28 +640,95 @@ mod tests {
             .all(Option::is_none));
     }
 
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let batch = LogBatch {
+    fn logged(record_id: &str, features: Vec<f64>) -> LogBatch {
+        LogBatch {
             model: facts(),
-            predicted_at: "2026-12-01T10:00:00Z".parse().unwrap(),
+            predicted_at: "2026-12-01T10:00:00.123456Z".parse().unwrap(),
             bundles: vec![LoggedBundle {
                 bundle_id: "b\t1".into(),
                 records: vec![LoggedRecord {
-                    record_id: "r\\1\n".into(),
+                    record_id: record_id.into(),
                     position: 4,
                     class: 1,
                     score: 1.5,
-                    features: vec![0.25, -3.0],
+                    features,
                 }],
             }],
-        };
-        let mut out = String::new();
-        copy_text(&mut out, &batch);
+        }
+    }
+
+    #[test]
+    fn a_logged_row_decodes_by_hand_in_the_statements_column_order() {
+        let mut out = Vec::new();
+        let batch = logged("r\\1\n", vec![0.25, -3.0]);
+        encode(&mut out, &[batch.clone(), batch.clone()]).unwrap();
+        let mut s = copy_binary::Stream(&out);
+        s.header();
+        for _ in 0..2 {
+            assert_eq!(s.i16(), 9, "one field per column of COPY_STATEMENT");
+            let since_2000 =
+                batch.predicted_at - "2000-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+            assert_eq!(
+                s.i64_field(),
+                since_2000.num_microseconds().unwrap(),
+                "predicted_at"
+            );
+            assert_eq!(s.field(), b"b\t1", "bundle_id, unescaped");
+            assert_eq!(s.field(), b"r\\1\n", "record_id, unescaped");
+            assert_eq!(s.field(), 4_i32.to_be_bytes(), "position");
+            assert_eq!(s.field(), b"banknote", "model_name");
+            assert_eq!(s.i64_field(), 3, "model_version");
+            assert_eq!(s.field(), 1_i16.to_be_bytes(), "class");
+            assert_eq!(s.f64_field(), 1.5, "score");
+            let array = s.field();
+            let mut a = copy_binary::Stream(&array);
+            assert_eq!(
+                (a.i32(), a.i32(), a.i32(), a.i32(), a.i32()),
+                (1, 0, 701, 2, 1)
+            );
+            assert_eq!((a.f64_field(), a.f64_field()), (0.25, -3.0), "features");
+        }
+        assert_eq!(s.i16(), -1, "the trailer");
+        assert!(s.0.is_empty());
+    }
+
+    #[test]
+    fn values_outside_their_column_are_refused_not_wrapped() {
+        let mut out = Vec::new();
+        let mut far = logged("r-1", vec![1.0]);
+        far.bundles[0].records[0].position = u32::MAX;
+        assert_eq!(encode(&mut out, &[far]).unwrap_err().column, "position");
+        let mut huge = logged("r-1", vec![1.0]);
+        Arc::make_mut(&mut huge.model).version = u64::MAX;
         assert_eq!(
-            out,
-            "2026-12-01T10:00:00+00:00\tb\\t1\tr\\\\1\\n\t4\tbanknote\t3\t1\t1.5\t{0.25,-3}\n"
+            encode(&mut out, &[huge]).unwrap_err().column,
+            "model_version"
         );
+    }
+
+    #[tokio::test]
+    async fn a_model_versions_facts_are_made_once_and_shared() {
+        // Nothing is logged: the pool never connects.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let log = start(pool, LogMode::All, 30);
+        let first = log.model_facts("banknote", 3, || (*facts()).clone());
+        let again = log.clone().model_facts("banknote", 3, || {
+            unreachable!("version 3's facts are known")
+        });
+        assert!(Arc::ptr_eq(&first, &again));
+        let next = log.model_facts("banknote", 4, || ModelFacts {
+            version: 4,
+            ..(*facts()).clone()
+        });
+        assert_eq!(next.version, 4);
+        let other = log.model_facts("other", 4, || ModelFacts {
+            name: "other".into(),
+            version: 4,
+            ..(*facts()).clone()
+        });
+        assert_eq!(other.name, "other");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! it did to the [`StepReport`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -731,19 +730,19 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         if bundles.is_empty() {
             return;
         }
-        let artifact = &model.artifact;
+        let spec = &model.artifact.spec;
+        let facts = log.model_facts(&spec.name, model.version, || ModelFacts {
+            name: spec.name.clone(),
+            version: model.version,
+            features: spec
+                .feature_names()
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            classes: model.artifact.class_names.values().cloned().collect(),
+        });
         log.submit(LogBatch {
-            model: Arc::new(ModelFacts {
-                name: artifact.spec.name.clone(),
-                version: model.version,
-                features: artifact
-                    .spec
-                    .feature_names()
-                    .iter()
-                    .map(|f| (*f).to_owned())
-                    .collect(),
-                classes: artifact.class_names.values().cloned().collect(),
-            }),
+            model: facts,
             predicted_at: chrono::Utc::now(),
             bundles,
         });

@@ -341,3 +341,102 @@ async fn feedback_retrains_a_better_model_and_the_worker_switches_to_it_without_
     assert_eq!(alias.record.version, challenger, "the alias did not move");
     stop.cancel();
 }
+
+/// Every column of a logged row reads back from PostgreSQL as it was logged: the binary `COPY`
+/// of each type, texts with the characters the text format had to escape, and the floats that
+/// text could only name (NaN, the infinities, -0, a subnormal, the largest).
+#[tokio::test]
+async fn the_log_reads_back_from_postgres_exactly_as_logged() {
+    use chrono::{DateTime, Utc};
+    use prediction_log::{LogBatch, LoggedBundle, LoggedRecord, ModelFacts};
+
+    let db = common::TestDb::new().await;
+    let log = prediction_log::start(db.pool.clone(), LogMode::All, 30);
+    let predicted_at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let features = vec![
+        0.1,
+        -0.0,
+        f64::MIN_POSITIVE / 4.0,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let bundle_id = format!("b\t{}\\", common::suffix());
+    let records = vec![
+        LoggedRecord {
+            record_id: "r-1\n\r é — 😀".into(),
+            position: 0,
+            class: 1,
+            score: 0.1 + 0.2,
+            features: features.clone(),
+        },
+        LoggedRecord {
+            record_id: "r-2".into(),
+            position: 7,
+            class: 0,
+            score: -1e-300,
+            features: Vec::new(),
+        },
+    ];
+    let model = Arc::new(ModelFacts {
+        name: "banknote\tv".into(),
+        version: 1 << 40,
+        features: vec!["a".into()],
+        classes: vec!["fake".into(), "real".into()],
+    });
+    log.submit(LogBatch {
+        model,
+        predicted_at,
+        bundles: vec![LoggedBundle {
+            bundle_id: bundle_id.clone(),
+            records: records.clone(),
+        }],
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let summary = log.close(deadline).await.expect("the log writer finishes");
+    assert_eq!((summary.written, summary.failed), (2, 0));
+
+    type Row = (
+        DateTime<Utc>,
+        String,
+        String,
+        i32,
+        String,
+        i64,
+        i16,
+        f64,
+        Vec<f64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT predicted_at, bundle_id, record_id, position, model_name, model_version, class, \
+                score, features \
+         FROM prediction_log ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, logged) in rows.iter().zip(&records) {
+        let (at, bundle, record, position, name, version, class, score, got) = row;
+        assert_eq!(*at, predicted_at);
+        assert_eq!((bundle, record), (&bundle_id, &logged.record_id));
+        assert_eq!(*position as u32, logged.position);
+        assert_eq!((name.as_str(), *version), ("banknote\tv", 1_i64 << 40));
+        assert_eq!(
+            (*class, score.to_bits()),
+            (logged.class, logged.score.to_bits())
+        );
+        let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(got), bits(&logged.features), "{got:?}");
+    }
+    // The array is the one `{...}` gave: one dimension from 1, and the empty one has none.
+    let (dims, empty): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT array_dims(features) FROM prediction_log WHERE position = 0), \
+                (SELECT array_dims(features) FROM prediction_log WHERE position = 7)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((dims.as_deref(), empty), (Some("[1:7]"), None));
+}
