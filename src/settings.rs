@@ -303,7 +303,8 @@ impl Default for Settings {
 /// Where the worker serves its HTTP endpoints unless told otherwise.
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9090";
 
-/// `ML_PIPELINE_*` variables read by the `localstack/` scripts and the CLI, not settings fields.
+/// `ML_PIPELINE_*` variables read by the `localstack/` scripts, the CLI and the tools (`BIN`:
+/// the worker binary `bench` and `chaos` start), not settings fields.
 const SCRIPT_VARIABLES: &[&str] = &[
     "config",
     "state_dir",
@@ -315,6 +316,7 @@ const SCRIPT_VARIABLES: &[&str] = &[
     "start_timeout",
     "python",
     "pg_version",
+    "bin",
 ];
 
 impl Settings {

@@ -5,6 +5,7 @@
 //! it did to the [`StepReport`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
