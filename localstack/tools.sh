@@ -4,7 +4,7 @@
 #   localstack/tools.sh install      create $ML_PIPELINE_CACHE_DIR/tools-venv if missing
 #   localstack/tools.sh lint         cfn-lint infra/*.yaml, shellcheck localstack/*.sh
 #                                    tools/compare/*.sh tools/extended-client/*.sh
-#                                    tools/idle-cost/*.sh .ci/run,
+#                                    tools/idle-cost/*.sh tools/python-peer/*.sh .ci/run,
 #                                    hadolint on any Dockerfile at the repo root,
 #                                    and a YAML parse of localstack/docker-compose.yml
 #   localstack/tools.sh run CMD...   run CMD with the tools venv first on PATH
@@ -49,6 +49,7 @@ lint() {
         compgen -G 'tools/compare/*.sh' || true
         compgen -G 'tools/extended-client/*.sh' || true
         compgen -G 'tools/idle-cost/*.sh' || true
+        compgen -G 'tools/python-peer/*.sh' || true
     )
     [[ -f .ci/run ]] && files+=(.ci/run)
     if ((${#files[@]})); then
