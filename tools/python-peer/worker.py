@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import unicodedata
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -298,6 +299,9 @@ class Peer:
         mongo = pymongo.MongoClient(env.get("MONGODB_URI", "mongodb://127.0.0.1:27017"))
         self.mongo = mongo[env.get("MONGODB_DATABASE", "ml_pipeline")]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo")
+        # Milliseconds per stage summed over batches, batches and records: logged at exit.
+        self.stage_ms: Counter = Counter()
+        self.batches = self.records = 0
         self.compile_spec(self.model.spec)
 
     def queue_url(self, name_or_url: str) -> str:
@@ -355,19 +359,35 @@ class Peer:
 
     def step(self, messages: list[dict]) -> tuple[int, int]:
         """Answers one poll's messages as one batch: (bundles answered, records)."""
+        t0 = time.perf_counter()
         bundles, refused = [], []
         for m in messages:
             try:
                 bundles.append((m, decode_body(m)))
             except Refused as e:
                 refused.append((m, e))
+        t1 = time.perf_counter()
         answers, failed = self.answer(bundles)
+        t2 = time.perf_counter()
         refused += failed
         sent = self.send(answers)
+        t3 = time.perf_counter()
         done = [m for m, _, _ in answers if m["MessageId"] in sent]
         done += self.dead_letter(refused)
         self.delete(done)
+        t4 = time.perf_counter()
+        self.stage_ms.update({"decode": (t1 - t0) * 1e3, "answer": (t2 - t1) * 1e3,
+                              "send": (t3 - t2) * 1e3, "delete": (t4 - t3) * 1e3})
+        self.batches += 1
+        self.records += sum(len(b.get("rows") or b.get("features") or []) for _, b in bundles)
         return len(sent), len(messages)
+
+    def log_stages(self) -> None:
+        """Mean milliseconds per batch of each stage, like the Rust worker's /metrics means."""
+        if self.batches:
+            means = ", ".join(f"{k} {v / self.batches:.2f}" for k, v in sorted(self.stage_ms.items()))
+            log.info("%d batches, %.0f records per batch; mean ms per batch: %s",
+                     self.batches, self.records / self.batches, means)
 
     def answer(self, bundles: list[tuple[dict, dict]]):
         """(message, bundle id, answer body) per bundle not refused, and the refused ones."""
@@ -417,6 +437,7 @@ class Peer:
             "predict": ms(t_normalize, t_predict),
             "total": ms(started, t_predict),
         }
+        self.stage_ms.update(timing)
         scores = scores.tolist()
         out = [(m, plan.bundle_id, self.render(plan, scores, reported, timing))
                for m, plan in plans]
@@ -739,19 +760,23 @@ def main() -> None:
     shutdown = Shutdown()
     peer = Peer(dict(os.environ))
     log.info("polling %s, answering to %s", peer.input, peer.output)
-    while not shutdown.requested:
-        messages = peer.receive()
-        if not messages:
-            continue
-        shutdown.busy = True
-        try:
-            peer.step(messages)
-        except (psycopg.OperationalError, pymongo.errors.PyMongoError) as e:
-            # A source is down: leave the messages to come back after their visibility timeout.
-            log.error("batch not answered, a source failed: %s", e)
-        finally:
-            shutdown.busy = False
-    log.info("stopped")
+    try:
+        while not shutdown.requested:
+            messages = peer.receive()
+            if not messages:
+                continue
+            shutdown.busy = True
+            try:
+                peer.step(messages)
+            except (psycopg.OperationalError, pymongo.errors.PyMongoError) as e:
+                # A source is down: leave the messages to come back after their visibility
+                # timeout.
+                log.error("batch not answered, a source failed: %s", e)
+            finally:
+                shutdown.busy = False
+    finally:
+        peer.log_stages()
+        log.info("stopped")
 
 
 if __name__ == "__main__":
