@@ -358,7 +358,7 @@ class Peer:
         ).get("Messages", [])
 
     def step(self, messages: list[dict]) -> tuple[int, int]:
-        """Answers one poll's messages as one batch: (bundles answered, records)."""
+        """Answers one poll's messages as one batch: (bundles answered, messages received)."""
         t0 = time.perf_counter()
         bundles, refused = [], []
         for m in messages:
@@ -472,6 +472,7 @@ class Peer:
         value_at = [(f["road"]["request"]["column"], at[f["road"]["request"]["column"]])
                     if "request" in f["road"] else None for f in self.features]
         width = len(columns)
+        mine = []  # joined to the batch only once the whole bundle is accepted
         for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != width:
                 raise Refused("decode", f"row {i} has the wrong shape for {width} columns")
@@ -490,7 +491,8 @@ class Peer:
                 plan.slots.append(e.args[0])
                 continue
             plan.slots.append(None)
-            records.append((plan, len(plan.slots) - 1, keys, doc_key, values))
+            mine.append((plan, len(plan.slots) - 1, keys, doc_key, values))
+        records += mine
         return plan
 
     def plan_seed(self, bundle: dict) -> Plan:
