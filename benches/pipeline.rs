@@ -268,6 +268,7 @@ fn prediction_log(c: &mut Criterion) {
             &prepared.plans,
             &prepared.matrix,
             &scores,
+            &[],
         )
     };
     let batch = LogBatch {

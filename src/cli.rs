@@ -626,8 +626,9 @@ pub enum ModelsCommand {
         alias: String,
     },
     /// How the model fares in production over a window: drift of each served feature against
-    /// the version's training data, and shadow scoring of the challenger (agreement, score
-    /// difference, time), from what the workers recorded.
+    /// the version's training data, shadow scoring of the challenger (agreement, score
+    /// difference, time), from what the workers recorded, and both versions' accuracy on the
+    /// shadowed records that feedback labelled.
     Compare {
         /// The window (`90m`, `24h`, `7d`).
         #[arg(long, default_value = "1h", value_parser = parse_window)]

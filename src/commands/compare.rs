@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use crate::figure::{
     draw, figure, page_end, page_head, table, write, Drawn, FigureError, HEIGHT, WIDTH,
 };
-use crate::monitor::store::{self, DriftPoint, DriftSummary, ShadowSummary};
+use crate::monitor::store::{self, DriftPoint, DriftSummary, JudgedOnFeedback, ShadowSummary};
 
 /// What `models compare` shows.
 #[derive(Debug, Serialize)]
@@ -30,6 +30,8 @@ pub struct Comparison {
     pub drift: Vec<DriftSummary>,
     /// Per pair of served and shadow versions.
     pub shadow: Vec<ShadowSummary>,
+    /// Per pair, both versions' accuracy on the shadowed records that feedback labelled.
+    pub judged: Vec<JudgedOnFeedback>,
     /// PSI per feature per minute (HTML and JSON only).
     pub drift_series: Vec<DriftPoint>,
     /// Agreement per shadow version per minute (HTML and JSON only).
@@ -75,6 +77,7 @@ pub async fn read(
         threshold,
         drift: store::drift_summary(pool, model, since).await?,
         shadow: store::shadow_summary(pool, model, since).await?,
+        judged: store::judged_on_feedback(pool, model, since).await?,
         drift_series: store::drift_series(pool, model, since).await?,
         shadow_series: store::shadow_series(pool, model, since).await?,
     })
@@ -130,7 +133,30 @@ impl Comparison {
             })
             .collect()
     }
+
+    fn judged_rows(&self) -> Vec<Vec<String>> {
+        self.judged
+            .iter()
+            .map(|j| {
+                vec![
+                    j.version.to_string(),
+                    j.shadow_version.to_string(),
+                    j.records.to_string(),
+                    pct(j.served_accuracy()),
+                    pct(j.shadow_accuracy()),
+                ]
+            })
+            .collect()
+    }
 }
+
+const JUDGED_HEAD: [&str; 5] = [
+    "served",
+    "shadow",
+    "labelled records",
+    "served accuracy",
+    "shadow accuracy",
+];
 
 const DRIFT_HEAD: [&str; 7] = [
     "version",
@@ -197,6 +223,12 @@ impl std::fmt::Display for Comparison {
             out.push_str("  none recorded: set ML_PIPELINE_SHADOW_ALIAS on the workers and point that alias at a version\n");
         } else {
             text_table(&mut out, &SHADOW_HEAD, &self.shadow_rows());
+        }
+        out.push_str("\nboth versions on the shadowed records that feedback labelled (prediction log joined with training_examples)\n");
+        if self.judged.is_empty() {
+            out.push_str("  none yet: no feedback for a logged record with a shadow prediction (both need ML_PIPELINE_PREDICTION_LOG to keep the shadowed bundles)\n");
+        } else {
+            text_table(&mut out, &JUDGED_HEAD, &self.judged_rows());
         }
         f.write_str(&out)
     }
@@ -275,6 +307,13 @@ pub fn write_html(path: &Path, c: &Comparison) -> Result<(), FigureError> {
         "Shadow scoring",
         &SHADOW_HEAD,
         &c.shadow_rows(),
+    );
+    table(
+        &mut out,
+        "judged-table",
+        "Both versions on the shadowed records that feedback labelled",
+        &JUDGED_HEAD,
+        &c.judged_rows(),
     );
     page_end(&mut out);
     write(path, &out)

@@ -8,23 +8,31 @@
 //! channel is full (PostgreSQL slower than the traffic) a batch's log is dropped and counted,
 //! never the answer. The rows go in `COPY`'s binary format ([`copy_binary`]), so that neither
 //! the worker nor PostgreSQL formats or parses them as text.
+//!
+//! A bundle both logged and shadow-scored (the same stable hash chooses both) is logged with the
+//! shadow model's prediction beside the served one: its batch waits for the shadow's scores
+//! ([`PredictionLog::submit_with_shadow`], off the answer's path, at most
+//! [`SHADOW_WAIT`]), and is logged without them when the shadow skipped or failed the batch.
 
 pub mod copy_binary;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use ndarray::Array2;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::LogMode;
 use crate::batch::{BundlePlan, Slot};
 use crate::bundle::{DecodeError, InputBundle};
+use crate::monitor::shadow::ShadowScores;
 use copy_binary::{CopyBinary, FieldTooLong};
 
 /// What the log needs to know of the model that predicted a batch.
@@ -53,6 +61,23 @@ pub struct LoggedRecord {
     pub score: f64,
     /// Canonical features, before the scaler.
     pub features: Vec<f64>,
+    /// Its row among those the shadow model scores, when its bundle is shadowed.
+    pub shadow_row: Option<u32>,
+    /// The shadow model's prediction, once known.
+    pub shadow: Option<ShadowPrediction>,
+}
+
+/// The shadow model's prediction of a logged record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowPrediction {
+    /// The shadow model's version.
+    pub version: u64,
+    /// Its class (1 when its score is 0 or more).
+    pub class: i16,
+    /// Its decision value.
+    pub score: f64,
+    /// Its prediction time over the served model's, for the batch the record was in.
+    pub latency_ratio: Option<f64>,
 }
 
 /// The logged records of one bundle.
@@ -79,17 +104,45 @@ impl LogBatch {
     fn records(&self) -> usize {
         self.bundles.iter().map(|b| b.records.len()).sum()
     }
+
+    /// Whether some record waits for a shadow prediction.
+    pub fn is_shadowed(&self) -> bool {
+        self.bundles
+            .iter()
+            .flat_map(|b| &b.records)
+            .any(|r| r.shadow_row.is_some())
+    }
+
+    /// Puts the shadow's prediction beside each shadowed record; a score that is not a number
+    /// (the shadow failed on that row) leaves the record without one.
+    pub fn attach_shadow(&mut self, shadow: &ShadowScores) {
+        for r in self.bundles.iter_mut().flat_map(|b| &mut b.records) {
+            let score = r
+                .shadow_row
+                .and_then(|row| shadow.scores.get(row as usize))
+                .copied()
+                .filter(|s| s.is_finite());
+            r.shadow = score.map(|score| ShadowPrediction {
+                version: shadow.version,
+                class: i16::from(score >= 0.0),
+                score,
+                latency_ratio: shadow.latency_ratio,
+            });
+        }
+    }
 }
 
 /// Per bundle of a predicted batch: its logged records when `mode` keeps it, read from the
 /// plans, the canonical matrix and the scores. Records with a score that is not a number are
-/// answered with an error, and not logged.
+/// answered with an error, and not logged. `shadow_rows[matrix_row]` is the row's place among
+/// the rows the shadow model scores (empty when none are).
 pub fn capture(
     mode: LogMode,
     bundles: &[InputBundle],
     plans: &[Result<BundlePlan, DecodeError>],
     matrix: &Array2<f64>,
     scores: &[f64],
+    shadow_rows: &[Option<u32>],
 ) -> Vec<Option<LoggedBundle>> {
     bundles
         .iter()
@@ -115,6 +168,8 @@ pub fn capture(
                         class: i16::from(score >= 0.0),
                         score,
                         features: matrix.row(*matrix_row).to_vec(),
+                        shadow_row: shadow_rows.get(*matrix_row).copied().flatten(),
+                        shadow: None,
                     })
                 })
                 .collect();
@@ -129,6 +184,10 @@ pub fn capture(
 /// Batches queued for the writer before [`PredictionLog::submit`] drops instead of waiting.
 const QUEUED_BATCHES: usize = 64;
 
+/// How long a shadowed batch's log waits for the shadow's scores before it is written without
+/// them: the shadow scores queued batches one at a time, so a burst may keep it busy a while.
+pub const SHADOW_WAIT: Duration = Duration::from_secs(30);
+
 /// The worker's end of the log: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct PredictionLog {
@@ -138,6 +197,8 @@ pub struct PredictionLog {
     writer: Arc<Mutex<Option<JoinHandle<WriterSummary>>>>,
     /// The facts of the model version last logged, shared by its batches.
     facts: Arc<Mutex<Option<Arc<ModelFacts>>>>,
+    /// Batches waiting for their shadow scores; closing waits for them.
+    waiting: TaskTracker,
 }
 
 impl PredictionLog {
@@ -145,6 +206,15 @@ impl PredictionLog {
     /// returns what it did over its life (None when it was closed before, or ran out of time:
     /// the rows still queued are then lost, and counted as dropped by no one).
     pub async fn close(&self, deadline: tokio::time::Instant) -> Option<WriterSummary> {
+        self.waiting.close();
+        if tokio::time::timeout_at(deadline, self.waiting.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "batches waiting for their shadow scores were not logged before the drain deadline"
+            );
+        }
         self.stop.cancel();
         let handle = self
             .writer
@@ -211,6 +281,21 @@ impl PredictionLog {
     }
 }
 
+impl PredictionLog {
+    /// Queues `batch` once the shadow's scores come through `scored` (at most [`SHADOW_WAIT`]
+    /// later), with them beside its shadowed records; without them when the shadow skipped or
+    /// failed the batch. Never waits: the waiting is a task of its own.
+    pub fn submit_with_shadow(&self, mut batch: LogBatch, scored: oneshot::Receiver<ShadowScores>) {
+        let log = self.clone();
+        self.waiting.spawn(async move {
+            if let Ok(Ok(shadow)) = tokio::time::timeout(SHADOW_WAIT, scored).await {
+                batch.attach_shadow(&shadow);
+            }
+            log.submit(batch);
+        });
+    }
+}
+
 /// What became of logged records, for the metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogOutcome {
@@ -272,6 +357,7 @@ pub fn start(pool: PgPool, mode: LogMode, retention_days: u32) -> PredictionLog 
         stop,
         writer: Arc::new(Mutex::new(Some(handle))),
         facts: Arc::new(Mutex::new(None)),
+        waiting: TaskTracker::new(),
     }
 }
 
@@ -399,7 +485,8 @@ impl Writer {
 
 /// The statement that reads what [`encode`] writes.
 const COPY_STATEMENT: &str = "COPY prediction_log (predicted_at, bundle_id, record_id, position, \
-    model_name, model_version, class, score, features) FROM STDIN (FORMAT binary)";
+    model_name, model_version, class, score, features, shadow_version, shadow_class, \
+    shadow_score, shadow_latency_ratio) FROM STDIN (FORMAT binary)";
 
 /// Replaces `out` with the rows of `batches` as one binary `COPY` stream for
 /// [`COPY_STATEMENT`]. `out` is the writer's buffer, reused from one `COPY` to the next.
@@ -419,8 +506,8 @@ pub fn encode(out: &mut Vec<u8>, batches: &[LogBatch]) -> Result<(), OutOfRange>
                 })?;
                 let texts = bundle.bundle_id.len() + r.record_id.len() + model.name.len();
                 copy.row(
-                    9,
-                    9 * 4 + 8 + texts + 4 + 8 + 2 + 8 + 20 + 12 * r.features.len(),
+                    13,
+                    13 * 4 + 8 + texts + 4 + 8 + 2 + 8 + 20 + 12 * r.features.len() + 26,
                 );
                 copy.timestamptz(batch.predicted_at);
                 let too_long = |column| {
@@ -439,6 +526,21 @@ pub fn encode(out: &mut Vec<u8>, batches: &[LogBatch]) -> Result<(), OutOfRange>
                 copy.float8(r.score);
                 copy.float8_array(&r.features)
                     .map_err(too_long("features"))?;
+                match &r.shadow {
+                    Some(s) => {
+                        copy.int8(i64::try_from(s.version).map_err(|_| OutOfRange {
+                            column: "shadow_version",
+                            value: s.version.to_string(),
+                        })?);
+                        copy.int2(s.class);
+                        copy.float8(s.score);
+                        match s.latency_ratio {
+                            Some(ratio) => copy.float8(ratio),
+                            None => copy.null(),
+                        }
+                    }
+                    None => (0..4).for_each(|_| copy.null()),
+                }
             }
         }
     }
@@ -609,7 +711,16 @@ mod tests {
         ];
         let matrix = ndarray::array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
         let scores = [0.5, -0.25, f64::NAN];
-        let got = capture(LogMode::All, &bundles, &plans, &matrix, &scores);
+        // Matrix rows 1 and 2 are shadowed, as the shadow job's rows 0 and 1.
+        let shadow_rows = [None, Some(0), Some(1)];
+        let got = capture(
+            LogMode::All,
+            &bundles,
+            &plans,
+            &matrix,
+            &scores,
+            &shadow_rows,
+        );
         let first = got[0].as_ref().unwrap();
         assert_eq!(first.bundle_id, "b-1");
         assert_eq!(
@@ -620,14 +731,18 @@ mod tests {
                     position: 0,
                     class: 1,
                     score: 0.5,
-                    features: vec![1.0, 2.0]
+                    features: vec![1.0, 2.0],
+                    shadow_row: None,
+                    shadow: None,
                 },
                 LoggedRecord {
                     record_id: "z".into(),
                     position: 2,
                     class: 0,
                     score: -0.25,
-                    features: vec![3.0, 4.0]
+                    features: vec![3.0, 4.0],
+                    shadow_row: Some(0),
+                    shadow: None,
                 },
             ]
         );
@@ -635,9 +750,11 @@ mod tests {
             got[1].as_ref().unwrap().records.is_empty(),
             "a NaN score is not logged"
         );
-        assert!(capture(LogMode::Off, &bundles, &plans, &matrix, &scores)
-            .iter()
-            .all(Option::is_none));
+        assert!(
+            capture(LogMode::Off, &bundles, &plans, &matrix, &scores, &[])
+                .iter()
+                .all(Option::is_none)
+        );
     }
 
     fn logged(record_id: &str, features: Vec<f64>) -> LogBatch {
@@ -652,6 +769,8 @@ mod tests {
                     class: 1,
                     score: 1.5,
                     features,
+                    shadow_row: None,
+                    shadow: None,
                 }],
             }],
         }
@@ -661,11 +780,18 @@ mod tests {
     fn a_logged_row_decodes_by_hand_in_the_statements_column_order() {
         let mut out = Vec::new();
         let batch = logged("r\\1\n", vec![0.25, -3.0]);
-        encode(&mut out, &[batch.clone(), batch.clone()]).unwrap();
+        let mut shadowed = batch.clone();
+        shadowed.bundles[0].records[0].shadow_row = Some(0);
+        shadowed.attach_shadow(&ShadowScores {
+            version: 4,
+            scores: vec![-0.75],
+            latency_ratio: Some(2.5),
+        });
+        encode(&mut out, &[batch.clone(), shadowed]).unwrap();
         let mut s = copy_binary::Stream(&out);
         s.header();
-        for _ in 0..2 {
-            assert_eq!(s.i16(), 9, "one field per column of COPY_STATEMENT");
+        for shadowed in [false, true] {
+            assert_eq!(s.i16(), 13, "one field per column of COPY_STATEMENT");
             let since_2000 =
                 batch.predicted_at - "2000-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
             assert_eq!(
@@ -687,9 +813,59 @@ mod tests {
                 (1, 0, 701, 2, 1)
             );
             assert_eq!((a.f64_field(), a.f64_field()), (0.25, -3.0), "features");
+            if shadowed {
+                assert_eq!(s.i64_field(), 4, "shadow_version");
+                assert_eq!(s.field(), 0_i16.to_be_bytes(), "shadow_class");
+                assert_eq!(s.f64_field(), -0.75, "shadow_score");
+                assert_eq!(s.f64_field(), 2.5, "shadow_latency_ratio");
+            } else {
+                (0..4).for_each(|_| s.null());
+            }
         }
         assert_eq!(s.i16(), -1, "the trailer");
         assert!(s.0.is_empty());
+    }
+
+    #[test]
+    fn shadow_scores_land_beside_the_shadowed_records_only() {
+        let mut batch = logged("r-1", vec![1.0]);
+        let record = batch.bundles[0].records[0].clone();
+        batch.bundles[0].records = vec![
+            LoggedRecord {
+                shadow_row: Some(1),
+                ..record.clone()
+            },
+            LoggedRecord {
+                shadow_row: None,
+                ..record.clone()
+            },
+            LoggedRecord {
+                shadow_row: Some(0),
+                ..record
+            },
+        ];
+        assert!(batch.is_shadowed());
+        batch.attach_shadow(&ShadowScores {
+            version: 7,
+            scores: vec![f64::NAN, 0.5],
+            latency_ratio: None,
+        });
+        let shadows: Vec<_> = batch.bundles[0].records.iter().map(|r| r.shadow).collect();
+        assert_eq!(
+            shadows,
+            vec![
+                Some(ShadowPrediction {
+                    version: 7,
+                    class: 1,
+                    score: 0.5,
+                    latency_ratio: None
+                }),
+                None,
+                None,
+            ],
+            "a shadow score that is not a number is left out"
+        );
+        assert!(!logged("r-2", vec![1.0]).is_shadowed());
     }
 
     #[test]

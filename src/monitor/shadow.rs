@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::holder::{LoadedModel, ModelHolder, ModelSource};
@@ -94,6 +94,20 @@ pub struct ShadowJob {
     pub served: Vec<f64>,
     /// The served model's time for those rows (its batch time, pro rata).
     pub served_seconds: f64,
+    /// Where the shadow's scores go, row by row, when something (the prediction log) wants
+    /// them; dropped unsent when the job is skipped or its prediction fails.
+    pub scored: Option<oneshot::Sender<ShadowScores>>,
+}
+
+/// The shadow model's scores of one job's rows, in the job's row order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowScores {
+    /// The shadow model's version.
+    pub version: u64,
+    /// Its decision value per row.
+    pub scores: Vec<f64>,
+    /// Its prediction time over the served model's, for these rows.
+    pub latency_ratio: Option<f64>,
 }
 
 /// The shadow model and what it has scored.
@@ -112,6 +126,9 @@ pub struct Shadow {
     tallies: Mutex<BTreeMap<(u64, u64), Tally>>,
     /// The shadow version last found incompatible with the served one (warned once).
     incompatible: AtomicU64,
+    /// Whether the last (served, shadow) pair of versions read the same features: a version's
+    /// features never change, so they are compared once per pair, not per batch.
+    checked: Mutex<Option<((u64, u64), bool)>>,
 }
 
 impl Shadow {
@@ -127,6 +144,7 @@ impl Shadow {
             scoring: Mutex::new(()),
             tallies: Mutex::default(),
             incompatible: AtomicU64::new(u64::MAX),
+            checked: Mutex::new(None),
         }
     }
 
@@ -145,7 +163,20 @@ impl Shadow {
     /// version).
     pub fn model_for(&self, served: &LoadedModel) -> Option<Arc<LoadedModel>> {
         let shadow = self.holder.get()?.current();
-        if shadow.artifact.spec.feature_names() == served.artifact.spec.feature_names() {
+        let pair = (served.version, shadow.version);
+        let same = {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            match *checked {
+                Some((p, same)) if p == pair => same,
+                _ => {
+                    let same = shadow.artifact.spec.feature_names()
+                        == served.artifact.spec.feature_names();
+                    *checked = Some((pair, same));
+                    same
+                }
+            }
+        };
+        if same {
             return Some(shadow);
         }
         if self.incompatible.swap(shadow.version, Ordering::Relaxed) != shadow.version {
@@ -190,16 +221,25 @@ impl Shadow {
 
     /// Scores one job now, on this thread.
     pub fn score(&self, shadow: &LoadedModel, job: ShadowJob) {
+        self.score_with(shadow.version, job, |x| {
+            shadow.classifier.decision_values(x)
+        });
+    }
+
+    /// Scores one job with `predict`, the decision values of shadow version `version`.
+    fn score_with(
+        &self,
+        version: u64,
+        job: ShadowJob,
+        predict: impl FnOnce(Array2<f64>) -> Vec<f64>,
+    ) {
         let rows = job.x.nrows() as u64;
         let started = Instant::now();
-        let scored = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            shadow.classifier.decision_values(job.x)
-        }));
+        let scored = std::panic::catch_unwind(AssertUnwindSafe(|| predict(job.x)));
+        let scored_to = job.scored;
         let seconds = started.elapsed().as_secs_f64();
         let mut tallies = self.tallies.lock().expect("shadow tallies");
-        let tally = tallies
-            .entry((job.served_version, shadow.version))
-            .or_default();
+        let tally = tallies.entry((job.served_version, version)).or_default();
         match scored {
             Ok(scores) => {
                 let before = (tally.agreed, tally.records, tally.failures);
@@ -213,6 +253,15 @@ impl Shadow {
                     job.served_seconds,
                     seconds,
                 );
+                if let Some(to) = scored_to {
+                    // The receiver may have given up waiting: nothing to do then.
+                    let _ = to.send(ShadowScores {
+                        version,
+                        scores,
+                        latency_ratio: (job.served_seconds > 0.0)
+                            .then(|| seconds / job.served_seconds),
+                    });
+                }
             }
             Err(_) => {
                 tally.failures += rows;
@@ -220,7 +269,7 @@ impl Shadow {
                 tracing::warn!(
                     model = %self.name,
                     alias = %self.alias,
-                    shadow_version = shadow.version,
+                    shadow_version = version,
                     records = rows,
                     "shadow model failed to predict; production answers are not affected"
                 );
@@ -289,6 +338,56 @@ impl Shadow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::artifact::test_artifact;
+    use crate::model::memory_store::MemoryStore;
+
+    fn shadow() -> Shadow {
+        let registry = Registry::with_store(Arc::new(MemoryStore::new("models")));
+        Shadow::new(registry, "banknote", "challenger", 1.0)
+    }
+
+    fn job(x: Array2<f64>) -> (ShadowJob, oneshot::Receiver<ShadowScores>) {
+        let (tx, rx) = oneshot::channel();
+        let rows = x.nrows();
+        let job = ShadowJob {
+            served_version: 1,
+            x,
+            served: vec![1.0; rows],
+            served_seconds: 0.001,
+            scored: Some(tx),
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn a_scored_job_sends_its_scores_row_by_row_and_is_tallied() {
+        let shadow = shadow();
+        let model = LoadedModel::new(2, test_artifact());
+        let x = ndarray::array![[1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]];
+        let (job, mut rx) = job(x);
+        shadow.score(&model, job);
+        let scores = rx.try_recv().expect("the scores were sent");
+        assert_eq!((scores.version, scores.scores.len()), (2, 2));
+        assert!(scores.scores[0] >= 0.0 && scores.scores[1] < 0.0);
+        assert!(scores.latency_ratio.is_some_and(|r| r > 0.0));
+        let tally = &shadow.take()[&(1, 2)];
+        assert_eq!((tally.records, tally.agreed, tally.failures), (2, 1, 0));
+    }
+
+    #[test]
+    fn a_panicking_shadow_prediction_is_caught_and_counted_and_sends_nothing() {
+        let shadow = shadow();
+        let (job, mut rx) = job(Array2::ones((5, 4)));
+        shadow.score_with(2, job, |_| {
+            panic!("a shadow model that breaks at predict time")
+        });
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "no scores for a failed job: its records are logged without them"
+        );
+        let tally = &shadow.take()[&(1, 2)];
+        assert_eq!((tally.records, tally.failures), (0, 5));
+    }
 
     #[test]
     fn a_tally_counts_agreement_score_differences_and_unscorable_rows() {

@@ -178,6 +178,62 @@ pub struct ShadowSummary {
     pub latest_at: DateTime<Utc>,
 }
 
+/// Both models of a served/shadow pair judged on the same records: those logged with a shadow
+/// prediction (`prediction_log`) that feedback has since labelled (`training_examples`).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct JudgedOnFeedback {
+    /// The served version.
+    pub version: i64,
+    /// The shadow version.
+    pub shadow_version: i64,
+    /// Logged records with a shadow prediction and a label from feedback.
+    pub records: i64,
+    /// Of those, records the served version classed as labelled.
+    pub served_right: i64,
+    /// Of those, records the shadow version classed as labelled.
+    pub shadow_right: i64,
+}
+
+impl JudgedOnFeedback {
+    /// The served version's accuracy on these records.
+    pub fn served_accuracy(&self) -> Option<f64> {
+        (self.records > 0).then(|| self.served_right as f64 / self.records as f64)
+    }
+
+    /// The shadow version's accuracy on the same records.
+    pub fn shadow_accuracy(&self) -> Option<f64> {
+        (self.records > 0).then(|| self.shadow_right as f64 / self.records as f64)
+    }
+}
+
+/// Per served/shadow pair, both models' accuracy on the shadowed records predicted since `since`
+/// that feedback labelled (in any dataset; a record's latest label counts).
+pub async fn judged_on_feedback(
+    pool: &PgPool,
+    model: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<JudgedOnFeedback>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH labelled AS (
+             SELECT DISTINCT ON (provenance->>'bundle_id', provenance->>'record_id')
+                    provenance->>'bundle_id' AS bundle_id, provenance->>'record_id' AS record_id, label
+             FROM training_examples
+             WHERE provenance ? 'bundle_id' AND provenance->>'model_name' = $1
+             ORDER BY provenance->>'bundle_id', provenance->>'record_id', labelled_at DESC)
+         SELECT p.model_version AS version, p.shadow_version, count(*) AS records,
+                count(*) FILTER (WHERE p.class = l.label) AS served_right,
+                count(*) FILTER (WHERE p.shadow_class = l.label) AS shadow_right
+         FROM prediction_log p
+         JOIN labelled l ON l.bundle_id = p.bundle_id AND l.record_id = p.record_id
+         WHERE p.model_name = $1 AND p.predicted_at >= $2 AND p.shadow_version IS NOT NULL
+         GROUP BY p.model_version, p.shadow_version ORDER BY p.model_version, p.shadow_version",
+    )
+    .bind(model)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
 /// Per pair of versions, the shadow scoring since `since`.
 pub async fn shadow_summary(
     pool: &PgPool,

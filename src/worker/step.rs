@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
+use tokio::sync::oneshot;
 
 use super::aggregates;
 use super::dead_letter::dead_letter_copy;
@@ -20,7 +21,7 @@ use crate::bundle::{answers, decode, Answer, ContentEncoding, DecodeError, Input
 use crate::enrich::{DocumentSource, ReferenceSource};
 use crate::learning::prediction_log::{capture, LogBatch, LoggedBundle, ModelFacts};
 use crate::model::holder::LoadedModel;
-use crate::monitor::shadow::ShadowJob;
+use crate::monitor::shadow::{ShadowJob, ShadowScores};
 use crate::monitor::Monitor;
 use crate::payload::Fetched;
 use crate::queue::{
@@ -234,6 +235,8 @@ struct Answered {
     outgoing: Vec<Outgoing>,
     /// The same answers' logged records, when their bundle is logged.
     to_log: Vec<Option<LoggedBundle>>,
+    /// The shadow's scores of logged records, when some are shadowed.
+    shadow_scored: Option<oneshot::Receiver<ShadowScores>>,
 }
 
 /// Leaves for redelivery the bundles behind a stop of their FIFO message group: an earlier
@@ -266,6 +269,7 @@ fn drop_behind(answered: Answered, order: &GroupOrder, report: &mut StepReport) 
         to_send: Vec::with_capacity(answered.to_send.len()),
         outgoing: Vec::with_capacity(answered.to_send.len()),
         to_log: Vec::with_capacity(answered.to_send.len()),
+        shadow_scored: answered.shadow_scored,
     };
     let mut behind = 0;
     let all = answered
@@ -335,6 +339,7 @@ struct Predicted {
     answered: Vec<(Message, Answer)>,
     fitted: Vec<Fitted>,
     to_log: Vec<Option<LoggedBundle>>,
+    shadow_scored: Option<oneshot::Receiver<ShadowScores>>,
 }
 
 /// An answer's message: within the inline limit, or too large in every encoding (with why).
@@ -428,6 +433,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             to_send,
             outgoing,
             to_log,
+            shadow_scored,
         } = drop_behind(answered, order, report);
         if let Some(hook) = &self.hooks.before_send {
             hook().await;
@@ -447,7 +453,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 .await;
         }
         log_answered(&to_send, &accepted, model.version, report);
-        self.log_predictions(model, to_log, &accepted);
+        self.log_predictions(model, to_log, shadow_scored, &accepted);
         self.record_aggregates(model, &to_send, &accepted, &coverage)
             .await;
     }
@@ -569,20 +575,40 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             .classifier
             .decision_values(std::mem::take(&mut prepared.matrix));
         report.timing_ms.insert("predict".into(), ms(t));
-        if let (Some(monitor), Some((shadow_model, rows, x))) = (monitor, shadowed) {
+        // A logged row that is shadowed too: its place among the shadowed rows, by matrix row.
+        let mut shadow_place: Vec<Option<u32>> = Vec::new();
+        let mut shadow_scored = None;
+        if let (Some(shadow), Some((shadow_model, rows, x))) =
+            (monitor.and_then(Monitor::shadow), shadowed)
+        {
             let share = rows.len() as f64 / scores.len().max(1) as f64;
-            let job = ShadowJob {
+            let mut job = ShadowJob {
                 served_version: model.version,
                 x,
                 served: rows.iter().map(|&r| scores[r]).collect(),
                 served_seconds: t.elapsed().as_secs_f64() * share,
+                scored: None,
             };
-            if let Some(shadow) = monitor.shadow() {
-                shadow.submit(shadow_model, job);
+            if logged_matrix.is_some() {
+                shadow_place = vec![None; scores.len()];
+                for (place, &row) in rows.iter().enumerate() {
+                    shadow_place[row] = Some(place as u32);
+                }
+                let (tx, rx) = oneshot::channel();
+                job.scored = Some(tx);
+                shadow_scored = Some(rx);
             }
+            shadow.submit(shadow_model, job);
         }
         let mut logged = match (log_mode, &logged_matrix) {
-            (Some(mode), Some(x)) => capture(mode, &readable.bundles, &prepared.plans, x, &scores),
+            (Some(mode), Some(x)) => capture(
+                mode,
+                &readable.bundles,
+                &prepared.plans,
+                x,
+                &scores,
+                &shadow_place,
+            ),
             _ => Vec::new(),
         };
         logged.resize(readable.bundles.len(), None);
@@ -606,7 +632,10 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             &version,
             &timing,
         );
-        let mut predicted = Predicted::default();
+        let mut predicted = Predicted {
+            shadow_scored,
+            ..Predicted::default()
+        };
         for ((message, result), logged) in readable.messages.into_iter().zip(results).zip(logged) {
             let answer = match result {
                 Ok(answer) => answer,
@@ -709,15 +738,17 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
             to_send,
             outgoing,
             to_log,
+            shadow_scored: predicted.shadow_scored,
         }
     }
 
     /// Hands the logged bundles whose answers were accepted to the prediction log's writer
-    /// (never waits for it).
+    /// (never waits for it, nor for the shadow's scores of its shadowed records).
     fn log_predictions(
         &self,
         model: &LoadedModel,
         to_log: Vec<Option<LoggedBundle>>,
+        shadow_scored: Option<oneshot::Receiver<ShadowScores>>,
         accepted: &[usize],
     ) {
         let Some(log) = &self.prediction_log else {
@@ -742,11 +773,15 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 .collect(),
             classes: model.artifact.class_names.values().cloned().collect(),
         });
-        log.submit(LogBatch {
+        let batch = LogBatch {
             model: facts,
             predicted_at: chrono::Utc::now(),
             bundles,
-        });
+        };
+        match shadow_scored {
+            Some(scored) if batch.is_shadowed() => log.submit_with_shadow(batch, scored),
+            _ => log.submit(batch),
+        }
     }
 
     /// Messages whose payload S3 could not serve are made visible again soon, and the loop
@@ -936,7 +971,6 @@ fn log_answered(
     }
 }
 
-/// The span of one bundle: every log line about it carries these fields.
 /// The shadow model and the rows of the batch it scores (those of the bundles it keeps), copied
 /// before the served model's call; None when nothing is shadowed.
 fn shadow_rows(
@@ -966,6 +1000,7 @@ fn shadow_rows(
     Some((model, rows, x))
 }
 
+/// The span of one bundle: every log line about it carries these fields.
 fn bundle_span(
     message: &Message,
     bundle_id: &str,

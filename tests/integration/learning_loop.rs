@@ -348,7 +348,7 @@ async fn feedback_retrains_a_better_model_and_the_worker_switches_to_it_without_
 #[tokio::test]
 async fn the_log_reads_back_from_postgres_exactly_as_logged() {
     use chrono::{DateTime, Utc};
-    use prediction_log::{LogBatch, LoggedBundle, LoggedRecord, ModelFacts};
+    use prediction_log::{LogBatch, LoggedBundle, LoggedRecord, ModelFacts, ShadowPrediction};
 
     let db = common::TestDb::new().await;
     let log = prediction_log::start(db.pool.clone(), LogMode::All, 30);
@@ -370,6 +370,13 @@ async fn the_log_reads_back_from_postgres_exactly_as_logged() {
             class: 1,
             score: 0.1 + 0.2,
             features: features.clone(),
+            shadow_row: Some(0),
+            shadow: Some(ShadowPrediction {
+                version: (1 << 40) + 1,
+                class: 0,
+                score: -0.0,
+                latency_ratio: Some(f64::MIN_POSITIVE / 4.0),
+            }),
         },
         LoggedRecord {
             record_id: "r-2".into(),
@@ -377,6 +384,8 @@ async fn the_log_reads_back_from_postgres_exactly_as_logged() {
             class: 0,
             score: -1e-300,
             features: Vec::new(),
+            shadow_row: None,
+            shadow: None,
         },
     ];
     let model = Arc::new(ModelFacts {
@@ -439,4 +448,18 @@ async fn the_log_reads_back_from_postgres_exactly_as_logged() {
     .await
     .unwrap();
     assert_eq!((dims.as_deref(), empty), (Some("[1:7]"), None));
+    // The shadow's prediction, beside the first record only.
+    type Shadow = (Option<i64>, Option<i16>, Option<f64>, Option<f64>);
+    let shadows: Vec<Shadow> = sqlx::query_as(
+        "SELECT shadow_version, shadow_class, shadow_score, shadow_latency_ratio \
+         FROM prediction_log ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let (version, class, score, ratio) = shadows[0];
+    assert_eq!((version, class), (Some((1 << 40) + 1), Some(0)));
+    assert_eq!(score.map(f64::to_bits), Some((-0.0_f64).to_bits()));
+    assert_eq!(ratio, Some(f64::MIN_POSITIVE / 4.0));
+    assert_eq!(shadows[1], (None, None, None, None));
 }

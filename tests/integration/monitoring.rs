@@ -1,7 +1,8 @@
 //! Watching the model in production, on the real services: shifted traffic raises the PSI of
 //! the served features over its threshold and starts a retrain that records drift as its
 //! reason; a shadow model scores the traffic beside production without touching the answers,
-//! and one that cannot load leaves production as it was.
+//! its predictions logged beside the served ones record by record, and one that cannot load
+//! leaves production as it was.
 
 use crate::common;
 
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ml_pipeline::bundle::compression::ContentEncoding;
+use ml_pipeline::learning::feedback;
+use ml_pipeline::learning::prediction_log::{self, PredictionLog};
 use ml_pipeline::learning::retrain::{retrain, RetrainOptions, RetrainOutcome, Trigger};
 use ml_pipeline::monitor::shadow::Shadow;
 use ml_pipeline::monitor::{Interval, Monitor, MonitorConfig};
@@ -50,7 +53,17 @@ fn scaled(column: &str, factor: f64) -> Vec<Value> {
 
 /// Runs the worker over `bundles` until every one is answered.
 async fn answer(t: &TestWorker, monitor: &Arc<Monitor>, bundles: &[Value]) -> Vec<Value> {
-    let worker = t.worker_with(t.config(), Hooks::default(), None, Some(monitor.clone()));
+    answer_logged(t, monitor, None, bundles).await
+}
+
+/// [`answer`], keeping the predictions in `log`.
+async fn answer_logged(
+    t: &TestWorker,
+    monitor: &Arc<Monitor>,
+    log: Option<PredictionLog>,
+    bundles: &[Value],
+) -> Vec<Value> {
+    let worker = t.worker_with(t.config(), Hooks::default(), log, Some(monitor.clone()));
     let token = CancellationToken::new();
     let running = tokio::spawn(Arc::clone(&worker).run(token.clone()));
     t.send_json(bundles, ContentEncoding::Identity).await;
@@ -228,7 +241,8 @@ async fn a_shadow_model_scores_the_traffic_beside_production_without_touching_th
         Some(shadow.clone()),
         Some(pool.clone()),
     ));
-    let outputs = answer(&t, &monitor, &fixture_bundles()).await;
+    let log = prediction_log::start(pool.clone(), ml_pipeline::learning::LogMode::All, 30);
+    let outputs = answer_logged(&t, &monitor, Some(log.clone()), &fixture_bundles()).await;
     for o in outputs.iter().filter(|o| o.get("bundle_id").is_some()) {
         assert_eq!(
             o["model_version"],
@@ -282,6 +296,95 @@ async fn a_shadow_model_scores_the_traffic_beside_production_without_touching_th
         (stored as u64, agreed as u64),
         (tally.records, tally.agreed)
     );
+    // Record by record: every scored record is logged with the shadow's prediction beside the
+    // served one (a skipped batch's records are logged without it).
+    let closing = tokio::time::Instant::now() + Duration::from_secs(30);
+    let written = log.close(closing).await.expect("the log writer finished");
+    assert_eq!(written.failed, 0);
+    let (logged, shadowed, versions, same_class, diff_sum, ratio): (
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<f64>,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "SELECT count(*), count(shadow_version), count(DISTINCT shadow_version), \
+                count(*) FILTER (WHERE shadow_class = class), \
+                sum(abs(shadow_score - score)), min(shadow_latency_ratio) \
+         FROM prediction_log",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(logged as u64, written.written);
+    assert_eq!(
+        (shadowed as u64, same_class as u64),
+        (tally.records, tally.agreed),
+        "the log holds what the tally counted: {tally:?}"
+    );
+    assert_eq!(logged - shadowed, tally.skipped as i64);
+    assert_eq!(versions, 1);
+    let diff_sum = diff_sum.unwrap();
+    assert!(
+        (diff_sum - tally.score_diff_sum).abs() < 1e-6 * tally.score_diff_sum.max(1.0),
+        "score differences: logged {diff_sum}, tallied {}",
+        tally.score_diff_sum
+    );
+    assert!(ratio.is_some_and(|r| r > 0.0), "latency ratio {ratio:?}");
+    let (version,): (i64,) = sqlx::query_as(
+        "SELECT shadow_version FROM prediction_log WHERE shadow_version IS NOT NULL LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(version as u64, challenger);
+    // Feedback that every served prediction was right: `models compare` judges both versions
+    // on those records, the served one right on all, the shadow on those it agreed on.
+    let bundles: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT bundle_id, array_agg(record_id) FROM prediction_log \
+         WHERE shadow_version IS NOT NULL GROUP BY bundle_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut labelled = 0;
+    for (bundle, records) in &bundles {
+        let body = serde_json::json!({
+            "batch_id": bundle,
+            "subjects": records,
+            "ratings": vec![1; records.len()],
+        });
+        let feedback = feedback::parse(body.to_string().as_bytes()).unwrap();
+        let origin = feedback::Origin {
+            message_id: bundle,
+            sent_at: chrono::Utc::now(),
+        };
+        let applied = feedback::apply(&pool, "feedback", &feedback, &origin)
+            .await
+            .unwrap();
+        labelled += applied.added;
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let compared = ml_pipeline::commands::compare::read(&pool, "banknote", since, 0.2)
+        .await
+        .unwrap();
+    let [judged] = compared.judged.as_slice() else {
+        panic!("one served/shadow pair: {:?}", compared.judged);
+    };
+    assert_eq!(
+        (judged.version as u64, judged.shadow_version as u64),
+        (production, challenger)
+    );
+    assert_eq!(judged.records as usize, labelled);
+    assert_eq!(
+        judged.served_right, judged.records,
+        "every rating said right"
+    );
+    if labelled as u64 == tally.records {
+        assert_eq!(judged.shadow_right as u64, tally.agreed);
+    }
+    assert!(compared.to_string().contains("shadow accuracy"));
 
     // A shadow alias that names nothing: production answers as before, nothing is shadowed.
     let missing = Arc::new(Shadow::new(t.registry.clone(), "banknote", "nobody", 1.0));

@@ -117,6 +117,11 @@ impl<'a> CopyBinary<'a> {
         Ok(())
     }
 
+    /// A null, of any type.
+    pub fn null(&mut self) {
+        self.out.extend_from_slice(&(-1_i32).to_be_bytes());
+    }
+
     /// Writes the trailer: the stream is whole.
     pub fn finish(self) {
         self.out.extend_from_slice(&(-1_i16).to_be_bytes());
@@ -163,8 +168,12 @@ impl Stream<'_> {
     /// One field: its length, then that many bytes.
     pub fn field(&mut self) -> Vec<u8> {
         let len = self.i32();
-        assert!(len >= 0, "no null is written");
+        assert!(len >= 0, "a value, not a null");
         self.take(len as usize).to_vec()
+    }
+    /// A null field.
+    pub fn null(&mut self) {
+        assert_eq!(self.i32(), -1, "a null");
     }
     pub fn i64_field(&mut self) -> i64 {
         i64::from_be_bytes(self.field().try_into().expect("8 bytes"))
