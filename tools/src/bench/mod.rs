@@ -829,7 +829,7 @@ fn print_calls(report: &Report) {
         println!(
             "  worker SQS requests     {} per 1000 bundles: {}",
             fmt(total, 0),
-            by(&kinds, 0)
+            by(&kinds, 1)
         );
         println!(
             "  worker SQS billable     {} per 1000 bundles, ${} per million bundles at ${:.2} per million requests",
