@@ -69,6 +69,8 @@ impl DocumentSource for MongoDocuments {
                     .batch_size(batch_size as u32)
                     .await?;
                 let reader = FieldReader::new(paths);
+                // Read in an inner block so that the round trips are counted when the cursor
+                // fails part-way too.
                 let mut documents = 0;
                 let counted = async {
                     while let Some(d) = cursor.try_next().await? {
