@@ -40,6 +40,19 @@ pub const POLLING_PACE: &str = "ml_pipeline_polling_pace";
 pub const BACK_PRESSURE: &str = "ml_pipeline_back_pressure";
 /// The output queue's visible messages, as last measured.
 pub const OUTPUT_BACKLOG: &str = "ml_pipeline_output_backlog_messages";
+/// SQS requests the worker made, answered or not, by kind (the API action: ReceiveMessage,
+/// SendMessageBatch, DeleteMessageBatch, ChangeMessageVisibilityBatch, GetQueueAttributes,
+/// GetQueueUrl).
+pub const SQS_REQUESTS: &str = "ml_pipeline_sqs_requests_total";
+/// The same requests as SQS bills them, by kind: each 64 KiB chunk of a request's payload is
+/// one billed request.
+pub const SQS_BILLABLE_REQUESTS: &str = "ml_pipeline_sqs_billable_requests_total";
+/// S3 requests the worker made, answered or not, by kind (GetObject, PutObject, DeleteObject,
+/// ListObjectsV2).
+pub const S3_REQUESTS: &str = "ml_pipeline_s3_requests_total";
+/// Round trips to the enrichment databases, by source (postgres, mongo): statements, finds,
+/// the cursor's getMore calls and pings.
+pub const DB_ROUND_TRIPS: &str = "ml_pipeline_db_round_trips_total";
 /// Receive calls that failed.
 pub const RECEIVE_ERRORS: &str = "ml_pipeline_receive_errors_total";
 /// Model versions swapped in after start.
@@ -135,6 +148,22 @@ fn describe() {
         "Batches left for redelivery because PostgreSQL or MongoDB did not answer."
     );
     describe_counter!(RECEIVE_ERRORS, "ReceiveMessage calls that failed.");
+    describe_counter!(
+        SQS_REQUESTS,
+        "SQS requests made, answered or not, by kind (API action)."
+    );
+    describe_counter!(
+        SQS_BILLABLE_REQUESTS,
+        "SQS requests as billed, by kind: each 64 KiB chunk of a request's payload (sent or received message bodies and attributes) is one request."
+    );
+    describe_counter!(
+        S3_REQUESTS,
+        "S3 requests made, answered or not, by kind (API action)."
+    );
+    describe_counter!(
+        DB_ROUND_TRIPS,
+        "Round trips to the enrichment databases, by source (postgres, mongo): statements, finds and their getMore calls, pings."
+    );
     describe_counter!(
         RECEIVE_CALLS,
         "ReceiveMessage calls that returned, by result: messages or empty."
@@ -249,6 +278,23 @@ pub fn pressure(condition: &'static str, holding: bool) {
 /// The output queue held `visible` visible messages when measured.
 pub fn output_backlog(visible: u64) {
     gauge!(OUTPUT_BACKLOG).set(visible as f64);
+}
+
+/// One SQS request of `kind` (the API action) was made, carrying `billed` billable requests
+/// (see [`crate::queue::billed_requests`]).
+pub fn sqs_request(kind: &'static str, billed: u64) {
+    counter!(SQS_REQUESTS, "kind" => kind).increment(1);
+    counter!(SQS_BILLABLE_REQUESTS, "kind" => kind).increment(billed);
+}
+
+/// One S3 request of `kind` (the API action) was made.
+pub fn s3_request(kind: &'static str) {
+    counter!(S3_REQUESTS, "kind" => kind).increment(1);
+}
+
+/// `count` round trips to the enrichment database `source` (postgres, mongo) were made.
+pub fn db_round_trips(source: &'static str, count: u64) {
+    counter!(DB_ROUND_TRIPS, "source" => source).increment(count);
 }
 
 /// One receive call failed.

@@ -10,6 +10,7 @@ use mongodb::Database;
 use smallvec::SmallVec;
 
 use super::source::{within, DocumentSource, FieldValue, LookupLimits, ProviderDoc, SourceError};
+use crate::instruments;
 use crate::spec::DocumentSpec;
 
 /// Provider documents in a MongoDB database.
@@ -57,20 +58,32 @@ impl DocumentSource for MongoDocuments {
                 for p in paths {
                     projection.insert(p.as_str(), 1);
                 }
+                let batch_size = keys.len().clamp(1, 10_000);
+                instruments::db_round_trips("mongo", 1);
                 // Raw documents: fields are read straight from the BSON bytes, with no tree built.
                 let mut cursor = self
                     .db
                     .collection::<RawDocumentBuf>(&spec.collection)
                     .find(filter)
                     .projection(projection)
-                    .batch_size(keys.len().clamp(1, 10_000) as u32)
+                    .batch_size(batch_size as u32)
                     .await?;
                 let reader = FieldReader::new(paths);
-                while let Some(d) = cursor.try_next().await? {
-                    if let Some((key, doc)) = reader.read(spec, &d) {
-                        found.entry(key.to_owned()).or_default().push(doc);
+                // Read in an inner block so that the round trips are counted when the cursor
+                // fails part-way too.
+                let mut documents = 0;
+                let counted = async {
+                    while let Some(d) = cursor.try_next().await? {
+                        documents += 1;
+                        if let Some((key, doc)) = reader.read(spec, &d) {
+                            found.entry(key.to_owned()).or_default().push(doc);
+                        }
                     }
+                    Ok::<_, mongodb::error::Error>(())
                 }
+                .await;
+                instruments::db_round_trips("mongo", get_more_calls(documents, batch_size));
+                counted?;
             }
             Ok(found)
         })
@@ -78,12 +91,21 @@ impl DocumentSource for MongoDocuments {
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
+        instruments::db_round_trips("mongo", 1);
         within("mongo", self.limits.timeout, async {
             self.db.run_command(doc! {"ping": 1}).await?;
             Ok(())
         })
         .await
     }
+}
+
+/// The getMore calls a cursor made to bring `documents` in batches of `batch_size`: the driver
+/// asks for more whenever a batch came back full, the server closing the cursor only on a
+/// batch it could not fill. (A slight overcount when a server closes the cursor on a full last
+/// batch.)
+pub fn get_more_calls(documents: usize, batch_size: usize) -> u64 {
+    (documents / batch_size.max(1)) as u64
 }
 
 /// The fields a batch reads, arranged so that one pass over a document's BSON finds them all
@@ -227,6 +249,15 @@ mod tests {
             current = current.as_document()?.get(part).ok()??;
         }
         Some(field_value(current))
+    }
+
+    #[test]
+    fn a_full_batch_means_one_more_round_trip() {
+        assert_eq!(get_more_calls(0, 100), 0);
+        assert_eq!(get_more_calls(99, 100), 0);
+        assert_eq!(get_more_calls(100, 100), 1);
+        assert_eq!(get_more_calls(250, 100), 2);
+        assert_eq!(get_more_calls(5, 0), 5, "a zero batch size is read as 1");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 
 use super::source::{within, LookupLimits, ReferenceSource, SourceError};
+use crate::instruments;
 use crate::spec::LookupSpec;
 
 /// Reference lookups against a PostgreSQL pool.
@@ -79,6 +80,9 @@ impl ReferenceSource for PgReference {
                 for keys in asked {
                     query = query.bind(keys);
                 }
+                // One round trip per statement: sqlx sends a cached statement's bind, execute
+                // and sync together.
+                instruments::db_round_trips("postgres", 1);
                 for (lookup, key, value) in query.fetch_all(&self.pool).await? {
                     if let (Some(map), Some(value)) = (found.get_mut(lookup as usize), value) {
                         map.insert(key, value);
@@ -92,6 +96,7 @@ impl ReferenceSource for PgReference {
     }
 
     async fn ping(&self) -> Result<(), SourceError> {
+        instruments::db_round_trips("postgres", 1);
         within("postgres", self.limits.timeout, async {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())

@@ -65,6 +65,7 @@ impl S3Store {
         if_none_match: Option<&str>,
         max_bytes: u64,
     ) -> Result<Got, StoreError> {
+        crate::instruments::s3_request("GetObject");
         let out = self
             .s3
             .get_object()
@@ -114,6 +115,7 @@ impl S3Store {
         body: Vec<u8>,
         if_absent: bool,
     ) -> Result<Put, StoreError> {
+        crate::instruments::s3_request("PutObject");
         let put = self
             .s3
             .put_object()
@@ -154,6 +156,7 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
+            crate::instruments::s3_request("ListObjectsV2");
             let page = page.map_err(|e| self.failed("ListObjectsV2", prefix, e))?;
             listing.keys.extend(
                 page.contents()
@@ -177,6 +180,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .prefix(key);
         loop {
+            crate::instruments::s3_request("ListObjectVersions");
             let page = req
                 .clone()
                 .send()
@@ -211,6 +215,7 @@ impl S3Store {
     }
 
     async fn delete_object_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        crate::instruments::s3_request("DeleteObject");
         self.s3
             .delete_object()
             .bucket(&self.bucket)

@@ -37,6 +37,7 @@ impl S3Payloads {
             size,
             limit: max_bytes,
         };
+        crate::instruments::s3_request("GetObject");
         let out = match self
             .s3
             .get_object()
@@ -86,6 +87,7 @@ impl PayloadStore for S3Payloads {
         body: String,
     ) -> BoxFuture<'a, Result<(), PayloadError>> {
         async move {
+            crate::instruments::s3_request("PutObject");
             self.s3
                 .put_object()
                 .bucket(&pointer.bucket)
@@ -108,6 +110,7 @@ impl PayloadStore for S3Payloads {
         pointer: &'a PayloadPointer,
     ) -> BoxFuture<'a, Result<(), PayloadError>> {
         async move {
+            crate::instruments::s3_request("DeleteObject");
             self.s3
                 .delete_object()
                 .bucket(&pointer.bucket)

@@ -17,4 +17,4 @@ pub use memory::MemoryQueue;
 pub use seam::{
     EntryFailures, Message, Outgoing, Queue, QueueError, BUNDLE_ID_ATTRIBUTE, MAX_SQS_MESSAGE_BYTES,
 };
-pub use sqs::{RedrivePolicy, SqsQueue};
+pub use sqs::{billed_requests, RedrivePolicy, SqsQueue, BILLING_CHUNK_BYTES};

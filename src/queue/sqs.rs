@@ -13,6 +13,17 @@ use aws_sdk_sqs::Client;
 
 use super::seam::{EntryFailures, Message, Outgoing, Queue, QueueError};
 use crate::bundle::compression::CONTENT_ENCODING_ATTRIBUTE;
+use crate::instruments;
+
+/// SQS bills each started 64 KiB chunk of a request's payload as one request
+/// (<https://aws.amazon.com/sqs/pricing/>).
+pub const BILLING_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The requests SQS bills for one call whose messages (bodies and attributes) come to
+/// `payload_bytes`: one per started 64 KiB chunk, and one for a call that carries none.
+pub fn billed_requests(payload_bytes: usize) -> u64 {
+    payload_bytes.div_ceil(BILLING_CHUNK_BYTES).max(1) as u64
+}
 
 /// What a queue's RedrivePolicy says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +47,7 @@ impl SqsQueue {
         let url = if url_or_name.contains("://") {
             url_or_name.to_owned()
         } else {
+            instruments::sqs_request("GetQueueUrl", 1);
             client
                 .get_queue_url()
                 .queue_name(url_or_name)
@@ -55,6 +67,7 @@ impl SqsQueue {
 
     /// A queue attribute (VisibilityTimeout, RedrivePolicy...).
     pub async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>, QueueError> {
+        instruments::sqs_request("GetQueueAttributes", 1);
         let out = self
             .client
             .get_queue_attributes()
@@ -90,8 +103,13 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
-            .await
-            .map_err(|e| error("ReceiveMessage", &self.url, e))?;
+            .await;
+        // Billed by what came back; a failed call is one request.
+        let payload = out
+            .as_ref()
+            .map_or(0, |o| o.messages().iter().map(received_size).sum::<usize>());
+        instruments::sqs_request("ReceiveMessage", billed_requests(payload));
+        let out = out.map_err(|e| error("ReceiveMessage", &self.url, e))?;
         Ok(out
             .messages
             .unwrap_or_default()
@@ -177,6 +195,8 @@ impl Queue for SqsQueue {
                     .expect("id and body are set")
             })
             .collect();
+        let payload = messages.iter().map(Outgoing::size).sum();
+        instruments::sqs_request("SendMessageBatch", billed_requests(payload));
         let out = self
             .client
             .send_message_batch()
@@ -202,6 +222,7 @@ impl Queue for SqsQueue {
                     .expect("set")
             })
             .collect();
+        instruments::sqs_request("DeleteMessageBatch", 1);
         let out = self
             .client
             .delete_message_batch()
@@ -232,6 +253,7 @@ impl Queue for SqsQueue {
                     .expect("set")
             })
             .collect();
+        instruments::sqs_request("ChangeMessageVisibilityBatch", 1);
         let out = self
             .client
             .change_message_visibility_batch()
@@ -289,6 +311,18 @@ fn received(m: aws_sdk_sqs::types::Message) -> Message {
         number_attributes,
         other_attributes,
     }
+}
+
+/// A received message's size as SQS counts it: the body, and each attribute's name, data type
+/// and value.
+fn received_size(m: &aws_sdk_sqs::types::Message) -> usize {
+    let attributes = m.message_attributes.iter().flatten().map(|(name, value)| {
+        name.len()
+            + value.data_type.len()
+            + value.string_value.as_ref().map_or(0, String::len)
+            + value.binary_value.as_ref().map_or(0, |b| b.as_ref().len())
+    });
+    m.body.as_ref().map_or(0, String::len) + attributes.sum::<usize>()
 }
 
 /// A string attribute; characters SQS refuses (control characters) become U+FFFD, so an
@@ -369,6 +403,31 @@ mod tests {
         let err = ReceiveMessageError::generic(ErrorMetadata::builder().code(code).build());
         let raw = HttpResponse::new(status.try_into().unwrap(), "".into());
         SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn each_started_64_kib_chunk_is_billed_as_one_request() {
+        assert_eq!(billed_requests(0), 1, "an empty receive is still billed");
+        assert_eq!(billed_requests(1), 1);
+        assert_eq!(billed_requests(64 * 1024), 1);
+        assert_eq!(billed_requests(64 * 1024 + 1), 2);
+        assert_eq!(billed_requests(256 * 1024), 4);
+        assert_eq!(billed_requests(1024 * 1024), 16);
+    }
+
+    #[test]
+    fn a_received_size_counts_the_body_and_every_attribute() {
+        let m = aws_sdk_sqs::types::Message::builder()
+            .body("0123456789")
+            .message_attributes("bundle_id", string_attribute("b-1"))
+            .message_attributes("ExtendedPayloadSize", number_attribute("42"))
+            .build();
+        let expected = 10 + ("bundle_id".len() + 6 + 3) + ("ExtendedPayloadSize".len() + 6 + 2);
+        assert_eq!(received_size(&m), expected);
+        assert_eq!(
+            received_size(&aws_sdk_sqs::types::Message::builder().build()),
+            0
+        );
     }
 
     #[test]

@@ -232,6 +232,30 @@ async fn the_binary_serves_metrics_health_and_json_logs_and_drains_on_sigterm() 
         assert!(count >= 1.0, "stage {stage} timed {count} times");
     }
     assert!(total(&m, "ml_pipeline_batch_records_count", &[]) >= 1.0);
+    // Calls per bundle, counted where the real clients make them.
+    let kind = |name: &str, kind: &str| total(&m, name, &[&format!("kind=\"{kind}\"")]);
+    let sqs = |k: &str| kind("ml_pipeline_sqs_requests_total", k);
+    assert!(sqs("ReceiveMessage") >= 1.0);
+    // A batch call carries at most 10 entries.
+    let batches_needed = (n / 10.0).ceil();
+    assert!(sqs("SendMessageBatch") >= batches_needed, "{m:?}");
+    assert!(sqs("DeleteMessageBatch") >= batches_needed, "{m:?}");
+    // `--ready` above asked both queues.
+    assert!(sqs("GetQueueAttributes") >= 2.0);
+    for k in ["ReceiveMessage", "SendMessageBatch", "DeleteMessageBatch"] {
+        let billed = kind("ml_pipeline_sqs_billable_requests_total", k);
+        assert!(billed >= sqs(k), "{k}: {billed} billed of {} made", sqs(k));
+    }
+    for source in ["postgres", "mongo"] {
+        let label = format!("source=\"{source}\"");
+        let trips = total(&m, "ml_pipeline_db_round_trips_total", &[&label]);
+        let lookups = total(&m, "ml_pipeline_enrichment_lookups_total", &[&label]);
+        // One statement per batch, not per record (the `--ready` ping is one more).
+        assert!(
+            trips >= 2.0 && trips * 10.0 < lookups,
+            "{source}: {trips} round trips for {lookups} lookups"
+        );
+    }
     assert_eq!(total(&m, "ml_pipeline_in_flight_messages", &[]), 0.0);
     let version = t.holder.current().version;
     assert_eq!(

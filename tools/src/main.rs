@@ -29,7 +29,9 @@ enum Command {
     /// Load generator: send N bundles of M fixture requests to a worker (the `ml-pipeline`
     /// binary beside this one, started on its own queues, or --external), read the answers
     /// back, and report records/s, latency p50/p95/p99/max, worker CPU per 1000 records and
-    /// peak RSS, beside the emulator's ceiling.
+    /// peak RSS, beside the emulator's ceiling; from the worker's /metrics, its SQS requests
+    /// per 1000 bundles by kind and their list-price cost per million bundles, its database
+    /// round trips per 1000 records; and the local services' CPU per 1000 records.
     Bench(bench::BenchArgs),
     /// Fault runs under load (kill9, kill9-workers, outage, sigterm, poison, wide) on their own
     /// queues and worker processes; prints bundles sent, answered, duplicated and lost, and

@@ -3,7 +3,10 @@
 //! It sends N bundles of M fixture requests (so enrichment does real PostgreSQL and MongoDB
 //! round trips) to a worker's input queue, paced or as fast as possible, reads the answers back,
 //! and reports records per second, bundle latency from send to the answer's arrival (p50, p95,
-//! p99, max), the worker's CPU seconds per 1 000 records and its peak RSS.
+//! p99, max), the worker's CPU seconds per 1 000 records and its peak RSS; from the worker's
+//! own `/metrics`, its SQS requests per 1 000 bundles (by kind) with their cost at list price
+//! and its database round trips per 1 000 records; and the CPU seconds per 1 000 records of
+//! each local service (LocalStack, PostgreSQL, the MongoDB-wire server) over the same run.
 //!
 //! Before that it measures the emulator's own ceiling on the same kind of queues, the same
 //! message sizes, sender and reader: the *drain* ceiling is a consumer that receives and
@@ -14,9 +17,11 @@
 //! process (so it can read its CPU time and RSS from `/proc`, and time its cold start to the
 //! first answer); `--external` uses the configured queues and a worker already running there.
 
+pub mod calls;
 pub mod chaos;
 pub mod load;
 pub mod process;
+pub mod services;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -73,6 +78,15 @@ pub struct BenchArgs {
     /// With --external: the worker's process id, to read its CPU time and RSS.
     #[arg(long)]
     pub worker_pid: Option<u32>,
+    /// With --external: the worker's `/metrics` URL, to read its stage times and its SQS
+    /// requests and database round trips per run.
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
+    /// The directory of the local services' PID files (`localstack/lib.sh`'s `$RUN_DIR`,
+    /// which `localstack/with-env.sh` exports), to read their CPU time over each worker run.
+    /// PostgreSQL's postmaster is found under /var/lib/postgresql.
+    #[arg(long, env = "RUN_DIR", default_value = ".local/run")]
+    pub services_run_dir: PathBuf,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -115,6 +129,80 @@ impl Series {
     }
 }
 
+/// The worker's outside calls per worker run, from its `/metrics` before and after each run,
+/// and the local services' CPU over the same runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Calls {
+    /// SQS requests per 1 000 bundles sent, per run, by kind (API action); `total` sums them.
+    pub sqs_per_1000_bundles: BTreeMap<String, Vec<f64>>,
+    /// Billable SQS requests (one per started 64 KiB of payload) per 1 000 bundles, per run.
+    pub sqs_billable_per_1000_bundles: Vec<f64>,
+    /// The worker's SQS cost in US dollars per million bundles at list price, per run
+    /// (billable requests; the load generator's own sends and reads are not counted).
+    pub sqs_usd_per_million_bundles: Vec<f64>,
+    /// S3 requests per 1 000 bundles, per run (all kinds).
+    pub s3_per_1000_bundles: Vec<f64>,
+    /// Database round trips per 1 000 records, per run, by source (postgres, mongo).
+    pub db_round_trips_per_1000_records: BTreeMap<String, Vec<f64>>,
+    /// CPU seconds per 1 000 records of each local service's process tree over the worker
+    /// runs, per run, by service (localstack, postgresql, mongo). The services are shared:
+    /// anything else using them meanwhile is counted too.
+    pub service_cpu_s_per_1000: BTreeMap<String, Vec<f64>>,
+    /// The same over the relay ceiling runs (no database is used there).
+    pub relay_service_cpu_s_per_1000: BTreeMap<String, Vec<f64>>,
+}
+
+impl Calls {
+    /// One worker run of `bundles` bundles and `records` records that made the calls `run`.
+    fn add(&mut self, bundles: usize, records: usize, run: &calls::Counters, usd_per_million: f64) {
+        for (kind, n) in calls::per_1000_with_total(&run.sqs, bundles) {
+            self.sqs_per_1000_bundles.entry(kind).or_default().push(n);
+        }
+        let per_1000 = |n: f64, units: usize| n / units.max(1) as f64 * 1000.0;
+        let billable = per_1000(run.sqs_billable.values().sum(), bundles);
+        self.sqs_billable_per_1000_bundles.push(billable);
+        self.sqs_usd_per_million_bundles
+            .push(calls::usd_per_million_bundles(billable, usd_per_million));
+        self.s3_per_1000_bundles
+            .push(per_1000(run.s3.values().sum(), bundles));
+        for (source, n) in &run.db {
+            self.db_round_trips_per_1000_records
+                .entry(source.clone())
+                .or_default()
+                .push(per_1000(*n, records));
+        }
+    }
+}
+
+/// The CPU each service used between `before` and now, per 1 000 `records`, added to `into`.
+fn add_service_cpu(
+    into: &mut BTreeMap<String, Vec<f64>>,
+    found: &[services::Service],
+    before: &[Option<Duration>],
+    records: usize,
+) {
+    for ((service, before), after) in found.iter().zip(before).zip(services::cpu_times(found)) {
+        if let (Some(before), Some(after)) = (before, after) {
+            let used = after.saturating_sub(*before).as_secs_f64();
+            into.entry(service.name.to_owned())
+                .or_default()
+                .push(used / records.max(1) as f64 * 1000.0);
+        }
+    }
+}
+
+/// The worker's call counters now, or None (said why) when its `/metrics` cannot be read.
+async fn worker_counters(metrics_url: Option<&str>) -> Option<calls::Counters> {
+    let url = metrics_url?;
+    match ml_pipeline::http::request("GET", url, None, Duration::from_secs(5)).await {
+        Ok(reply) => Some(calls::Counters::read(&reply.body)),
+        Err(e) => {
+            println!("worker metrics not read: {e:#}");
+            None
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -139,6 +227,11 @@ pub struct Report {
     pub stage_ms: BTreeMap<String, f64>,
     /// Batches the worker processed, with the mean records per batch.
     pub batches: Option<(u64, f64)>,
+    /// The SQS list price the cost figures use, US dollars per million requests (standard or
+    /// FIFO, from the input queue's name).
+    pub sqs_usd_per_million_requests: f64,
+    /// The worker's outside calls and the local services' CPU, per worker run.
+    pub calls: Calls,
 }
 
 /// Median, min and max of a series.
@@ -165,7 +258,16 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
         ..Report::default()
     };
     let mut created = Vec::new();
-    let mut metrics_url = None;
+    let mut metrics_url = args.metrics_url.clone();
+    let found = services::find(&args.services_run_dir);
+    println!(
+        "services charged their CPU: {}",
+        found
+            .iter()
+            .map(|s| format!("{} (pid {})", s.name, s.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let outcome = async {
         if !args.skip_ceiling {
             for r in 0..args.runs {
@@ -196,11 +298,18 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
                     &format!("{run_id}-r{r}"),
                     ContentEncoding::from(args.encoding),
                 );
+                let service_cpu = services::cpu_times(&found);
                 let (seconds, tally) =
                     ceiling(&sqs, &cin, Some(&cout), &bundles, args, settings).await?;
                 report
                     .relay
                     .add(bundles.len() * args.records, seconds, &tally);
+                add_service_cpu(
+                    &mut report.calls.relay_service_cpu_s_per_1000,
+                    &found,
+                    &service_cpu,
+                    bundles.len() * args.records,
+                );
                 println!(
                     "ceiling run {}: drain {:.0} rec/s, relay {:.0} rec/s",
                     r + 1,
@@ -269,6 +378,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
             .as_ref()
             .map(std::process::Child::id)
             .or(args.worker_pid);
+        report.sqs_usd_per_million_requests = calls::usd_per_million_requests(input.url());
         for r in 0..args.runs {
             let bundles = load::bundles(
                 &set,
@@ -278,9 +388,26 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Report
                 ContentEncoding::from(args.encoding),
             );
             let cpu_before = pid.map(process::cpu_time).transpose()?;
+            let counters_before = worker_counters(metrics_url.as_deref()).await;
+            let service_cpu = services::cpu_times(&found);
             let (seconds, tally) = measure(&sqs, &input, &output, &bundles, args).await?;
             let records = bundles.len() * args.records;
             report.worker.add(records, seconds, &tally);
+            add_service_cpu(
+                &mut report.calls.service_cpu_s_per_1000,
+                &found,
+                &service_cpu,
+                records,
+            );
+            let counters_after = worker_counters(metrics_url.as_deref()).await;
+            if let (Some(before), Some(after)) = (counters_before, counters_after) {
+                report.calls.add(
+                    bundles.len(),
+                    records,
+                    &after.since(&before),
+                    report.sqs_usd_per_million_requests,
+                );
+            }
             if let (Some(pid), Some(before)) = (pid, cpu_before) {
                 let used = process::cpu_time(pid)?.saturating_sub(before);
                 report
@@ -655,6 +782,7 @@ fn print(report: &Report) {
     if let Some((m, lo, hi)) = median_range(&report.worker.cpu_s_per_1000) {
         println!("  worker CPU              {m:.5} s per 1000 records (range {lo:.5}-{hi:.5})");
     }
+    print_calls(report);
     if let Some(rss) = report.peak_rss_mib {
         println!("  worker peak RSS         {rss:.1} MiB");
     }
@@ -676,6 +804,62 @@ fn print(report: &Report) {
         "  bundles: {} sent, {} answered, {} duplicated, {} lost",
         report.worker.sent, report.worker.answered, report.worker.duplicated, report.worker.lost
     );
+}
+
+/// The per-run figures of [`Calls`]: medians and ranges.
+fn print_calls(report: &Report) {
+    let fmt = |v: &[f64], digits: usize| match median_range(v) {
+        Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})"),
+        None => "n/a".to_owned(),
+    };
+    let by = |map: &BTreeMap<String, Vec<f64>>, digits: usize| {
+        map.iter()
+            .map(|(k, v)| format!("{k} {}", fmt(v, digits)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let c = &report.calls;
+    if let Some(total) = c.sqs_per_1000_bundles.get("total") {
+        let kinds: BTreeMap<String, Vec<f64>> = c
+            .sqs_per_1000_bundles
+            .iter()
+            .filter(|(k, _)| *k != "total")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        println!(
+            "  worker SQS requests     {} per 1000 bundles: {}",
+            fmt(total, 0),
+            by(&kinds, 1)
+        );
+        println!(
+            "  worker SQS billable     {} per 1000 bundles, ${} per million bundles at ${:.2} per million requests",
+            fmt(&c.sqs_billable_per_1000_bundles, 0),
+            fmt(&c.sqs_usd_per_million_bundles, 3),
+            report.sqs_usd_per_million_requests
+        );
+        println!(
+            "  worker S3 requests      {} per 1000 bundles",
+            fmt(&c.s3_per_1000_bundles, 1)
+        );
+    }
+    if !c.db_round_trips_per_1000_records.is_empty() {
+        println!(
+            "  worker DB round trips   per 1000 records: {}",
+            by(&c.db_round_trips_per_1000_records, 1)
+        );
+    }
+    if !c.service_cpu_s_per_1000.is_empty() {
+        println!(
+            "  service CPU, worker runs  s per 1000 records: {}",
+            by(&c.service_cpu_s_per_1000, 4)
+        );
+    }
+    if !c.relay_service_cpu_s_per_1000.is_empty() {
+        println!(
+            "  service CPU, relay runs   s per 1000 records: {}",
+            by(&c.relay_service_cpu_s_per_1000, 4)
+        );
+    }
 }
 
 #[cfg(test)]
