@@ -86,6 +86,11 @@ pub struct Settings {
     /// Default 0: a batch takes what is in hand, and keeps gathering only while every batch slot
     /// is busy, so batches grow with the load and a lone bundle is not held back.
     pub max_batch_wait_ms: u64,
+    /// Adaptive batching, in milliseconds: while bundles arrive faster than two per this budget
+    /// (a moving mean of the gaps between them), one poller receives, waiting before each
+    /// receive so that one receive of up to ten gathers several bundles, none waiting much
+    /// longer than the budget; slower arrivals are never held. 0 turns it off. Default 50.
+    pub batch_latency_budget_ms: u64,
     /// Batches processed at once. Default 4 (with 2500 records each, at most 10 000 records in
     /// batches at once).
     pub max_concurrent_batches: usize,
@@ -254,6 +259,7 @@ impl Default for Settings {
             pause_after_secs: worker.pacing.pause_after.as_secs(),
             max_batch_records: worker.max_batch_records,
             max_batch_wait_ms: worker.max_batch_wait.as_millis() as u64,
+            batch_latency_budget_ms: worker.batch_latency_budget.as_millis() as u64,
             max_concurrent_batches: worker.max_concurrent_batches,
             visibility_timeout_secs: None,
             heartbeat_fraction: worker.heartbeat_fraction,

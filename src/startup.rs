@@ -125,6 +125,7 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         max_batch_records: settings.max_batch_records.max(1),
         max_batch_cells: settings.max_batch_cells.max(1),
         max_batch_wait: Duration::from_millis(settings.max_batch_wait_ms),
+        batch_latency_budget: Duration::from_millis(settings.batch_latency_budget_ms),
         max_concurrent_batches: settings.max_concurrent_batches.max(1),
         visibility_timeout_secs: settings.visibility_timeout_secs.unwrap_or(queue_visibility),
         heartbeat_fraction: settings.heartbeat_fraction,

@@ -8,7 +8,8 @@
 //! flight (one receive may return several of a group, in order), and a receive repeated with
 //! the same attempt id returns the same messages while none of them was deleted or made
 //! visible. A visibility set above zero runs out on tokio's clock (checked at each receive); a
-//! message received and never given a visibility stays in flight until a test releases it.
+//! message received and never given a visibility stays in flight until a test releases it. A
+//! long poll of an empty queue returns when a producer pushes a message, or when its wait ends.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,8 @@ struct State {
 pub struct MemoryQueue {
     url: Arc<str>,
     state: Arc<Mutex<State>>,
+    /// Wakes the long polls waiting on an empty queue when a producer pushes a message.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl MemoryQueue {
@@ -106,6 +109,7 @@ impl MemoryQueue {
         Self {
             url: Arc::from(url),
             state: Arc::default(),
+            arrived: Arc::default(),
         }
     }
 
@@ -143,6 +147,8 @@ impl MemoryQueue {
             receive_count: 0,
             seq,
         });
+        drop(state);
+        self.arrived.notify_waiters();
         message_id
     }
 
@@ -239,9 +245,20 @@ impl MemoryQueue {
         if let Some(again) = attempt_id.and_then(|id| self.lock().repeat(id)) {
             return Ok(again);
         }
-        // A long poll of an empty queue waits, as SQS's does (tests run on a paused clock).
-        if self.lock().available(self.is_fifo()) == 0 && wait_secs > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(wait_secs as u64)).await;
+        // A long poll of an empty queue waits until a producer pushes a message or its wait
+        // ends, as SQS's does (tests run on a paused clock).
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(wait_secs.max(0) as u64);
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if wait_secs <= 0 || self.lock().available(self.is_fifo()) > 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                break;
+            }
         }
         let mut state = self.lock();
         let out = state.take(max.max(1) as usize, self.is_fifo());

@@ -27,6 +27,10 @@ pub struct WorkerConfig {
     /// Zero (the default) waits only while every batch slot is busy: batches grow with the
     /// load, and a lone bundle is not held back.
     pub max_batch_wait: Duration,
+    /// Adaptive batching: while bundles arrive faster than two per this budget (measured), one
+    /// poller receives, waiting before each receive so that a receive gathers several bundles,
+    /// each waiting about this long at most; slower arrivals are never held. Zero turns it off.
+    pub batch_latency_budget: Duration,
     /// Batches processed at once.
     pub max_concurrent_batches: usize,
     /// The visibility the heartbeat keeps extending to, in seconds.
@@ -88,6 +92,7 @@ impl Default for WorkerConfig {
             max_batch_records: 2_500,
             max_batch_cells: 250_000,
             max_batch_wait: Duration::ZERO,
+            batch_latency_budget: Duration::from_millis(50),
             max_concurrent_batches: 4,
             visibility_timeout_secs: 60,
             heartbeat_fraction: 0.5,

@@ -1,5 +1,6 @@
-//! The governor: the loops report what they see (receives, batch slots, enrichment times, the
-//! output backlog), [`super::pacing`] decides the pace, and the governor hands it to the
+//! The governor: the loops report what they see (receives and their round trips, batch slots,
+//! enrichment times, the output backlog), [`super::pacing`] and [`super::batching`] decide the
+//! pace, and the governor hands it to the
 //! pollers through [`WorkerState::pace`], logs each change once and shows it as metrics.
 //!
 //! A poller waits for its turn ([`turn`]) before each receive: a parked poller makes no call
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::batching::Batching;
 use super::pacing::{Changes, Pace, Pacing, PacingConfig, Pressure};
 use super::state::WorkerState;
 use crate::queue::Queue;
@@ -35,17 +37,19 @@ pub struct Governor {
 }
 
 impl Governor {
-    /// A governor for `pollers` pollers and `slots` batch slots; every poller may receive.
+    /// A governor for `pollers` pollers and `slots` batch slots, gathering bundles by
+    /// `batching`; every poller may receive.
     pub fn new(
         config: PacingConfig,
         pollers: usize,
         slots: usize,
+        batching: Batching,
         state: Arc<WorkerState>,
     ) -> Arc<Self> {
-        let pacing = Pacing::new(config, pollers, slots);
+        let pacing = Pacing::new(config, pollers, slots).with_batching(batching);
         let pace = pacing.pace();
         state.pace.send_replace(pace);
-        crate::instruments::pace(pace.name(), polling(pace));
+        crate::instruments::pace(gauge_name(pace), polling(pace));
         for pressure in Pressure::ALL {
             crate::instruments::pressure(pressure.name(), false);
         }
@@ -56,12 +60,15 @@ impl Governor {
         })
     }
 
-    /// A receive returned `messages` messages.
-    pub fn received(&self, messages: usize) {
+    /// A receive that took `rtt` returned `messages` messages.
+    pub fn received(&self, messages: usize, rtt: Duration) {
         if messages > 0 {
             self.received_since_measure.store(true, Ordering::Relaxed);
         }
-        self.update(|p, _| p.received(messages));
+        self.update(|p, now| {
+            p.received(messages);
+            p.batching_mut().received(now, messages, rtt);
+        });
     }
 
     /// A batch finished whose enrichment stage took `enrich`.
@@ -134,10 +141,11 @@ impl Governor {
     fn update(&self, saw: impl FnOnce(&mut Pacing, Instant)) {
         let now = Instant::now();
         let mut pacing = self.lock();
+        let before = pacing.pace();
         saw(&mut pacing, now);
         let changes = pacing.evaluate(now);
         if changes != Changes::default() {
-            announce(&pacing, &changes, now);
+            announce(&pacing, &changes, before, now);
         }
         if let Some(pace) = changes.pace {
             self.state.pace.send_replace(pace);
@@ -157,19 +165,21 @@ impl Drop for SlotHeld {
     }
 }
 
-/// Waits until poller `n` may receive; false when shutdown came first.
+/// Waits until poller `n` may receive; false when shutdown came first. A wait counts from the
+/// call: a new pace with another wait (a gathering hold measured again) does not start it over.
 pub async fn turn(
     pace: &mut watch::Receiver<Pace>,
     n: usize,
     shutdown: &CancellationToken,
 ) -> bool {
+    let since = Instant::now();
     loop {
         let now = *pace.borrow_and_update();
         match now.turn(n) {
             Some(wait) if wait.is_zero() => return true,
             Some(wait) => tokio::select! {
                 () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(wait) => return true,
+                () = tokio::time::sleep_until(since + wait) => return true,
                 // A new pace may let it go at once, or not at all.
                 changed = pace.changed() => if changed.is_err() { return false },
             },
@@ -208,13 +218,22 @@ async fn measure<Q: Queue>(output: &Q) -> Option<u64> {
 fn polling(pace: Pace) -> usize {
     match pace {
         Pace::Polling { pollers } => pollers,
-        Pace::Slowed { .. } => 1,
+        Pace::Slowed { .. } | Pace::Gathering { .. } => 1,
         Pace::Paused => 0,
     }
 }
 
-/// Logs and records what changed: each condition that began or ended, and the new pace.
-fn announce(pacing: &Pacing, changes: &Changes, now: Instant) {
+/// The pace's label in the `polling_pace` gauge: gathering is polling, with one poller.
+fn gauge_name(pace: Pace) -> &'static str {
+    match pace {
+        Pace::Gathering { .. } => Pace::Polling { pollers: 1 }.name(),
+        other => other.name(),
+    }
+}
+
+/// Logs and records what changed: each condition that began or ended, and the new pace (logged
+/// when its kind changed, not when a gathering hold is measured again).
+fn announce(pacing: &Pacing, changes: &Changes, before: Pace, now: Instant) {
     let c = pacing.config();
     for &pressure in &changes.began {
         crate::instruments::pressure(pressure.name(), true);
@@ -244,7 +263,28 @@ fn announce(pacing: &Pacing, changes: &Changes, now: Instant) {
         tracing::info!(condition = pressure.name(), "back-pressure ended");
     }
     if let Some(pace) = changes.pace {
-        crate::instruments::pace(pace.name(), polling(pace));
+        crate::instruments::pace(gauge_name(pace), polling(pace));
+        if pace.name() == before.name() && !matches!(pace, Pace::Polling { .. }) {
+            return;
+        }
+        if matches!(before, Pace::Gathering { .. }) || matches!(pace, Pace::Gathering { .. }) {
+            // Gathering starts and ends with the load, often: not news for an operator.
+            let batching = pacing.batching();
+            tracing::debug!(
+                pace = pace.name(),
+                pollers = polling(pace),
+                hold_ms = pace.turn(0).map(|d| d.as_millis() as u64),
+                arrival_gap_ms = batching.arrival_gap().map(|d| d.as_secs_f64() * 1e3),
+                receive_rtt_ms = batching.receive_rtt().map(|d| d.as_secs_f64() * 1e3),
+                "adaptive batching: {}",
+                if matches!(pace, Pace::Gathering { .. }) {
+                    "bundles arrive faster than the latency budget; one poller waits before each receive"
+                } else {
+                    "every poller receives at once"
+                }
+            );
+            return;
+        }
         let holding: Vec<&str> = pacing.holding().iter().map(|p| p.name()).collect();
         match pace {
             Pace::Polling { pollers } => tracing::info!(
@@ -258,6 +298,7 @@ fn announce(pacing: &Pacing, changes: &Changes, now: Instant) {
                 conditions = ?holding,
                 "polling slowed: one poller, waiting before each receive"
             ),
+            Pace::Gathering { .. } => {}
             Pace::Paused => tracing::warn!(
                 pace = pace.name(),
                 conditions = ?holding,

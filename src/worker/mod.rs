@@ -7,12 +7,14 @@
 //! - [`run`]: the loop around it (pollers, batching, back-off, drain); [`gather`]: a batch in
 //!   hand; [`heartbeat`]: visibility kept while it is.
 //! - [`pacing`]: how fast the pollers receive (fewer on an idle queue; slowed, then paused,
-//!   under back-pressure), decided as plain values; [`governor`]: that pace shared by the loops,
-//!   logged and measured.
+//!   under back-pressure), decided as plain values; [`batching`]: adaptive batching, one poller
+//!   waiting before each receive while bundles arrive fast; [`governor`]: that pace shared by
+//!   the loops, logged and measured.
 //! - [`state`], [`health`], [`endpoints`]: progress, liveness and readiness, served over HTTP.
 //! - [`protection`]: ECS task scale-in protection; [`aggregates`]: prediction counts per batch.
 
 pub mod aggregates;
+pub mod batching;
 pub mod config;
 pub mod dead_letter;
 pub mod endpoints;

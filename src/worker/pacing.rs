@@ -14,11 +14,17 @@
 //!   full speed at once. Each condition ends by itself: the backlog is measured again while it
 //!   holds, a slot frees when a batch finishes, and an enrichment time older than
 //!   `pause_after` is forgotten, so a pause that stopped new batches also ends.
+//!
+//! Without back-pressure, while bundles arrive faster than the latency budget
+//! ([`super::batching`]), one poller receives, waiting before each receive so that it gathers
+//! several bundles ([`Pace::Gathering`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::batching::Batching;
 
 /// The rules' limits; `None` turns a condition off.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +105,12 @@ pub enum Pace {
         /// The wait before each receive.
         delay: Duration,
     },
+    /// Bundles arrive faster than the latency budget: poller 0 alone receives, waiting `delay`
+    /// before each receive so that one receive gathers several ([`super::batching`]).
+    Gathering {
+        /// The wait before each receive.
+        delay: Duration,
+    },
     /// No poller receives.
     Paused,
 }
@@ -109,6 +121,7 @@ impl Pace {
         match self {
             Pace::Polling { .. } => "polling",
             Pace::Slowed { .. } => "slowed",
+            Pace::Gathering { .. } => "gathering",
             Pace::Paused => "paused",
         }
     }
@@ -118,7 +131,7 @@ impl Pace {
     pub fn turn(self, n: usize) -> Option<Duration> {
         match self {
             Pace::Polling { pollers } if n < pollers => Some(Duration::ZERO),
-            Pace::Slowed { delay } if n == 0 => Some(delay),
+            Pace::Slowed { delay } | Pace::Gathering { delay } if n == 0 => Some(delay),
             _ => None,
         }
     }
@@ -150,6 +163,8 @@ pub struct Pacing {
     /// Since when some condition has held without a break.
     pressed_since: Option<Instant>,
     holding: BTreeSet<Pressure>,
+    /// The adaptive batching rule, which may gather when no condition holds.
+    batching: Batching,
     pace: Pace,
 }
 
@@ -171,8 +186,26 @@ impl Pacing {
             slots_full_since: None,
             pressed_since: None,
             holding: BTreeSet::new(),
+            // No gathering unless given a budget.
+            batching: Batching::new(Duration::ZERO, 1),
             pace: Pace::Polling { pollers },
         }
+    }
+
+    /// The same rules, gathering bundles by `batching` while no condition holds.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// The adaptive batching rule, to feed it receives.
+    pub fn batching_mut(&mut self) -> &mut Batching {
+        &mut self.batching
+    }
+
+    /// The adaptive batching rule's measures.
+    pub fn batching(&self) -> &Batching {
+        &self.batching
     }
 
     /// The rules' limits.
@@ -289,16 +322,17 @@ impl Pacing {
             (false, Some(since)) => Some(since),
             (false, None) => Some(now),
         };
-        let pace = match self.pressed_since {
-            None => Pace::Polling {
+        let pace = match (self.pressed_since, self.batching.hold()) {
+            (None, Some(delay)) => Pace::Gathering { delay },
+            (None, None) => Pace::Polling {
                 pollers: self.idle_pollers(),
             },
-            Some(since) if now.saturating_duration_since(since) < self.config.pause_after => {
+            (Some(since), _) if now.saturating_duration_since(since) < self.config.pause_after => {
                 Pace::Slowed {
                     delay: self.config.slow_delay,
                 }
             }
-            Some(_) => Pace::Paused,
+            (Some(_), _) => Pace::Paused,
         };
         self.holding = holding;
         let changed = pace != self.pace;
@@ -515,5 +549,39 @@ mod tests {
             p.evaluate(t0 + secs(5)).pace,
             Some(Pace::Polling { pollers: 4 })
         );
+    }
+
+    #[test]
+    fn heavy_arrivals_gather_with_one_poller_and_pressure_overrides_the_gathering() {
+        let mut p = rules(PacingConfig {
+            output_backlog_max: Some(10),
+            ..PacingConfig::default()
+        })
+        .with_batching(Batching::new(Duration::from_millis(50), 10));
+        let t0 = Instant::now();
+        // One bundle every 10 ms.
+        for i in 1..=20 {
+            p.received(1);
+            p.batching_mut().received(
+                t0 + Duration::from_millis(10 * i),
+                1,
+                Duration::from_millis(2),
+            );
+        }
+        let gathering = Pace::Gathering {
+            delay: Duration::from_millis(48),
+        };
+        assert_eq!(p.evaluate(t0).pace, Some(gathering));
+        assert_eq!(gathering.turn(0), Some(Duration::from_millis(48)));
+        assert_eq!(gathering.turn(1), None, "the other pollers wait their turn");
+        p.output_backlog(Some(11));
+        assert!(matches!(p.evaluate(t0).pace, Some(Pace::Slowed { .. })));
+        p.output_backlog(Some(0));
+        assert_eq!(p.evaluate(t0).pace, Some(gathering));
+        // The arrivals stop: every poller long-polls again.
+        p.received(0);
+        p.batching_mut()
+            .received(t0 + Duration::from_secs(1), 0, Duration::from_millis(800));
+        assert_eq!(p.evaluate(t0).pace, Some(Pace::Polling { pollers: 4 }));
     }
 }

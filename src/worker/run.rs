@@ -7,15 +7,18 @@
 //! workers from receipt until their step returns: a heartbeat starts at the poller.
 //!
 //! Each poller waits for its turn before a receive: the [`Governor`] parks pollers while the
-//! queue is idle, and slows or pauses polling while the downstream cannot keep up.
+//! queue is idle, slows or pauses polling while the downstream cannot keep up, and while
+//! bundles arrive fast lets one poller receive, after a wait that lets one receive gather
+//! several ([`super::batching`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::batching::Batching;
 use super::gather::{BatchBounds, Gathered, InHand};
 use super::governor::{turn, Governor};
 use super::heartbeat::Heartbeat;
@@ -54,6 +57,10 @@ where
             self.config.pacing.clone(),
             self.config.pollers.max(1),
             self.config.max_concurrent_batches.max(1),
+            Batching::new(
+                self.config.batch_latency_budget,
+                self.config.receive_max.max(1) as usize,
+            ),
             Arc::clone(&self.state),
         );
         let watch =
@@ -124,7 +131,8 @@ where
             if !turn(&mut pace, n, &shutdown).await {
                 return;
             }
-            let started = Instant::now();
+            // On tokio's clock, which tests pause: the round trip feeds the batching rule.
+            let started = tokio::time::Instant::now();
             let (max, wait) = (self.config.receive_max, self.config.wait_secs);
             let received = tokio::select! {
                 // Cancelling drops the in-flight long poll instead of waiting it out.
@@ -137,13 +145,13 @@ where
                 Ok(messages) if messages.is_empty() => {
                     failures = 0;
                     crate::instruments::received(0, started.elapsed());
-                    governor.received(0);
+                    governor.received(0, started.elapsed());
                 }
                 Ok(messages) => {
                     failures = 0;
                     crate::instruments::received(messages.len(), started.elapsed());
                     // Parked pollers wake now, not after the hand-over.
-                    governor.received(messages.len());
+                    governor.received(messages.len(), started.elapsed());
                     let in_flight = self.state.hold(messages.len());
                     // Visibility is kept from receipt on: messages may wait behind a slow batch.
                     let receipts = messages.iter().map(|m| m.receipt_handle.clone()).collect();

@@ -3,6 +3,7 @@
 //! failed dead-letter send, a failed visibility change. (The same flow against LocalStack is in
 //! `tests/integration/worker.rs`.)
 
+mod batching;
 mod fifo;
 mod pacing;
 

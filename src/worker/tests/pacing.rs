@@ -104,8 +104,7 @@ async fn every_poller_is_back_at_the_first_message_after_an_idle_spell() {
     );
     let mut pace = w.state.pace.subscribe();
     w.input.push(seed_bundle("b-1"), None);
-    // The one poller's long poll returns the message (within its 20 s here: the in-memory
-    // queue does not cut a long poll short), and every poller polls again at once.
+    // The one poller's long poll returns the message, and every poller polls again at once.
     tokio::time::timeout(
         Duration::from_secs(21),
         pace.wait_for(|p| *p == Pace::Polling { pollers: 4 }),

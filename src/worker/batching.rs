@@ -1,0 +1,224 @@
+//! Adaptive batching: how long the one receiving poller waits before its next receive, so that
+//! one receive of up to ten gathers several bundles when they arrive faster than the latency
+//! budget, and none waits when they do not. Plain values and no I/O, like [`super::pacing`],
+//! which turns a hold into [`super::Pace::Gathering`].
+//!
+//! A receive's messages make one batch, and each batch costs three SQS calls (receive, send,
+//! delete) whatever its size. With pollers always long-polling, every bundle that arrives wakes
+//! one of them, and batches hold one or two bundles: about 2.5 calls per bundle. Holding the
+//! batch in the batcher cannot help, since each bundle has cost a receive already; the wait must
+//! come before the receive. What decides it, measured:
+//!
+//! - **the arrival gap**: a moving mean of the time between bundles, from each receive's
+//!   message count and the time since the previous receive returned;
+//! - **the receive round trip**: a moving mean of the time a receive that returned messages
+//!   took, part of the wait of the bundles it gathers.
+//!
+//! The rule, with `budget` the longest a bundle may wait for company:
+//! - **Light load never holds**: when fewer than two bundles are expected within the budget
+//!   (gap above half of it), when the last receive came back empty (the arrivals stopped; a
+//!   bundle after an idle spell also measures a long gap), and before any gap is measured.
+//! - **A backlog never holds**: a receive that came back full says more are waiting.
+//! - **Otherwise** the poller waits `min(budget, receive_max × gap) − round trip` before its
+//!   next receive, so the receive returns about `budget / gap` bundles, and the bundle that
+//!   waited longest waited about the budget. Once a receive fills up, the hold is gone.
+//!
+//! The batch's own service time does not enter: the fixed cost the hold saves (three calls per
+//! batch) is the same at any load, and when batches take longer than bundles arrive, the
+//! batcher already gathers everything in hand while its slots are busy ([`super::run`]).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How much the latest receive weighs in the moving means.
+const WEIGHT: f64 = 0.25;
+
+/// The measures and the rule; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    budget: Duration,
+    receive_max: usize,
+    /// The moving mean of the time between bundles, in milliseconds.
+    gap_ms: Option<f64>,
+    /// The moving mean of the round trip of receives that returned messages, in milliseconds.
+    rtt_ms: Option<f64>,
+    /// When a receive last returned messages.
+    last_receipt: Option<Instant>,
+    /// How many messages the last receive returned.
+    last_count: usize,
+}
+
+impl Batching {
+    /// The rule with a latency `budget` (zero never holds) for receives of `receive_max`.
+    pub fn new(budget: Duration, receive_max: usize) -> Self {
+        Self {
+            budget,
+            receive_max: receive_max.max(1),
+            gap_ms: None,
+            rtt_ms: None,
+            last_receipt: None,
+            last_count: 0,
+        }
+    }
+
+    /// A receive that took `rtt` returned `messages` messages at `now`.
+    pub fn received(&mut self, now: Instant, messages: usize, rtt: Duration) {
+        self.last_count = messages;
+        let since = self
+            .last_receipt
+            .map(|at| now.saturating_duration_since(at).as_secs_f64() * 1e3);
+        if messages == 0 {
+            // No bundle for at least that long: one gap that long.
+            if let Some(since) = since {
+                self.gap_ms = Some(mean(self.gap_ms, since));
+            }
+            return;
+        }
+        if let Some(since) = since {
+            self.gap_ms = Some(mean(self.gap_ms, since / messages as f64));
+        }
+        self.rtt_ms = Some(mean(self.rtt_ms, rtt.as_secs_f64() * 1e3));
+        self.last_receipt = Some(now);
+    }
+
+    /// The moving mean of the time between bundles, once measured.
+    pub fn arrival_gap(&self) -> Option<Duration> {
+        self.gap_ms.map(|ms| Duration::from_secs_f64(ms / 1e3))
+    }
+
+    /// The moving mean of a receive's round trip, once measured.
+    pub fn receive_rtt(&self) -> Option<Duration> {
+        self.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1e3))
+    }
+
+    /// How long the receiving poller waits before its next receive; `None`: no wait, every
+    /// poller receives.
+    pub fn hold(&self) -> Option<Duration> {
+        let budget_ms = self.budget.as_secs_f64() * 1e3;
+        let gap = self.gap_ms?;
+        let light = gap * 2.0 > budget_ms;
+        let idle_or_backlog = self.last_count == 0 || self.last_count >= self.receive_max;
+        if budget_ms <= 0.0 || light || idle_or_backlog {
+            return None;
+        }
+        let window = budget_ms.min(gap * self.receive_max as f64);
+        let hold_ms = (window - self.rtt_ms.unwrap_or(0.0)).floor();
+        // Whole milliseconds: the pace does not change at every receive for a few microseconds.
+        (hold_ms >= 1.0).then(|| Duration::from_millis(hold_ms as u64))
+    }
+}
+
+fn mean(before: Option<f64>, sample: f64) -> f64 {
+    match before {
+        Some(before) => WEIGHT * sample + (1.0 - WEIGHT) * before,
+        None => sample,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Whether a measured duration is within a microsecond of `ms` milliseconds.
+    fn near(measured: Option<Duration>, ms: f64) -> bool {
+        measured.is_some_and(|d| (d.as_secs_f64() * 1e3 - ms).abs() < 1e-3)
+    }
+
+    /// Receives every `every` returning `messages` each, with a round trip of `rtt`, `times`
+    /// times from `start`; the time after the last.
+    fn steady(
+        b: &mut Batching,
+        start: Instant,
+        every: Duration,
+        messages: usize,
+        rtt: Duration,
+        times: u32,
+    ) -> Instant {
+        let mut now = start;
+        for _ in 0..times {
+            now += every;
+            b.received(now, messages, rtt);
+        }
+        now
+    }
+
+    #[test]
+    fn nothing_measured_holds_nothing() {
+        let mut b = Batching::new(ms(50), 10);
+        assert_eq!(b.hold(), None);
+        b.received(Instant::now(), 1, ms(5));
+        assert_eq!(b.hold(), None, "a first bundle measures no gap");
+    }
+
+    #[test]
+    fn light_load_never_holds() {
+        let t0 = Instant::now();
+        // One bundle every 40 ms: one expected per 50 ms budget, not two.
+        let mut b = Batching::new(ms(50), 10);
+        steady(&mut b, t0, ms(40), 1, ms(2), 50);
+        assert!(near(b.arrival_gap(), 40.0));
+        assert_eq!(b.hold(), None);
+        // Ten seconds between bundles, whatever the budget allows.
+        let mut b = Batching::new(ms(50), 10);
+        steady(&mut b, t0, Duration::from_secs(10), 1, ms(2), 5);
+        assert_eq!(b.hold(), None);
+        // A zero budget turns the hold off even under heavy load.
+        let mut b = Batching::new(Duration::ZERO, 10);
+        steady(&mut b, t0, ms(5), 1, ms(2), 50);
+        assert_eq!(b.hold(), None);
+    }
+
+    #[test]
+    fn heavy_load_holds_so_that_one_receive_gathers_several_bundles() {
+        let t0 = Instant::now();
+        let mut b = Batching::new(ms(50), 10);
+        // One bundle every 20 ms, each receive getting one: 2.5 expected within the budget.
+        let now = steady(&mut b, t0, ms(20), 1, ms(5), 20);
+        assert!(near(b.arrival_gap(), 20.0));
+        let hold = b.hold().expect("heavy load holds");
+        assert_eq!(hold, ms(45), "the budget less the receive's own round trip");
+        // The hold makes receives return about budget / gap bundles; the gap measured stays
+        // the same, and so does the hold.
+        steady(&mut b, now, ms(50), 2, ms(5), 60);
+        assert!(near(b.arrival_gap(), 25.0), "{:?}", b.arrival_gap());
+        assert_eq!(b.hold(), Some(ms(45)));
+    }
+
+    #[test]
+    fn the_hold_stays_within_the_budget_and_ends_when_a_receive_fills() {
+        let t0 = Instant::now();
+        let mut b = Batching::new(ms(100), 10);
+        // One bundle every 4 ms: ten fill a receive in 40 ms, sooner than the budget.
+        let now = steady(&mut b, t0, ms(40), 9, ms(3), 20);
+        let hold = b.hold().unwrap();
+        assert!(hold + b.receive_rtt().unwrap() <= ms(100));
+        assert!(hold <= ms(42) && hold >= ms(30), "{hold:?}");
+        // A full receive: more are waiting, every poller receives at once.
+        b.received(now + ms(40), 10, ms(3));
+        assert_eq!(b.hold(), None);
+        // A round trip longer than the budget leaves no hold at all.
+        let mut b = Batching::new(ms(30), 10);
+        steady(&mut b, t0, ms(10), 1, ms(40), 20);
+        assert_eq!(b.hold(), None);
+    }
+
+    #[test]
+    fn an_empty_receive_ends_the_hold_and_a_bundle_after_an_idle_spell_does_not_wait() {
+        let t0 = Instant::now();
+        let mut b = Batching::new(ms(50), 10);
+        let now = steady(&mut b, t0, ms(10), 1, ms(2), 20);
+        assert!(b.hold().is_some());
+        b.received(now + ms(30), 0, ms(30));
+        assert_eq!(b.hold(), None, "the arrivals stopped");
+        // A 20 s long poll returns empty, then a lone bundle arrives five seconds later.
+        b.received(now + Duration::from_secs(20), 0, Duration::from_secs(20));
+        b.received(now + Duration::from_secs(25), 1, Duration::from_secs(5));
+        assert!(b.arrival_gap().unwrap() > Duration::from_secs(1));
+        assert_eq!(b.hold(), None);
+    }
+}
