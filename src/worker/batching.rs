@@ -65,18 +65,21 @@ impl Batching {
     /// A receive that took `rtt` returned `messages` messages at `now`.
     pub fn received(&mut self, now: Instant, messages: usize, rtt: Duration) {
         self.last_count = messages;
+        // A gap is counted at most as the budget: longer is light load all the same, and one
+        // idle spell would otherwise hold the mean up for many receives after traffic returns.
+        let cap_ms = self.budget.as_secs_f64() * 1e3;
         let since = self
             .last_receipt
             .map(|at| now.saturating_duration_since(at).as_secs_f64() * 1e3);
         if messages == 0 {
             // No bundle for at least that long: one gap that long.
             if let Some(since) = since {
-                self.gap_ms = Some(mean(self.gap_ms, since));
+                self.gap_ms = Some(mean(self.gap_ms, since.min(cap_ms)));
             }
             return;
         }
         if let Some(since) = since {
-            self.gap_ms = Some(mean(self.gap_ms, since / messages as f64));
+            self.gap_ms = Some(mean(self.gap_ms, (since / messages as f64).min(cap_ms)));
         }
         self.rtt_ms = Some(mean(self.rtt_ms, rtt.as_secs_f64() * 1e3));
         self.last_receipt = Some(now);
@@ -218,7 +221,12 @@ mod tests {
         // A 20 s long poll returns empty, then a lone bundle arrives five seconds later.
         b.received(now + Duration::from_secs(20), 0, Duration::from_secs(20));
         b.received(now + Duration::from_secs(25), 1, Duration::from_secs(5));
-        assert!(b.arrival_gap().unwrap() > Duration::from_secs(1));
+        assert!(b.arrival_gap().unwrap() >= ms(25), "light load");
         assert_eq!(b.hold(), None);
+        // Heavy traffic again: the idle spell counted as one budget-long gap, so the hold is
+        // back within a few receives (not the ~18 an uncapped 20 s gap took to wash out).
+        let back = now + Duration::from_secs(25);
+        steady(&mut b, back, ms(20), 1, ms(2), 8);
+        assert!(b.hold().is_some(), "{:?}", b.arrival_gap());
     }
 }
