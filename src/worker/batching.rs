@@ -65,8 +65,9 @@ impl Batching {
     /// A receive that took `rtt` returned `messages` messages at `now`.
     pub fn received(&mut self, now: Instant, messages: usize, rtt: Duration) {
         self.last_count = messages;
-        // A gap is counted at most as the budget: longer is light load all the same, and one
-        // idle spell would otherwise hold the mean up for many receives after traffic returns.
+        // A gap, or a round trip, is counted at most as the budget: longer is light load (or no
+        // hold) all the same, and one idle spell (a long poll that waited seconds for its one
+        // bundle) would otherwise hold the means up for many receives after traffic returns.
         let cap_ms = self.budget.as_secs_f64() * 1e3;
         let since = self
             .last_receipt
@@ -81,7 +82,7 @@ impl Batching {
         if let Some(since) = since {
             self.gap_ms = Some(mean(self.gap_ms, (since / messages as f64).min(cap_ms)));
         }
-        self.rtt_ms = Some(mean(self.rtt_ms, rtt.as_secs_f64() * 1e3));
+        self.rtt_ms = Some(mean(self.rtt_ms, (rtt.as_secs_f64() * 1e3).min(cap_ms)));
         self.last_receipt = Some(now);
     }
 
@@ -227,6 +228,11 @@ mod tests {
         // back within a few receives (not the ~18 an uncapped 20 s gap took to wash out).
         let back = now + Duration::from_secs(25);
         steady(&mut b, back, ms(20), 1, ms(2), 8);
-        assert!(b.hold().is_some(), "{:?}", b.arrival_gap());
+        assert!(
+            b.hold().is_some(),
+            "{:?} {:?}",
+            b.arrival_gap(),
+            b.receive_rtt()
+        );
     }
 }
