@@ -153,6 +153,28 @@ make_venv() {
     "$py" -m venv "$dir"
 }
 
+# pinned_venv NAME REQUIREMENTS: the dev-only venv $CACHE_DIR/NAME-venv with REQUIREMENTS (a
+# pinned requirements file) installed; made again when missing or when the file changed.
+# Prints its python on stdout (logs go to stderr).
+pinned_venv() {
+    local venv="$CACHE_DIR/$1-venv"
+    with_lock "$CACHE_DIR/$1-venv.lock" install_pinned_venv "$venv" "$2"
+    printf '%s\n' "$venv/bin/python"
+}
+
+install_pinned_venv() {
+    local venv=$1 requirements=$2 stamp want start=$SECONDS
+    stamp="$venv/.ml-pipeline-requirements"
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    if [[ -x $venv/bin/python && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+        return 0
+    fi
+    make_venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+    printf '%s\n' "$want" >"$stamp"
+    log "venv installed in $((SECONDS - start))s: $venv"
+}
+
 # Run a command with a lock file held (serialises concurrent installs into the cache).
 with_lock() {
     local lockfile=$1

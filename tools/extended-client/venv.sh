@@ -13,24 +13,4 @@ SVC=extended-client
 # shellcheck source=localstack/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../localstack/lib.sh"
 
-EXT_DIR="$REPO_ROOT/tools/extended-client"
-EXT_VENV="$CACHE_DIR/extended-client-venv"
-
-install_extended_client_venv() {
-    local stamp want
-    stamp="$EXT_VENV/.ml-pipeline-requirements"
-    want=$(sha256sum "$EXT_DIR/requirements.txt" | cut -d' ' -f1)
-    if [[ -x $EXT_VENV/bin/python && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
-        return 0
-    fi
-    local start=$SECONDS
-    make_venv "$EXT_VENV" >&2
-    "$EXT_VENV/bin/pip" install --quiet --disable-pip-version-check \
-        -r "$EXT_DIR/requirements.txt" >&2
-    printf '%s\n' "$want" >"$stamp"
-    log "extended-client venv installed in $((SECONDS - start))s: $EXT_VENV"
-}
-
-mkdir -p "$CACHE_DIR"
-with_lock "$CACHE_DIR/extended-client-venv.lock" install_extended_client_venv
-printf '%s\n' "$EXT_VENV/bin/python"
+pinned_venv extended-client "$REPO_ROOT/tools/extended-client/requirements.txt"
