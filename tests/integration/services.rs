@@ -334,13 +334,18 @@ async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_
     let db = mongodb::Client::with_options(options)
         .unwrap()
         .database(loaded.mongo.name());
-    let documents = ml_pipeline::enrich::mongo::MongoDocuments::new(db);
     let notes: Vec<String> = set
         .notes
         .iter()
         .take(1_000)
         .map(|n| n.note_id.clone())
         .collect();
+    let limits = |chunk_keys| ml_pipeline::enrich::source::LookupLimits {
+        chunk_keys,
+        ..Default::default()
+    };
+    // Every key in one chunk: one find.
+    let documents = ml_pipeline::enrich::mongo::MongoDocuments::new(db).with_limits(limits(1_000));
     let (doc_spec, paths) = (spec.documents.as_ref().unwrap(), spec.document_paths());
     let count = |names: &[String], name: &str| names.iter().filter(|n| *n == name).count();
 
@@ -360,17 +365,20 @@ async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_
         "{names:?}"
     );
 
-    // In chunks of 300 keys: one find per chunk, each in one round trip, the same documents.
-    let chunked = documents.with_limits(ml_pipeline::enrich::source::LookupLimits {
-        chunk_keys: 300,
-        ..Default::default()
-    });
-    let in_chunks = chunked.fetch(doc_spec, &paths, &notes).await.unwrap();
-    assert_eq!(in_chunks.values().map(Vec::len).sum::<usize>(), answered);
-    let names = std::mem::take(&mut *sent.lock().unwrap());
-    assert_eq!(
-        (count(&names, "find"), count(&names, "getMore")),
-        (4, 0),
-        "{names:?}"
-    );
+    // In chunks (the default 500 keys, and 300): one find per chunk, each in one round trip,
+    // the same documents.
+    for (chunk_keys, finds) in [
+        (ml_pipeline::enrich::source::DEFAULT_CHUNK_KEYS, 2),
+        (300, 4),
+    ] {
+        let chunked = documents.clone().with_limits(limits(chunk_keys));
+        let in_chunks = chunked.fetch(doc_spec, &paths, &notes).await.unwrap();
+        assert_eq!(in_chunks.values().map(Vec::len).sum::<usize>(), answered);
+        let names = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(
+            (count(&names, "find"), count(&names, "getMore")),
+            (finds, 0),
+            "{chunk_keys} keys a chunk: {names:?}"
+        );
+    }
 }
