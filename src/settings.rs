@@ -154,9 +154,13 @@ pub struct Settings {
     /// timeout. Default 10.
     pub source_timeout_secs: u64,
     /// The most keys one PostgreSQL `= ANY` or MongoDB `$in` carries; a batch with more distinct
-    /// keys is looked up in chunks, one round trip each. Default 10000 (a default batch always
-    /// fits in one).
+    /// keys is looked up in chunks, one round trip each, up to `lookup_concurrency` at once.
+    /// Default 500 (chosen from the lookup curve in BENCHMARKS.md).
     pub lookup_chunk_keys: usize,
+    /// The most PostgreSQL statements, and separately the most MongoDB `find`s, the worker has
+    /// in flight at once over every batch it processes; more wait their turn. Default 4 (chosen
+    /// from the lookup curve in BENCHMARKS.md).
+    pub lookup_concurrency: usize,
     /// Address S3 buckets by path (`endpoint/bucket/key`), as S3 emulators need. Default false.
     pub s3_force_path_style: bool,
     /// Where the worker serves `/metrics`, `/health` and `/ready`, or `off`. Default `0.0.0.0:9090`.
@@ -282,6 +286,7 @@ impl Default for Settings {
             reference_cache_secs: 60,
             source_timeout_secs: crate::enrich::source::DEFAULT_SOURCE_TIMEOUT.as_secs(),
             lookup_chunk_keys: crate::enrich::source::DEFAULT_CHUNK_KEYS,
+            lookup_concurrency: crate::enrich::source::DEFAULT_LOOKUP_CONCURRENCY,
             http_addr: DEFAULT_HTTP_ADDR.into(),
             stall_timeout_secs: worker.stall_timeout.as_secs(),
             task_protection: false,

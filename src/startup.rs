@@ -62,6 +62,7 @@ pub async fn enricher(
     let limits = LookupLimits {
         timeout: Duration::from_secs(settings.source_timeout_secs.max(1)),
         chunk_keys: settings.lookup_chunk_keys.max(1),
+        concurrency: settings.lookup_concurrency.max(1),
     };
     Ok(Enricher {
         reference: PgReference::new(pool.clone()).with_limits(limits),

@@ -27,8 +27,8 @@ type LookupAnswer = (Vec<HashMap<String, String>>, Vec<HashMap<String, String>>)
 type DocumentAnswer = (HashMap<String, Vec<ProviderDoc>>, HashMap<String, String>);
 
 impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
-    /// One round trip per source: every distinct key of the batch at once, both sources
-    /// together. Returns what they found and the milliseconds each took (they run
+    /// One call per source: every distinct key of the batch at once (the source asks them in
+    /// chunks, one round trip each), both sources together. Returns what they found and the milliseconds each took (they run
     /// concurrently). A source that is down does not fail the batch: what its keys need is
     /// marked unavailable (PostgreSQL's cache still answers what it holds), so every record
     /// that needs nothing from it can be answered.

@@ -1,7 +1,9 @@
 //! Enrich: reference values from PostgreSQL and provider documents from MongoDB.
 //!
 //! Each source sits behind a one-method seam and is asked once per batch with every key the
-//! batch needs (`= ANY($1)`, `$in`), never once per record. A source that is down marks the
+//! batch needs (`= ANY($1)`, `$in`), never once per record; the source splits them into chunks
+//! of `chunk_keys` and keeps at most `concurrency` chunks in flight over all batches
+//! ([`source::LookupLimits`]). A source that is down marks the
 //! keys it was asked for unavailable (the PostgreSQL cache still answers what it holds), so
 //! only the bundles that need it are held and retried. A source that answers with an error while it stays reachable is asked
 //! again in halves until the keys at fault are found: their records get a per-record error and

@@ -1,6 +1,7 @@
-//! The MongoDB document source: every provider document of a batch in one `$in` query.
+//! The MongoDB document source: every provider document of a batch in `$in` queries of at most
+//! `chunk_keys` keys each, each read in one round trip when its documents fit one reply.
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -9,7 +10,9 @@ use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
 use mongodb::Database;
 use smallvec::SmallVec;
 
-use super::source::{within, DocumentSource, FieldValue, LookupLimits, ProviderDoc, SourceError};
+use super::source::{
+    within, DocumentSource, FieldValue, LookupGate, LookupLimits, ProviderDoc, SourceError,
+};
 use crate::instruments;
 use crate::spec::DocumentSpec;
 
@@ -18,20 +21,77 @@ use crate::spec::DocumentSpec;
 pub struct MongoDocuments {
     db: Database,
     limits: LookupLimits,
+    /// Shared by the clones, so `limits.concurrency` holds over every batch in flight.
+    gate: LookupGate,
 }
 
 impl MongoDocuments {
     /// A source over this database, within the default [`LookupLimits`].
     pub fn new(db: Database) -> Self {
+        let limits = LookupLimits::default();
         Self {
             db,
-            limits: LookupLimits::default(),
+            limits,
+            gate: LookupGate::new(limits.concurrency),
         }
     }
 
-    /// The same source within other limits (operation timeout, keys per statement).
+    /// The same source within other limits (operation timeout, keys per `$in`, concurrent
+    /// `find`s).
     pub fn with_limits(self, limits: LookupLimits) -> Self {
-        Self { limits, ..self }
+        Self {
+            limits,
+            gate: LookupGate::new(limits.concurrency),
+            ..self
+        }
+    }
+
+    /// One `find` over one chunk of keys, read to its end: each document's key and fields.
+    async fn find_chunk(
+        &self,
+        spec: &DocumentSpec,
+        paths: &[String],
+        reader: &FieldReader,
+        keys: &[String],
+    ) -> Result<Vec<(String, ProviderDoc)>, SourceError> {
+        // Keys are plain strings, so an operator object in a request can never reach here.
+        let filter = doc! {
+            spec.key_field.as_str(): {"$in": keys},
+            spec.provider_field.as_str(): {"$in": &spec.providers},
+        };
+        let mut projection =
+            doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
+        for p in paths {
+            projection.insert(p.as_str(), 1);
+        }
+        let batch_size = first_batch_size(keys.len(), spec.providers.len());
+        let _turn = self.gate.turn().await;
+        instruments::db_round_trips("mongo", 1);
+        // Raw documents: fields are read straight from the BSON bytes, with no tree built.
+        let mut cursor = self
+            .db
+            .collection::<RawDocumentBuf>(&spec.collection)
+            .find(filter)
+            .projection(projection)
+            .batch_size(batch_size as u32)
+            .await?;
+        // Read in an inner block so that the round trips are counted when the cursor fails
+        // part-way too.
+        let mut documents = 0;
+        let mut found = Vec::new();
+        let counted = async {
+            while let Some(d) = cursor.try_next().await? {
+                documents += 1;
+                if let Some((key, doc)) = reader.read(spec, &d) {
+                    found.push((key.to_owned(), doc));
+                }
+            }
+            Ok::<_, mongodb::error::Error>(())
+        }
+        .await;
+        instruments::db_round_trips("mongo", get_more_calls(documents, batch_size));
+        counted?;
+        Ok(found)
     }
 }
 
@@ -46,44 +106,21 @@ impl DocumentSource for MongoDocuments {
         if keys.is_empty() {
             return Ok(found);
         }
+        let reader = FieldReader::new(paths);
         within("mongo", self.limits.timeout, async move {
-            // Keys are plain strings, so an operator object in a request can never reach here.
-            for keys in keys.chunks(self.limits.chunk_keys.max(1)) {
-                let filter = doc! {
-                    spec.key_field.as_str(): {"$in": keys},
-                    spec.provider_field.as_str(): {"$in": &spec.providers},
-                };
-                let mut projection =
-                    doc! {"_id": 0, spec.key_field.as_str(): 1, spec.provider_field.as_str(): 1};
-                for p in paths {
-                    projection.insert(p.as_str(), 1);
+            // A key is in one chunk only, so its documents keep the order its find read them in.
+            // The finds are made before they are streamed: a closure in the stream would not
+            // be `Send` for every lifetime the trait's future asks of it.
+            let finds: Vec<_> = keys
+                .chunks(self.limits.chunk_keys.max(1))
+                .map(|keys| self.find_chunk(spec, paths, &reader, keys))
+                .collect();
+            let mut chunks =
+                futures::stream::iter(finds).buffer_unordered(self.limits.concurrency.max(1));
+            while let Some(part) = chunks.try_next().await? {
+                for (key, doc) in part {
+                    found.entry(key).or_default().push(doc);
                 }
-                let batch_size = keys.len().clamp(1, 10_000);
-                instruments::db_round_trips("mongo", 1);
-                // Raw documents: fields are read straight from the BSON bytes, with no tree built.
-                let mut cursor = self
-                    .db
-                    .collection::<RawDocumentBuf>(&spec.collection)
-                    .find(filter)
-                    .projection(projection)
-                    .batch_size(batch_size as u32)
-                    .await?;
-                let reader = FieldReader::new(paths);
-                // Read in an inner block so that the round trips are counted when the cursor
-                // fails part-way too.
-                let mut documents = 0;
-                let counted = async {
-                    while let Some(d) = cursor.try_next().await? {
-                        documents += 1;
-                        if let Some((key, doc)) = reader.read(spec, &d) {
-                            found.entry(key.to_owned()).or_default().push(doc);
-                        }
-                    }
-                    Ok::<_, mongodb::error::Error>(())
-                }
-                .await;
-                instruments::db_round_trips("mongo", get_more_calls(documents, batch_size));
-                counted?;
             }
             Ok(found)
         })
@@ -98,6 +135,22 @@ impl DocumentSource for MongoDocuments {
         })
         .await
     }
+}
+
+/// The most documents asked for in one reply. A reply stops at 16 MiB whatever is asked; a
+/// batch's projected documents (a key, a provider and a few numbers, under 200 bytes) reach
+/// that only past about 80 000 documents.
+pub const MAX_FIRST_BATCH: usize = 100_000;
+
+/// The cursor batch size of a `find` over `keys` notes and `providers` providers: every
+/// document the find can match (at most one per key and provider), plus one so that a reply
+/// holding all of them is not full and the server closes the cursor at once (a full first
+/// batch costs a `getMore` round trip that brings nothing). One round trip whenever the
+/// documents fit one reply.
+pub fn first_batch_size(keys: usize, providers: usize) -> usize {
+    keys.saturating_mul(providers.max(1))
+        .saturating_add(1)
+        .min(MAX_FIRST_BATCH)
 }
 
 /// The getMore calls a cursor made to bring `documents` in batches of `batch_size`: the driver
@@ -258,6 +311,24 @@ mod tests {
         assert_eq!(get_more_calls(100, 100), 1);
         assert_eq!(get_more_calls(250, 100), 2);
         assert_eq!(get_more_calls(5, 0), 5, "a zero batch size is read as 1");
+    }
+
+    #[test]
+    fn a_find_asks_for_every_document_its_keys_can_match_in_its_first_reply() {
+        // 1 000 notes of two providers: up to 2 000 documents, all in the first reply, which
+        // is then not full, so no getMore follows.
+        assert_eq!(first_batch_size(1_000, 2), 2_001);
+        assert_eq!(get_more_calls(2_000, first_batch_size(1_000, 2)), 0);
+        // Every note with both providers' documents, or only one each: still one round trip.
+        assert_eq!(get_more_calls(1_000, first_batch_size(1_000, 2)), 0);
+        assert_eq!(
+            first_batch_size(1, 0),
+            2,
+            "no providers listed is read as one"
+        );
+        assert_eq!(first_batch_size(0, 2), 1);
+        assert_eq!(first_batch_size(80_000, 3), MAX_FIRST_BATCH);
+        assert_eq!(first_batch_size(usize::MAX, 2), MAX_FIRST_BATCH);
     }
 
     #[test]

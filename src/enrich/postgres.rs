@@ -1,10 +1,12 @@
-//! The PostgreSQL reference source: every lookup of a batch in one statement.
+//! The PostgreSQL reference source: every lookup of a batch in one statement per chunk of keys.
 
 use std::collections::HashMap;
 
 use sqlx::PgPool;
 
-use super::source::{within, LookupLimits, ReferenceSource, SourceError};
+use futures::{StreamExt, TryStreamExt};
+
+use super::source::{within, LookupGate, LookupLimits, ReferenceSource, SourceError};
 use crate::instruments;
 use crate::spec::LookupSpec;
 
@@ -13,20 +15,52 @@ use crate::spec::LookupSpec;
 pub struct PgReference {
     pool: PgPool,
     limits: LookupLimits,
+    /// Shared by the clones, so `limits.concurrency` holds over every batch in flight.
+    gate: LookupGate,
 }
 
 impl PgReference {
     /// A source over this pool, within the default [`LookupLimits`].
     pub fn new(pool: PgPool) -> Self {
+        let limits = LookupLimits::default();
         Self {
             pool,
-            limits: LookupLimits::default(),
+            limits,
+            gate: LookupGate::new(limits.concurrency),
         }
     }
 
-    /// The same source within other limits (operation timeout, keys per statement).
+    /// The same source within other limits (operation timeout, keys per statement, concurrent
+    /// statements).
     pub fn with_limits(self, limits: LookupLimits) -> Self {
-        Self { limits, ..self }
+        Self {
+            limits,
+            gate: LookupGate::new(limits.concurrency),
+            ..self
+        }
+    }
+
+    /// One statement over one chunk of (lookup, key) pairs: (lookup, key, value) rows.
+    async fn query_chunk(
+        &self,
+        sql: &str,
+        lookups: usize,
+        chunk: &[(usize, &String)],
+    ) -> Result<Vec<(i32, String, Option<String>)>, SourceError> {
+        let mut asked: Vec<Vec<&str>> = vec![Vec::new(); lookups];
+        for &(l, k) in chunk {
+            asked[l].push(k.as_str());
+        }
+        let mut query =
+            sqlx::query_as::<_, (i32, String, Option<String>)>(sqlx::AssertSqlSafe(sql.to_owned()));
+        for keys in asked {
+            query = query.bind(keys);
+        }
+        let _turn = self.gate.turn().await;
+        // One round trip per statement: sqlx sends a cached statement's bind, execute and sync
+        // together.
+        instruments::db_round_trips("postgres", 1);
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 
@@ -69,21 +103,15 @@ impl ReferenceSource for PgReference {
         // Safe: identifiers come from a validated spec (plain lowercase identifiers) and are quoted.
         let sql = lookup_sql(lookups);
         within("postgres", self.limits.timeout, async {
-            for chunk in pairs.chunks(self.limits.chunk_keys.max(1)) {
-                let mut asked: Vec<Vec<&str>> = vec![Vec::new(); lookups.len()];
-                for &(l, k) in chunk {
-                    asked[l].push(k.as_str());
-                }
-                let mut query = sqlx::query_as::<_, (i32, String, Option<String>)>(
-                    sqlx::AssertSqlSafe(sql.clone()),
-                );
-                for keys in asked {
-                    query = query.bind(keys);
-                }
-                // One round trip per statement: sqlx sends a cached statement's bind, execute
-                // and sync together.
-                instruments::db_round_trips("postgres", 1);
-                for (lookup, key, value) in query.fetch_all(&self.pool).await? {
+            // Made before they are streamed, as in `MongoDocuments::fetch`.
+            let statements: Vec<_> = pairs
+                .chunks(self.limits.chunk_keys.max(1))
+                .map(|chunk| self.query_chunk(&sql, lookups.len(), chunk))
+                .collect();
+            let mut chunks =
+                futures::stream::iter(statements).buffer_unordered(self.limits.concurrency.max(1));
+            while let Some(rows) = chunks.try_next().await? {
+                for (lookup, key, value) in rows {
                     if let (Some(map), Some(value)) = (found.get_mut(lookup as usize), value) {
                         map.insert(key, value);
                     }

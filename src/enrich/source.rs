@@ -118,9 +118,23 @@ pub enum SourceError {
 /// How long one lookup may take before the source counts as unavailable, unless configured.
 pub const DEFAULT_SOURCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The most keys one lookup statement carries, unless configured: a batch of the default size
-/// (at most 2 500 records) always fits in one round trip per source.
-pub const DEFAULT_CHUNK_KEYS: usize = 10_000;
+/// The most keys one lookup statement carries, unless configured.
+///
+/// Chosen from the lookup curve in BENCHMARKS.md ("Lookups sized by measurement",
+/// `ml-pipeline-tools lookup-curve`): the MongoDB-wire server's CPU per key is flat from 100 to
+/// 1 000 keys per `$in` (about 25 µs) and rises by two thirds at 2 000 (about 41-46 µs), more
+/// so with queries in flight beside it; PostgreSQL answers a statement of 1 000 keys or more
+/// only after a fixed wait of about 45 ms, against 1-2 ms below. 500 keeps both sources at
+/// their cheapest, and a batch's PostgreSQL keys (a few scanners and aliases) in one statement.
+pub const DEFAULT_CHUNK_KEYS: usize = 500;
+
+/// How many lookups one source runs at once, over every batch in flight, unless configured.
+///
+/// From the same curve: with 500 keys per query, 4 in flight cost the MongoDB-wire server no
+/// more per key than 1 (about 25 µs) and answered the most keys per second; 4 is also the
+/// worker's default of batches processed at once, so a batch's chunks of a burst's batches
+/// wait for each other only beyond that.
+pub const DEFAULT_LOOKUP_CONCURRENCY: usize = 4;
 
 /// How much one lookup may carry and take, for either source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +143,10 @@ pub struct LookupLimits {
     pub timeout: std::time::Duration,
     /// The most keys in one statement or `$in`; more take one round trip per chunk.
     pub chunk_keys: usize,
+    /// The most statements or `find`s one source has in flight at once, whichever batches they
+    /// belong to: the chunks of a batch, and the batches processed concurrently, wait their turn
+    /// beyond it.
+    pub concurrency: usize,
 }
 
 impl Default for LookupLimits {
@@ -136,7 +154,25 @@ impl Default for LookupLimits {
         Self {
             timeout: DEFAULT_SOURCE_TIMEOUT,
             chunk_keys: DEFAULT_CHUNK_KEYS,
+            concurrency: DEFAULT_LOOKUP_CONCURRENCY,
         }
+    }
+}
+
+/// The lookups a source lets run at once: a semaphore shared by every clone of the source.
+#[derive(Debug, Clone)]
+pub struct LookupGate(Arc<tokio::sync::Semaphore>);
+
+impl LookupGate {
+    /// A gate that lets `concurrency` lookups through at once (at least one).
+    pub fn new(concurrency: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))))
+    }
+
+    /// Waits for a turn; the lookup holds the permit until it has read its answer.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed, so this only waits.
+        self.0.acquire().await.ok()
     }
 }
 

@@ -309,3 +309,76 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         (None, None) => panic!("note {} has no document", first.note_id),
     }
 }
+
+#[tokio::test]
+async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_reply() {
+    use mongodb::event::command::CommandEvent;
+    use std::sync::{Arc, Mutex};
+
+    let loaded = common::Loaded::new().await;
+    let set = common::default_fixtures();
+    let spec = PipelineSpec::banknote();
+    // The commands the driver sends, seen by its own command monitoring: what went on the wire.
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = sent.clone();
+    let mut options = mongodb::options::ClientOptions::parse(common::mongodb_uri())
+        .await
+        .unwrap();
+    options.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        move |e: CommandEvent| {
+            if let CommandEvent::Started(s) = e {
+                seen.lock().unwrap().push(s.command_name);
+            }
+        },
+    ));
+    let db = mongodb::Client::with_options(options)
+        .unwrap()
+        .database(loaded.mongo.name());
+    let notes: Vec<String> = set
+        .notes
+        .iter()
+        .take(1_000)
+        .map(|n| n.note_id.clone())
+        .collect();
+    let limits = |chunk_keys| ml_pipeline::enrich::source::LookupLimits {
+        chunk_keys,
+        ..Default::default()
+    };
+    // Every key in one chunk: one find.
+    let documents = ml_pipeline::enrich::mongo::MongoDocuments::new(db).with_limits(limits(1_000));
+    let (doc_spec, paths) = (spec.documents.as_ref().unwrap(), spec.document_paths());
+    let count = |names: &[String], name: &str| names.iter().filter(|n| *n == name).count();
+
+    let found = documents.fetch(doc_spec, &paths, &notes).await.unwrap();
+    let answered: usize = found.values().map(Vec::len).sum();
+    // More documents than keys: a cursor batch the size of the keys would come back full and
+    // need a getMore.
+    assert!(
+        answered > notes.len(),
+        "{answered} documents for {} notes",
+        notes.len()
+    );
+    let names = std::mem::take(&mut *sent.lock().unwrap());
+    assert_eq!(
+        (count(&names, "find"), count(&names, "getMore")),
+        (1, 0),
+        "{names:?}"
+    );
+
+    // In chunks (the default 500 keys, and 300): one find per chunk, each in one round trip,
+    // the same documents.
+    for (chunk_keys, finds) in [
+        (ml_pipeline::enrich::source::DEFAULT_CHUNK_KEYS, 2),
+        (300, 4),
+    ] {
+        let chunked = documents.clone().with_limits(limits(chunk_keys));
+        let in_chunks = chunked.fetch(doc_spec, &paths, &notes).await.unwrap();
+        assert_eq!(in_chunks.values().map(Vec::len).sum::<usize>(), answered);
+        let names = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(
+            (count(&names, "find"), count(&names, "getMore")),
+            (finds, 0),
+            "{chunk_keys} keys a chunk: {names:?}"
+        );
+    }
+}

@@ -4,6 +4,8 @@
 //!   binary started as a child process on queues of their own.
 //! - [`demo`]: the whole job end to end on the local services, with a summary to check.
 //! - [`generator`]: the deterministic banknote fixture domain and the poison corpus.
+//! - [`lookup_curve`]: the databases' cost per key of the enrichment lookups against keys per
+//!   query and queries in flight, which sets the lookup defaults.
 //! - [`train_bench`]: the training benchmark (time and peak RSS of a fit per size) and our
 //!   side of the scikit-learn comparison (`tools/compare/`).
 //!
@@ -12,6 +14,7 @@
 pub mod bench;
 pub mod demo;
 pub mod generator;
+pub mod lookup_curve;
 pub mod train_bench;
 
 use ml_pipeline::bundle::ContentEncoding;

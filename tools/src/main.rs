@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use ml_pipeline::settings::Settings;
 use ml_pipeline::spec::PipelineSpec;
-use ml_pipeline_tools::{bench, demo, generator, train_bench};
+use ml_pipeline_tools::{bench, demo, generator, lookup_curve, train_bench};
 
 /// Developer tools for the ml-pipeline worker: load generator, chaos runs, fixture generator,
 /// demo. Settings come from the same environment variables as the worker (see the README).
@@ -41,6 +41,10 @@ enum Command {
     /// the worker, send the fixture bundles, read the answers back, print a summary.
     /// (`make demo` starts the services and deploys the stack first.)
     Demo(DemoArgs),
+    /// The lookup curve (issue 18): the database servers' CPU and the wall time per key of the
+    /// enrichment lookups (MongoDB `$in`, PostgreSQL `= ANY`) against keys per query and queries
+    /// in flight, over the loaded fixtures; a table, and JSON with --report.
+    LookupCurve(lookup_curve::LookupCurveArgs),
     /// The deterministic banknote fixture domain.
     #[command(subcommand)]
     Fixtures(FixturesCommand),
@@ -114,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(&settings, &args.fixtures, &args.report_dir).await,
         Command::Fixtures(FixturesCommand::Generate(args)) => generate(&args),
+        Command::LookupCurve(args) => lookup_curve::run(&settings, &args).await.map(drop),
         Command::TrainBench(args) => train_bench::run(&args).await,
         Command::TrainCompare(args) => train_bench::compare::run(&args).map(drop),
     }

@@ -387,6 +387,7 @@ async fn training_coverage(
     let source = MongoDocuments::new(db.clone()).with_limits(LookupLimits {
         timeout: LOOKUP_TIMEOUT,
         chunk_keys: LOOKUP_CHUNK_KEYS,
+        ..LookupLimits::default()
     });
     let paths = spec.document_paths();
     for chunk in notes.chunks(LOOKUP_CHUNK_KEYS) {
