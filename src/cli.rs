@@ -885,26 +885,19 @@ async fn train(
 }
 
 async fn retrain(settings: &Settings, args: RetrainArgs) -> anyhow::Result<String> {
+    let defaults = commands::learning::retrain_options(settings);
     let opts = crate::learning::retrain::RetrainOptions {
-        model: settings.model_name.clone(),
-        alias: args.alias.unwrap_or_else(|| settings.model_alias.clone()),
-        base_dataset: args
-            .base_dataset
-            .or_else(|| settings.retrain_base_dataset.clone()),
+        alias: args.alias.unwrap_or(defaults.alias.clone()),
+        base_dataset: args.base_dataset.or(defaults.base_dataset.clone()),
         feedback_dataset: args
             .feedback_dataset
-            .unwrap_or_else(|| settings.feedback_dataset.clone()),
-        min_new_examples: args
-            .min_new_examples
-            .unwrap_or(settings.retrain_min_new_examples),
-        max_hours: args.max_hours.unwrap_or(settings.retrain_max_hours),
-        drift_minutes: args.drift_minutes.unwrap_or(settings.retrain_drift_minutes),
-        drift_threshold: settings.drift_psi_threshold,
-        challenger_alias: args
-            .challenger_alias
-            .or_else(|| settings.shadow_alias.clone()),
+            .unwrap_or(defaults.feedback_dataset.clone()),
+        min_new_examples: args.min_new_examples.unwrap_or(defaults.min_new_examples),
+        max_hours: args.max_hours.unwrap_or(defaults.max_hours),
+        drift_minutes: args.drift_minutes.unwrap_or(defaults.drift_minutes),
+        challenger_alias: args.challenger_alias.or(defaults.challenger_alias.clone()),
         force: args.force,
-        margin: args.margin.unwrap_or(settings.retrain_margin),
+        margin: args.margin.unwrap_or(defaults.margin),
         gate_share: args.gate_share.clamp(0.01, 0.9),
         search: args.search.then_some(crate::train::search::Grid {
             c: args.search_c,
@@ -912,6 +905,7 @@ async fn retrain(settings: &Settings, args: RetrainArgs) -> anyhow::Result<Strin
         }),
         kernel_cache_bytes: args.kernel_cache_mib << 20,
         html_report: Some(args.html_report),
+        ..defaults
     };
     let outcome = commands::learning::run(settings, &opts).await?;
     Ok(if args.json {

@@ -68,6 +68,8 @@ pub const STAGE_SECONDS: &str = "ml_pipeline_stage_seconds";
 pub const BUNDLE_AGE_SECONDS: &str = "ml_pipeline_bundle_age_seconds";
 /// Messages in hand.
 pub const IN_FLIGHT: &str = "ml_pipeline_in_flight_messages";
+/// Answered inputs whose deletes wait to go ten to a call (gauge).
+pub const DELETES_PENDING: &str = "ml_pipeline_deletes_pending";
 /// 1 for the model version in use, 0 for versions served before.
 pub const MODEL_INFO: &str = "ml_pipeline_model_info";
 /// Records of the prediction log, by result: written, dropped (the writer was behind), failed.
@@ -201,6 +203,10 @@ fn describe() {
         "From the input message's SentTimestamp to its answer being accepted."
     );
     describe_gauge!(IN_FLIGHT, "Input messages in hand.");
+    describe_gauge!(
+        DELETES_PENDING,
+        "Answered input messages whose deletes wait to go ten to a call."
+    );
     describe_counter!(
         PREDICTION_LOG,
         "Records of the prediction log, by result: written, dropped (the writer was behind; the answers were sent), failed (PostgreSQL refused the write)."
@@ -252,6 +258,11 @@ fn describe() {
 /// Messages in hand now.
 pub fn in_flight(n: usize) {
     gauge!(IN_FLIGHT).set(n as f64);
+}
+
+/// Answered inputs whose deletes wait now.
+pub fn deletes_pending(n: usize) {
+    gauge!(DELETES_PENDING).set(n as f64);
 }
 
 /// One receive call returned `messages` after `wait`.

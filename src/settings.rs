@@ -91,6 +91,11 @@ pub struct Settings {
     /// receive so that one receive of up to ten gathers several bundles, none waiting much
     /// longer than the budget; slower arrivals are never held. 0 turns it off. Default 50.
     pub batch_latency_budget_ms: u64,
+    /// How long an answered input's delete may wait for others, in milliseconds, so that
+    /// deletes go ten to a `DeleteMessageBatch` call instead of one call per batch (standard
+    /// queues; FIFO inputs and inputs with an S3 payload are deleted at once). Pending deletes
+    /// are made before the worker stops. 0 deletes with each batch. Default 200.
+    pub delete_delay_ms: u64,
     /// Batches processed at once. Default 4 (with 2500 records each, at most 10 000 records in
     /// batches at once).
     pub max_concurrent_batches: usize,
@@ -264,6 +269,7 @@ impl Default for Settings {
             max_batch_records: worker.max_batch_records,
             max_batch_wait_ms: worker.max_batch_wait.as_millis() as u64,
             batch_latency_budget_ms: worker.batch_latency_budget.as_millis() as u64,
+            delete_delay_ms: worker.delete_delay.as_millis() as u64,
             max_concurrent_batches: worker.max_concurrent_batches,
             visibility_timeout_secs: None,
             heartbeat_fraction: worker.heartbeat_fraction,

@@ -119,6 +119,10 @@ pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
 /// The worker's behaviour from the settings; `queue_visibility` is the input queue's own
 /// visibility timeout. Out-of-range values are brought into range.
 pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig {
+    let visibility_timeout_secs = settings.visibility_timeout_secs.unwrap_or(queue_visibility);
+    // A deferred delete must land long before the message could be seen again.
+    let delete_delay = Duration::from_millis(settings.delete_delay_ms)
+        .min(Duration::from_secs(visibility_timeout_secs.max(0) as u64) / 4);
     WorkerConfig {
         receive_max: settings.receive_max.clamp(1, 10),
         wait_secs: settings.wait_secs.clamp(0, 20),
@@ -127,8 +131,9 @@ pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig
         max_batch_cells: settings.max_batch_cells.max(1),
         max_batch_wait: Duration::from_millis(settings.max_batch_wait_ms),
         batch_latency_budget: Duration::from_millis(settings.batch_latency_budget_ms),
+        delete_delay,
         max_concurrent_batches: settings.max_concurrent_batches.max(1),
-        visibility_timeout_secs: settings.visibility_timeout_secs.unwrap_or(queue_visibility),
+        visibility_timeout_secs,
         heartbeat_fraction: settings.heartbeat_fraction,
         drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
         stall_timeout: Duration::from_secs(settings.stall_timeout_secs.max(1)),
@@ -448,4 +453,31 @@ pub async fn shutdown_signal() -> String {
         }
     };
     signal.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deferred_delete_waits_at_most_a_quarter_of_the_visibility_timeout() {
+        let settings = Settings::default();
+        assert_eq!(
+            worker_config(&settings, 30).delete_delay,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            worker_config(&settings, 0).delete_delay,
+            Duration::ZERO,
+            "no visibility to spare: deleted with the batch"
+        );
+        let long = Settings {
+            delete_delay_ms: 60_000,
+            ..Settings::default()
+        };
+        assert_eq!(
+            worker_config(&long, 30).delete_delay,
+            Duration::from_millis(7_500)
+        );
+    }
 }

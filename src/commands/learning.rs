@@ -90,6 +90,29 @@ pub async fn status(settings: &Settings, since: DateTime<Utc>) -> anyhow::Result
     Ok(out)
 }
 
+/// The options of a scheduled `retrain` run with no flags: every figure from the settings
+/// (`ML_PIPELINE_RETRAIN_*`, the drift threshold, the shadow alias as the challenger's), the
+/// champion's parameters instead of a search, the default kernel cache, no forcing, no report.
+pub fn retrain_options(settings: &Settings) -> RetrainOptions {
+    RetrainOptions {
+        model: settings.model_name.clone(),
+        alias: settings.model_alias.clone(),
+        base_dataset: settings.retrain_base_dataset.clone(),
+        feedback_dataset: settings.feedback_dataset.clone(),
+        min_new_examples: settings.retrain_min_new_examples,
+        max_hours: settings.retrain_max_hours,
+        drift_minutes: settings.retrain_drift_minutes,
+        drift_threshold: settings.drift_psi_threshold,
+        challenger_alias: settings.shadow_alias.clone(),
+        force: false,
+        margin: settings.retrain_margin,
+        gate_share: crate::learning::retrain::DEFAULT_GATE_SHARE,
+        search: None,
+        kernel_cache_bytes: crate::train::control::DEFAULT_KERNEL_CACHE_BYTES,
+        html_report: None,
+    }
+}
+
 /// `retrain`: one run; returns its outcome.
 pub async fn run(settings: &Settings, opts: &RetrainOptions) -> anyhow::Result<RetrainOutcome> {
     let pool = crate::startup::postgres_migrated(settings, 4).await?;

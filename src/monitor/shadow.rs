@@ -31,11 +31,13 @@ use crate::model::registry::{Registry, RegistryError};
 pub const QUEUED_JOBS: usize = 8;
 
 /// What shadow scoring saw for one pair of versions since the last interval.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct Tally {
     /// Records both models scored.
+    #[sqlx(try_from = "i64")]
     pub records: u64,
     /// Of those, records given the same class.
+    #[sqlx(try_from = "i64")]
     pub agreed: u64,
     /// Sum of |shadow score - served score|.
     pub score_diff_sum: f64,
@@ -46,8 +48,10 @@ pub struct Tally {
     /// Seconds the shadow model spent on them.
     pub shadow_seconds: f64,
     /// Records whose shadow prediction failed.
+    #[sqlx(try_from = "i64")]
     pub failures: u64,
     /// Records chosen for shadowing but skipped, because the previous batch was still scoring.
+    #[sqlx(try_from = "i64")]
     pub skipped: u64,
 }
 

@@ -69,13 +69,15 @@ pub async fn record_shadow(
 }
 
 /// One feature's drift over a reporting window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct DriftSummary {
     /// The model version the figures are against.
+    #[sqlx(try_from = "i64")]
     pub version: u64,
     /// The feature.
     pub feature: String,
     /// Intervals observed.
+    #[sqlx(try_from = "i64")]
     pub observations: u64,
     /// The latest PSI.
     pub latest_psi: f64,
@@ -95,39 +97,27 @@ pub async fn drift_summary(
     model: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<DriftSummary>, sqlx::Error> {
-    type Row = (i64, String, i64, f64, f64, f64, f64, DateTime<Utc>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT model_version, feature, count(*),
-                (array_agg(psi ORDER BY observed_at DESC))[1], max(psi), avg(psi), avg(out_of_range),
-                max(observed_at)
+    sqlx::query_as(
+        "SELECT model_version AS version, feature, count(*) AS observations,
+                (array_agg(psi ORDER BY observed_at DESC))[1] AS latest_psi, max(psi) AS max_psi,
+                avg(psi) AS mean_psi, avg(out_of_range) AS mean_out_of_range,
+                max(observed_at) AS latest_at
          FROM drift_observations WHERE model_name = $1 AND observed_at >= $2
          GROUP BY model_version, feature ORDER BY model_version, min(observed_at), feature",
     )
     .bind(model)
     .bind(since)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(v, feature, n, latest, max, mean, out, at)| DriftSummary {
-            version: v as u64,
-            feature,
-            observations: n as u64,
-            latest_psi: latest,
-            max_psi: max,
-            mean_psi: mean,
-            mean_out_of_range: out,
-            latest_at: at,
-        })
-        .collect())
+    .await
 }
 
 /// One observation: when, which version and feature, its PSI.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct DriftPoint {
     /// When.
     pub at: DateTime<Utc>,
     /// The model version.
+    #[sqlx(try_from = "i64")]
     pub version: u64,
     /// The feature.
     pub feature: String,
@@ -141,38 +131,34 @@ pub async fn drift_series(
     model: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<DriftPoint>, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, i64, String, f64)> = sqlx::query_as(
-        "SELECT date_trunc('minute', observed_at) AS minute, model_version, feature, max(psi)
+    sqlx::query_as(
+        r#"SELECT date_trunc('minute', observed_at) AS "at", model_version AS version, feature,
+                max(psi) AS psi
          FROM drift_observations WHERE model_name = $1 AND observed_at >= $2
-         GROUP BY minute, model_version, feature ORDER BY minute, feature",
+         GROUP BY "at", model_version, feature ORDER BY "at", feature"#,
     )
     .bind(model)
     .bind(since)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(at, v, feature, psi)| DriftPoint {
-            at,
-            version: v as u64,
-            feature,
-            psi,
-        })
-        .collect())
+    .await
 }
 
 /// Shadow scoring of one pair of versions over a reporting window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ShadowSummary {
     /// The served version.
+    #[sqlx(try_from = "i64")]
     pub version: u64,
     /// The shadow alias.
     pub alias: String,
     /// The shadow version.
+    #[sqlx(try_from = "i64")]
     pub shadow_version: u64,
     /// Intervals observed.
+    #[sqlx(try_from = "i64")]
     pub observations: u64,
     /// What was scored, summed.
+    #[sqlx(flatten)]
     pub tally: Tally,
     /// The last observation.
     pub latest_at: DateTime<Utc>,
@@ -240,71 +226,20 @@ pub async fn shadow_summary(
     model: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<ShadowSummary>, sqlx::Error> {
-    type Row = (
-        i64,
-        String,
-        i64,
-        i64,
-        i64,
-        i64,
-        f64,
-        f64,
-        f64,
-        f64,
-        i64,
-        i64,
-        DateTime<Utc>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT model_version, shadow_alias, shadow_version, count(*),
-                sum(records)::bigint, sum(agreed)::bigint, sum(score_diff_sum), max(score_diff_max),
-                sum(served_seconds), sum(shadow_seconds), sum(failures)::bigint, sum(skipped)::bigint,
-                max(observed_at)
+    sqlx::query_as(
+        "SELECT model_version AS version, shadow_alias AS alias, shadow_version,
+                count(*) AS observations, sum(records)::bigint AS records,
+                sum(agreed)::bigint AS agreed, sum(score_diff_sum) AS score_diff_sum,
+                max(score_diff_max) AS score_diff_max, sum(served_seconds) AS served_seconds,
+                sum(shadow_seconds) AS shadow_seconds, sum(failures)::bigint AS failures,
+                sum(skipped)::bigint AS skipped, max(observed_at) AS latest_at
          FROM shadow_observations WHERE model_name = $1 AND observed_at >= $2
          GROUP BY model_version, shadow_alias, shadow_version ORDER BY min(observed_at)",
     )
     .bind(model)
     .bind(since)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                version,
-                alias,
-                shadow,
-                n,
-                records,
-                agreed,
-                diff,
-                diff_max,
-                ps,
-                ss,
-                failed,
-                skipped,
-                at,
-            )| {
-                ShadowSummary {
-                    version: version as u64,
-                    alias,
-                    shadow_version: shadow as u64,
-                    observations: n as u64,
-                    tally: Tally {
-                        records: records as u64,
-                        agreed: agreed as u64,
-                        score_diff_sum: diff,
-                        score_diff_max: diff_max,
-                        served_seconds: ps,
-                        shadow_seconds: ss,
-                        failures: failed as u64,
-                        skipped: skipped as u64,
-                    },
-                    latest_at: at,
-                }
-            },
-        )
-        .collect())
+    .await
 }
 
 /// Shadow agreement per minute since `since`, for a chart: (minute, shadow version, agreement).

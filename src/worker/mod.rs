@@ -17,6 +17,7 @@ pub mod aggregates;
 pub mod batching;
 pub mod config;
 pub mod dead_letter;
+pub mod deletes;
 pub mod endpoints;
 pub mod feedback;
 pub mod gather;

@@ -65,6 +65,13 @@ where
         );
         let watch =
             tokio::spawn(Arc::clone(&governor).watch(self.output.clone(), shutdown.clone()));
+        let stop_deletes = CancellationToken::new();
+        let deletes = tokio::spawn(Arc::clone(&self.state.deletes).flush_until(
+            self.input.clone(),
+            self.config.retry(),
+            self.config.delete_delay,
+            stop_deletes.clone(),
+        ));
         let mut pollers = JoinSet::new();
         for n in 0..self.config.pollers.max(1) {
             let governor = Arc::clone(&governor);
@@ -93,7 +100,14 @@ where
             );
         }
         let abort = batcher.abort_handle();
-        match tokio::time::timeout_at(deadline, batcher).await {
+        let finished = tokio::time::timeout_at(deadline, batcher).await;
+        // Answered inputs whose deletes wait are deleted before the run returns, even after
+        // the drain timeout: their answers are out.
+        stop_deletes.cancel();
+        if let Err(e) = deletes.await {
+            tracing::error!(error = %e, "deferred deletes failed; those inputs will be answered again");
+        }
+        match finished {
             Ok(Ok(mut summary)) => {
                 summary.drained = true;
                 tracing::info!(?summary, "worker stopped");

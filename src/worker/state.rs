@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant as LoopInstant;
 
+use super::deletes::DeferredDeletes;
 use super::pacing::Pace;
 
 /// What the worker's loops share with the health endpoints and task protection.
@@ -17,6 +18,8 @@ pub struct WorkerState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// How the pollers receive now ([`super::governor`] sets it); paused until a run starts.
     pub pace: watch::Sender<Pace>,
+    /// Deletes of answered inputs waiting to go ten to a call, while a run's flusher runs.
+    pub deletes: Arc<DeferredDeletes>,
     started: LoopInstant,
     last_beat_ms: AtomicU64,
     in_flight: AtomicUsize,
@@ -27,6 +30,7 @@ impl Default for WorkerState {
         Self {
             stopping: tokio_util::sync::CancellationToken::new(),
             pace: watch::Sender::new(Pace::Paused),
+            deletes: Arc::default(),
             started: LoopInstant::now(),
             last_beat_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),

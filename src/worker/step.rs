@@ -23,6 +23,7 @@ use crate::learning::prediction_log::{capture, LogBatch, LoggedBundle, ModelFact
 use crate::model::holder::LoadedModel;
 use crate::monitor::shadow::{ShadowJob, ShadowScores};
 use crate::monitor::Monitor;
+use crate::payload::pointer::PayloadPointer;
 use crate::payload::Fetched;
 use crate::queue::{
     delete_all, send_all, send_in_group_order, Message, Outgoing, Queue, BUNDLE_ID_ATTRIBUTE,
@@ -444,7 +445,9 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 order.stop(message);
             }
         }
-        let all_deleted = self.delete_answered(&to_send, &accepted, report).await;
+        let all_deleted = self
+            .delete_answered(&to_send, &accepted, order.is_fifo(), report)
+            .await;
         // Only once every answered input is gone: an input left undeleted comes back, and must
         // still find its payload (its answer then repeats, as any redelivery's does).
         if let Some(payloads) = self.payloads.as_ref().filter(|_| all_deleted) {
@@ -856,23 +859,37 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         accepted
     }
 
-    /// Deletes the inputs whose answers were accepted; returns whether all were deleted.
+    /// Deletes the inputs whose answers were accepted, or leaves their deletes to go with
+    /// other batches' ([`super::deletes`]); returns whether all were deleted or deferred.
     async fn delete_answered(
         &self,
         to_send: &[(Message, Answer)],
         accepted: &[usize],
+        fifo: bool,
         report: &mut StepReport,
     ) -> bool {
         let t = Instant::now();
-        let receipts: Vec<&str> = accepted
-            .iter()
-            .map(|&i| to_send[i].0.receipt_handle.as_str())
-            .collect();
-        let deleted = delete_all(&self.input, &receipts, &self.config.retry()).await;
+        let messages = accepted.iter().map(|&i| &to_send[i].0);
+        // A FIFO group's next message waits for this delete, and an S3 payload is deleted only
+        // after its message: those go at once. The rest may wait for company.
+        let deferrable = !fifo
+            && messages
+                .clone()
+                .all(|m| matches!(PayloadPointer::of(m), Ok(None)));
+        let receipts: Vec<String> = messages.map(|m| m.receipt_handle.clone()).collect();
+        let count = receipts.len();
+        let now = if deferrable {
+            self.state.deletes.defer(receipts)
+        } else {
+            receipts
+        };
+        let refs: Vec<&str> = now.iter().map(String::as_str).collect();
+        let deleted =
+            count - now.len() + delete_all(&self.input, &refs, &self.config.retry()).await;
         report.deleted += deleted;
-        report.left += receipts.len() - deleted;
+        report.left += count - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
-        deleted == receipts.len()
+        deleted == count
     }
 
     /// Upserts the prediction aggregates of the accepted answers, when configured.

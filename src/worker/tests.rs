@@ -101,6 +101,26 @@ async fn step_on<R: ReferenceSource>(
     w.process(decode_all(messages, &w.config.limits)).await
 }
 
+/// A worker with `pollers` pollers on 20 s long polls, changed by `tune`, running until the
+/// token is cancelled.
+async fn running(
+    pollers: usize,
+    tune: impl FnOnce(&mut TestWorker),
+) -> (
+    Arc<TestWorker>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<super::RunSummary>,
+) {
+    let mut w = worker(2).await;
+    w.config.pollers = pollers;
+    w.config.wait_secs = 20;
+    tune(&mut w);
+    let w = Arc::new(w);
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(Arc::clone(&w).run(token.clone()));
+    (w, token, run)
+}
+
 fn answered_ids(q: &MemoryQueue) -> Vec<String> {
     let mut ids: Vec<String> = q
         .accepted()

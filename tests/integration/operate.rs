@@ -165,14 +165,16 @@ async fn the_binary_serves_metrics_health_and_json_logs_and_drains_on_sigterm() 
         .sum();
     assert!(errors > 0, "the fixtures plant bad records");
 
-    // Deletes follow sends within the step; give the last batch's counters a moment.
+    // Deletes follow sends, some of them up to ML_PIPELINE_DELETE_DELAY_MS later (200 ms:
+    // they wait to go ten to a call); give the last batch's counters a moment.
     let metrics_url = format!("{}/metrics", running.base);
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
         let reply = get(&metrics_url).await;
         assert_eq!(reply.status, 200);
         let m = samples(&reply.body);
-        if total(&m, "ml_pipeline_messages_deleted_total", &[]) >= bundles.len() as f64
+        let finished = total(&m, "ml_pipeline_messages_deleted_total", &[]) >= bundles.len() as f64;
+        if finished && total(&m, "ml_pipeline_deletes_pending", &[]) == 0.0
             || Instant::now() > deadline
         {
             break m;

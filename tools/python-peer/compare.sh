@@ -7,7 +7,8 @@
 #
 # Each repetition runs `ml-pipeline-tools bench --runs 1` twice, interleaved (the order swaps
 # every repetition): once with --external against the peer started on new queues of its own
-# (--worker-pid, so bench reads its CPU time and peak RSS), once against `ml-pipeline worker`,
+# (--worker-pid, so bench reads its CPU time and peak RSS; --metrics-url, so it reads the peer's
+# SQS requests and batches as it reads the Rust worker's), once against `ml-pipeline worker`,
 # which bench starts on its own new queues. Each bench run measures the emulator's relay ceiling
 # first, on the same machine a moment before. Without --rate, bundles go as fast as possible.
 #
@@ -87,13 +88,15 @@ run_python() { # run_python REPETITION
         "$PY" "$HERE/worker.py" 2>"$OUT/python-$r.log" &
     PEER=$!
     local waited=0
-    until grep -q 'polling' "$OUT/python-$r.log"; do
+    until grep -qs 'polling' "$OUT/python-$r.log"; do
         kill -0 "$PEER" 2>/dev/null || { cat "$OUT/python-$r.log" >&2; exit 1; }
         ((waited++ < 300)) || { echo "the peer did not start in 30 s" >&2; exit 1; }
         sleep 0.1
     done
+    local metrics
+    metrics=$(sed -n 's/.*metrics at \(http[^ ]*\).*/\1/p' "$OUT/python-$r.log" | head -1)
     ML_PIPELINE_INPUT_QUEUE=${q[0]} ML_PIPELINE_OUTPUT_QUEUE=${q[1]} \
-        "$TOOLS" "${BENCH[@]}" --external --worker-pid "$PEER" \
+        "$TOOLS" "${BENCH[@]}" --external --worker-pid "$PEER" --metrics-url "$metrics" \
         --report "$OUT/python-$r.json" >"$OUT/python-$r.txt"
     kill -TERM "$PEER"
     wait "$PEER" || true

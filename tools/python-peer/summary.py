@@ -31,6 +31,16 @@ def first(series, key, index=None):
     return values[0] if index is None else values[0][index]
 
 
+def bundles_per_batch(report):
+    """Bundles answered per batch in the run, from the worker's batch count (None without it).
+    A Rust worker started by bench also answered one cold-start bundle, in a batch counted
+    here."""
+    if not report.get("batches"):
+        return None
+    batches, _records = report["batches"]
+    return report["worker"]["answered"] / batches if batches else None
+
+
 def main(directory: str) -> int:
     rows = []
     for worker in ("python", "rust"):
@@ -46,8 +56,13 @@ def main(directory: str) -> int:
             cell(rate), cell(relay), cell(share),
             cell([first(s, "latency_ms", 0) for s in w], 1),
             cell([first(s, "latency_ms", 2) for s in w], 1),
+            cell([first(r["relay"], "latency_ms", 2) for r in reports], 1),
             cell([first(s, "cpu_s_per_1000", None) for s in w], 4),
             cell([r.get("peak_rss_mib") for r in reports], 1),
+            cell([first(r["calls"]["sqs_per_1000_bundles"], "total", None) for r in reports]),
+            cell([r["calls"]["sqs_usd_per_million_bundles"][0]
+                  if r["calls"]["sqs_usd_per_million_bundles"] else None for r in reports], 3),
+            cell([bundles_per_batch(r) for r in reports], 2),
             f"{sum(s['answered'] for s in w)}/{sum(s['sent'] for s in w)}"
             f" dup {sum(s['duplicated'] for s in w)} lost {sum(s['lost'] for s in w)}",
         ))
@@ -59,7 +74,8 @@ def main(directory: str) -> int:
     print(f"{r0['bundles']} bundles x {r0['records']} records per run, {pace}; "
           "median (min-max) over the repetitions")
     head = ("worker", "runs", "records/s", "relay ceiling rec/s", "% of relay", "p50 ms",
-            "p99 ms", "CPU s/1000 rec", "peak RSS MiB", "bundles answered")
+            "p99 ms", "relay p99 ms", "CPU s/1000 rec", "peak RSS MiB", "SQS req/1000 bundles",
+            "SQS $/M bundles", "bundles/batch", "bundles answered")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for line in (head, *rows):
         print("  ".join(str(x).ljust(n) for x, n in zip(line, widths)).rstrip())

@@ -13,9 +13,12 @@ the model artifact the registry holds, with the spec, scaler and SVM stored in i
 start that it reproduces the artifact's reference decision values.
 
 What it leaves out is in README.md beside it (zstd, Extended Client pointers, FIFO ids, model
-reloads, outage holds, retries beyond a few attempts, metrics).
+reloads, outage holds, retries beyond a few attempts). Its `/metrics` carries only what the
+load generator compares: SQS requests by kind and as billed, batches and stage times, under the
+Rust worker's metric names (`bench --external --metrics-url` reads both workers alike).
 
     python worker.py        # SIGTERM or SIGINT: stops between polls
+    PEER_METRICS_ADDR=127.0.0.1:9899 python worker.py   # default 127.0.0.1:0, any free port
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import unicodedata
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import botocore.config
@@ -47,6 +52,8 @@ MAX_KEY_CHARS = 256
 SUPPORT_THRESHOLD = 100.0 * sys.float_info.epsilon
 # SQS limits a SendMessageBatch's total payload to the message size limit.
 MAX_BATCH_BYTES = int(os.environ.get("ML_PIPELINE_MAX_MESSAGE_BYTES", 1 << 20))
+# SQS bills one request per started 64 KiB of payload (src/queue/sqs.rs, billed_requests).
+BILLING_CHUNK_BYTES = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +271,80 @@ def number(column: str, value) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# What the load generator reads: SQS requests, batches and stage times, as Prometheus text.
+
+
+def billed_requests(payload_bytes: int) -> int:
+    """Billable requests of one call carrying `payload_bytes`: one per started 64 KiB, and an
+    empty receive is still one."""
+    return max(1, -(-payload_bytes // BILLING_CHUNK_BYTES))
+
+
+def message_size(body: str, attributes: dict | None) -> int:
+    """A message's billed size: body plus each attribute's name, type and value, in bytes (what
+    the Rust worker counts)."""
+    size = len(body.encode())
+    for name, value in (attributes or {}).items():
+        size += len(name.encode()) + len(value["DataType"].encode())
+        size += len(value.get("StringValue", "").encode()) + len(value.get("BinaryValue", b""))
+    return size
+
+
+class Meter:
+    """Counters under the Rust worker's metric names (src/instruments.rs), updated by the loop
+    and read by the /metrics thread (whole-int updates under the GIL)."""
+
+    def __init__(self):
+        self.requests: Counter = Counter()
+        self.billed: Counter = Counter()
+        self.stage_s: Counter = Counter()
+        self.batches = self.records = 0
+
+    def sqs(self, kind: str, payload_bytes: int = 0) -> None:
+        self.requests[kind] += 1
+        self.billed[kind] += billed_requests(payload_bytes)
+
+    def exposition(self) -> str:
+        lines = ["# TYPE ml_pipeline_sqs_requests_total counter"]
+        lines += [f'ml_pipeline_sqs_requests_total{{kind="{k}"}} {n}'
+                  for k, n in sorted(self.requests.items())]
+        lines.append("# TYPE ml_pipeline_sqs_billable_requests_total counter")
+        lines += [f'ml_pipeline_sqs_billable_requests_total{{kind="{k}"}} {n}'
+                  for k, n in sorted(self.billed.items())]
+        for stage, seconds in sorted(self.stage_s.items()):
+            lines.append(f'ml_pipeline_stage_seconds_sum{{stage="{stage}"}} {seconds}')
+            lines.append(f'ml_pipeline_stage_seconds_count{{stage="{stage}"}} {self.batches}')
+        lines.append(f"ml_pipeline_batch_records_sum {self.records}")
+        lines.append(f"ml_pipeline_batch_records_count {self.batches}")
+        return "\n".join(lines) + "\n"
+
+    def serve(self, address: str) -> str:
+        """Serves GET /metrics on `address` (host:port, port 0 for any) in a daemon thread;
+        the URL it listens on."""
+        meter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                body = meter.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args):
+                pass
+
+        host, _, port = address.rpartition(":")
+        server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://{server.server_address[0]}:{server.server_address[1]}/metrics"
+
+
+# ---------------------------------------------------------------------------------------------
 # The worker.
 
 
@@ -302,6 +383,7 @@ class Peer:
         # Milliseconds per stage summed over batches, batches and records: logged at exit.
         self.stage_ms: Counter = Counter()
         self.batches = self.records = 0
+        self.meter = Meter()
         self.compile_spec(self.model.spec)
 
     def queue_url(self, name_or_url: str) -> str:
@@ -350,12 +432,15 @@ class Peer:
     # -- one poll -------------------------------------------------------------------------
 
     def receive(self) -> list[dict]:
-        return self.sqs.receive_message(
+        messages = self.sqs.receive_message(
             QueueUrl=self.input,
             MaxNumberOfMessages=self.receive_max,
             WaitTimeSeconds=self.wait_secs,
             MessageAttributeNames=["All"],
         ).get("Messages", [])
+        self.meter.sqs("ReceiveMessage",
+                       sum(message_size(m["Body"], m.get("MessageAttributes")) for m in messages))
+        return messages
 
     def step(self, messages: list[dict]) -> tuple[int, int]:
         """Answers one poll's messages as one batch: (bundles answered, messages received)."""
@@ -380,6 +465,8 @@ class Peer:
                               "send": (t3 - t2) * 1e3, "delete": (t4 - t3) * 1e3})
         self.batches += 1
         self.records += sum(len(b.get("rows") or b.get("features") or []) for _, b in bundles)
+        self.meter.stage_s = Counter({k: ms / 1e3 for k, ms in self.stage_ms.items()})
+        self.meter.batches, self.meter.records = self.batches, self.records
         return len(sent), len(messages)
 
     def log_stages(self) -> None:
@@ -713,6 +800,8 @@ class Peer:
                         "bundle_id": {"DataType": "String", "StringValue": bundle_id}},
                 } for i, (_, bundle_id, body) in pending.items()]
                 result = self.sqs.send_message_batch(QueueUrl=self.output, Entries=entries)
+                self.meter.sqs("SendMessageBatch", sum(
+                    message_size(e["MessageBody"], e["MessageAttributes"]) for e in entries))
                 for ok in result.get("Successful", []):
                     accepted.add(pending.pop(ok["Id"])[0]["MessageId"])
                 if not pending:
@@ -727,11 +816,14 @@ class Peer:
             log.warning("bundle refused: %s", e)
             if not self.dlq:
                 continue
-            self.sqs.send_message(QueueUrl=self.dlq, MessageBody=m["Body"], MessageAttributes={
+            attributes = {
                 "error-stage": {"DataType": "String", "StringValue": e.stage},
                 "error-reason": {"DataType": "String", "StringValue": e.reason[:1000]},
                 "source-message-id": {"DataType": "String", "StringValue": m["MessageId"]},
-            })
+            }
+            self.sqs.send_message(QueueUrl=self.dlq, MessageBody=m["Body"],
+                                  MessageAttributes=attributes)
+            self.meter.sqs("SendMessage", message_size(m["Body"], attributes))
             moved.append(m)
         return moved
 
@@ -740,6 +832,7 @@ class Peer:
             entries = [{"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
                        for j, m in enumerate(messages[i:i + 10])]
             self.sqs.delete_message_batch(QueueUrl=self.input, Entries=entries)
+            self.meter.sqs("DeleteMessageBatch")
 
 
 class Shutdown:
@@ -761,6 +854,8 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shutdown = Shutdown()
     peer = Peer(dict(os.environ))
+    metrics = peer.meter.serve(os.environ.get("PEER_METRICS_ADDR", "127.0.0.1:0"))
+    log.info("metrics at %s", metrics)
     log.info("polling %s, answering to %s", peer.input, peer.output)
     try:
         while not shutdown.requested:

@@ -6,35 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::{seed_bundle, worker, TestWorker};
+use super::{running, seed_bundle, TestWorker};
 use crate::queue::memory::Op;
-use crate::worker::{HookFuture, RunSummary};
+use crate::worker::HookFuture;
 
 /// A batch's service time in these runs: the answers wait this long before they are sent.
 const SERVICE: Duration = Duration::from_millis(10);
-
-/// A worker with 2 pollers on 20 s long polls and the given latency budget, running.
-async fn running(
-    budget: Duration,
-) -> (
-    Arc<TestWorker>,
-    CancellationToken,
-    tokio::task::JoinHandle<RunSummary>,
-) {
-    let mut w = worker(2).await;
-    w.config.pollers = 2;
-    w.config.wait_secs = 20;
-    w.config.batch_latency_budget = budget;
-    w.hooks.before_send = Some(Arc::new(|| -> HookFuture {
-        Box::pin(tokio::time::sleep(SERVICE))
-    }));
-    let w = Arc::new(w);
-    let token = CancellationToken::new();
-    let run = tokio::spawn(Arc::clone(&w).run(token.clone()));
-    (w, token, run)
-}
 
 /// Waits (on the paused clock, in 1 ms steps) until `answers` answers were sent.
 async fn answered(w: &TestWorker, answers: usize) {
@@ -64,7 +42,13 @@ async fn lone_bundle_latency(w: &TestWorker) -> Duration {
 /// One run of 200 bundles, one every 10 ms: (batches, receive calls, the time from the last
 /// push to its answer), after a lone bundle before and after.
 async fn paced_run(budget: Duration) -> (usize, usize, Duration) {
-    let (w, token, run) = running(budget).await;
+    let (w, token, run) = running(2, |w| {
+        w.config.batch_latency_budget = budget;
+        w.hooks.before_send = Some(Arc::new(|| -> HookFuture {
+            Box::pin(tokio::time::sleep(SERVICE))
+        }));
+    })
+    .await;
     let cold = lone_bundle_latency(&w).await;
     assert!(cold <= SERVICE + Duration::from_millis(1), "cold: {cold:?}");
     let receives_before = w.input.calls(Op::Receive);

@@ -6,34 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{seed_bundle, worker, TestWorker};
+use super::{running, seed_bundle, TestWorker};
 use crate::queue::memory::{MemoryQueue, Op};
 use crate::queue::Queue;
-use crate::worker::{HookFuture, Pace, PacingConfig, RunSummary};
+use crate::worker::{HookFuture, Pace, PacingConfig};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A worker with 4 pollers on 20 s long polls and the given pacing, running.
-async fn running(
-    pacing: PacingConfig,
-    tune: impl FnOnce(&mut TestWorker),
-) -> (
-    Arc<TestWorker>,
-    CancellationToken,
-    tokio::task::JoinHandle<RunSummary>,
-) {
-    let mut w = worker(2).await;
-    w.config.pollers = 4;
-    w.config.wait_secs = 20;
-    w.config.pacing = pacing;
-    tune(&mut w);
-    let w = Arc::new(w);
-    let token = CancellationToken::new();
-    let run = tokio::spawn(Arc::clone(&w).run(token.clone()));
-    (w, token, run)
-}
 
 /// Waits (on the paused clock) until the pace is one `wanted` accepts; false after `within`.
 async fn pace_becomes(w: &TestWorker, wanted: impl Fn(&Pace) -> bool, within: Duration) -> bool {
@@ -56,7 +34,7 @@ const LONG_POLL_ENDS: Duration = Duration::from_secs(25);
 
 /// Receive calls an idle hour costs with these pacing rules.
 async fn receives_per_idle_hour(pacing: PacingConfig) -> usize {
-    let (w, token, run) = running(pacing, |_| {}).await;
+    let (w, token, run) = running(4, |w| w.config.pacing = pacing).await;
     tokio::time::sleep(HOUR).await;
     let calls = w.input.calls(Op::Receive);
     token.cancel();
@@ -92,7 +70,7 @@ async fn an_idle_hour_costs_one_pollers_receives_instead_of_four() {
 
 #[tokio::test(start_paused = true)]
 async fn every_poller_is_back_at_the_first_message_after_an_idle_spell() {
-    let (w, token, run) = running(PacingConfig::default(), |_| {}).await;
+    let (w, token, run) = running(4, |_| {}).await;
     assert!(pace_becomes(&w, |p| *p == Pace::Polling { pollers: 1 }, HOUR).await);
     let parked_at = w.input.calls(Op::Receive);
     tokio::time::sleep(Duration::from_secs(200)).await;
@@ -133,7 +111,8 @@ async fn an_output_backlog_pauses_polling_and_its_drain_resumes_it() {
         pause_after: Duration::from_secs(2),
         ..PacingConfig::default()
     };
-    let (w, token, run) = running(pacing, |w| {
+    let (w, token, run) = running(4, |w| {
+        w.config.pacing = pacing;
         // The output's consumers are behind: 5 answers wait.
         for i in 0..5 {
             w.output.push(format!("earlier answer {i}"), None);
@@ -165,7 +144,8 @@ async fn slots_busy_past_their_limit_pause_polling_until_a_batch_finishes() {
         pause_after: Duration::from_secs(2),
         ..PacingConfig::default()
     };
-    let (w, token, run) = running(pacing, |w| {
+    let (w, token, run) = running(4, |w| {
+        w.config.pacing = pacing;
         w.config.max_concurrent_batches = 1;
         // Each batch takes 60 s to send its answers.
         w.hooks.before_send = Some(Arc::new(|| -> HookFuture {

@@ -158,7 +158,8 @@ impl Calls {
         for (kind, n) in calls::per_1000_with_total(&run.sqs, bundles) {
             self.sqs_per_1000_bundles.entry(kind).or_default().push(n);
         }
-        let per_1000 = |n: f64, units: usize| n / units.max(1) as f64 * 1000.0;
+        // `+ 0.0`: an empty sum of f64 is -0.0, printed as such.
+        let per_1000 = |n: f64, units: usize| n / units.max(1) as f64 * 1000.0 + 0.0;
         let billable = per_1000(run.sqs_billable.values().sum(), bundles);
         self.sqs_billable_per_1000_bundles.push(billable);
         self.sqs_usd_per_million_bundles
@@ -790,7 +791,12 @@ fn print(report: &Report) {
         println!("  cold start to 1st answer {c:.2} s");
     }
     if let Some((batches, records)) = report.batches {
-        println!("  worker batches          {batches} (mean {records:.0} records per batch, cold-start bundle included)");
+        let with_cold_start = if report.cold_start_s.is_some() {
+            ", cold-start bundle included"
+        } else {
+            ""
+        };
+        println!("  worker batches          {batches} (mean {records:.0} records per batch{with_cold_start})");
     }
     if !report.stage_ms.is_empty() {
         let stages: Vec<String> = report

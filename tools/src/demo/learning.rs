@@ -14,7 +14,7 @@ use ml_pipeline::db::PgPool;
 use serde_json::{json, Value};
 
 use ml_pipeline::fixtures::FixtureSet;
-use ml_pipeline::learning::retrain::{RetrainOptions, RetrainOutcome, DEFAULT_GATE_SHARE};
+use ml_pipeline::learning::retrain::{RetrainOptions, RetrainOutcome};
 use ml_pipeline::model::holder::ModelHolder;
 use ml_pipeline::queue::{Outgoing, Queue, SqsQueue};
 use ml_pipeline::settings::Settings;
@@ -156,21 +156,9 @@ pub async fn run(
         applied.not_logged + applied.ambiguous
     );
     let opts = RetrainOptions {
-        model: r.settings.model_name.clone(),
-        alias: r.settings.model_alias.clone(),
-        base_dataset: None,
-        feedback_dataset: r.settings.feedback_dataset.clone(),
-        min_new_examples: r.settings.retrain_min_new_examples,
-        max_hours: r.settings.retrain_max_hours,
         drift_minutes: 0.0,
-        drift_threshold: r.settings.drift_psi_threshold,
         challenger_alias: None,
-        force: false,
-        margin: r.settings.retrain_margin,
-        gate_share: DEFAULT_GATE_SHARE,
-        search: None,
-        kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
-        html_report: None,
+        ..ml_pipeline::commands::learning::retrain_options(r.settings)
     };
     let mut outcome = ml_pipeline::commands::learning::run(r.settings, &opts).await?;
     println!("8. ml-pipeline retrain:");
@@ -205,24 +193,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let again = &bundles[..2.min(bundles.len())];
-    ml_pipeline::commands::send::send(
-        r.input,
-        again,
-        ml_pipeline::bundle::ContentEncoding::Gzip,
-        None,
-        r.settings.max_message_bytes,
-    )
-    .await?;
-    let wanted = again
-        .iter()
-        .filter_map(|b| {
-            b.get("bundle_id")
-                .or(b.get("batch_id"))?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    let answers = super::read_answers(r.output, &wanted, Duration::from_secs(60)).await?;
+    let answers = super::send_and_read(r, again).await?;
     let versions: Vec<String> = answers
         .iter()
         .filter_map(|a| {

@@ -108,24 +108,9 @@ pub async fn run(
 
     let bundles = ml_pipeline::commands::send::read_bundles(fixtures_dir)?;
     let started = Instant::now();
-    let sent = ml_pipeline::commands::send::send(
-        &input,
-        &bundles,
-        ContentEncoding::Gzip,
-        None,
-        settings.max_message_bytes,
-    )
-    .await?;
+    let sent = send_gzip(&input, &bundles, settings.max_message_bytes).await?;
     println!("4. sent {sent} bundles (gzip) to the input queue");
-    let wanted: HashSet<String> = bundles
-        .iter()
-        .filter_map(|b| {
-            b.get("bundle_id")
-                .or(b.get("batch_id"))?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let wanted = bundle_ids(&bundles);
     let answers = read_answers(&output, &wanted, Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
     let answers = match answers {
@@ -246,6 +231,41 @@ async fn provider_delivery(settings: &Settings, fixtures_dir: &Path) -> anyhow::
         println!("   {line}");
     }
     Ok(())
+}
+
+/// Sends `bundles` gzip-compressed to `input`; how many were sent.
+async fn send_gzip(
+    input: &ml_pipeline::queue::SqsQueue,
+    bundles: &[Value],
+    max_message_bytes: usize,
+) -> anyhow::Result<usize> {
+    ml_pipeline::commands::send::send(
+        input,
+        bundles,
+        ContentEncoding::Gzip,
+        None,
+        max_message_bytes,
+    )
+    .await
+}
+
+/// The bundle ids of `bundles` (`bundle_id`, or the predecessor's `batch_id`).
+fn bundle_ids(bundles: &[Value]) -> HashSet<String> {
+    bundles
+        .iter()
+        .filter_map(|b| {
+            b.get("bundle_id")
+                .or(b.get("batch_id"))?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Sends `bundles` to the running worker and waits (at most a minute) for their answers.
+async fn send_and_read(r: &learning::Running<'_>, bundles: &[Value]) -> anyhow::Result<Vec<Value>> {
+    send_gzip(r.input, bundles, r.settings.max_message_bytes).await?;
+    read_answers(r.output, &bundle_ids(bundles), Duration::from_secs(60)).await
 }
 
 /// Reads (and deletes) answers until every wanted bundle id has one, ignoring others.

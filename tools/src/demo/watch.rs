@@ -5,13 +5,12 @@
 //! the `challenger` alias, and the worker shadow-scores it beside production on the next
 //! traffic. `ml-pipeline models compare` then shows both, and writes its HTML page.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use ml_pipeline::learning::retrain::{RetrainOptions, RetrainOutcome, DEFAULT_GATE_SHARE};
+use ml_pipeline::learning::retrain::{RetrainOptions, RetrainOutcome};
 
 use super::learning::Running;
 
@@ -44,28 +43,7 @@ fn shifted(bundles: &[Value], tag: &str, factor: f64) -> Vec<Value> {
 
 /// Sends `bundles` and waits for their answers.
 async fn answered(r: &Running<'_>, bundles: &[Value]) -> anyhow::Result<usize> {
-    ml_pipeline::commands::send::send(
-        r.input,
-        bundles,
-        ml_pipeline::bundle::ContentEncoding::Gzip,
-        None,
-        r.settings.max_message_bytes,
-    )
-    .await?;
-    let wanted: HashSet<String> = bundles
-        .iter()
-        .filter_map(|b| {
-            b.get("bundle_id")
-                .or(b.get("batch_id"))?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    Ok(
-        super::read_answers(r.output, &wanted, Duration::from_secs(60))
-            .await?
-            .len(),
-    )
+    Ok(super::send_and_read(r, bundles).await?.len())
 }
 
 /// Waits until the monitors recorded something new after `after` that `ready` accepts.
@@ -121,21 +99,9 @@ pub async fn run(r: &Running<'_>, bundles: &[Value], report_dir: &Path) -> anyho
     }
     // Drift that held for one monitor interval: the demo's stand-in for an hour.
     let opts = RetrainOptions {
-        model: r.settings.model_name.clone(),
-        alias: r.settings.model_alias.clone(),
-        base_dataset: None,
-        feedback_dataset: r.settings.feedback_dataset.clone(),
-        min_new_examples: r.settings.retrain_min_new_examples,
-        max_hours: r.settings.retrain_max_hours,
         drift_minutes: r.settings.monitor_interval_secs as f64 / 60.0,
-        drift_threshold: r.settings.drift_psi_threshold,
         challenger_alias: Some(CHALLENGER.into()),
-        force: false,
-        margin: r.settings.retrain_margin,
-        gate_share: DEFAULT_GATE_SHARE,
-        search: None,
-        kernel_cache_bytes: ml_pipeline::train::control::DEFAULT_KERNEL_CACHE_BYTES,
-        html_report: None,
+        ..ml_pipeline::commands::learning::retrain_options(r.settings)
     };
     // The hourly schedule, sped up: the run does nothing until the drift has held long enough.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,216 @@
+//! Deletes of answered inputs, gathered across batches.
+//!
+//! Every batch used to end with its own `DeleteMessageBatch`, so at moderate load (one or two
+//! bundles a batch) a third of the worker's SQS calls were deletes of one or two entries. An
+//! answered input's delete does not hold up its answer, which SQS has already accepted: it only
+//! has to happen before the message's visibility runs out. So deletes wait here, up to a short
+//! delay, and go ten to a call: a batch that completes a set of ten deletes it at once, and a
+//! flusher deletes what is left once the oldest receipt has waited the delay. AWS's own
+//! buffered SQS client batches deletes the same way (`maxBatchOpenMs`, 200 ms by default).
+//!
+//! What the delay costs: a worker killed without warning (SIGKILL) between an answer and its
+//! delete has the bundle delivered and answered again, as for a crash between send and delete
+//! (at least once, duplicates possible: `docs/contract.md`). On a graceful stop the flusher
+//! deletes everything pending before the run returns. FIFO inputs are never deferred (a
+//! group's next message waits for its predecessor's delete), nor inputs whose payload lives in
+//! S3 (their payload is deleted only after the message is).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::delivery::delete_all;
+use crate::queue::{Queue, Retry};
+
+/// Entries per `DeleteMessageBatch` call.
+const SET: usize = 10;
+
+/// Receipts waiting to be deleted, and the flusher's state.
+#[derive(Debug, Default)]
+struct Pending {
+    /// The longest a receipt waits, while a flusher runs; None defers nothing.
+    delay: Option<Duration>,
+    receipts: Vec<String>,
+    /// When the oldest pending receipt arrived.
+    since: Option<Instant>,
+}
+
+/// Deletes waiting for company; see the module documentation. Nothing waits until
+/// [`DeferredDeletes::flush_until`] runs.
+#[derive(Debug, Default)]
+pub struct DeferredDeletes {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+impl DeferredDeletes {
+    /// Queues `receipts` for a later delete, while a flusher runs. Returns the receipts the
+    /// caller must delete now: all of them when nothing is deferred, else the whole sets of ten
+    /// the queue now holds, so that no call carries fewer entries than it could.
+    pub fn defer(&self, receipts: Vec<String>) -> Vec<String> {
+        let mut pending = self.pending.lock().expect("deletes lock");
+        if receipts.is_empty() || pending.delay.is_none() {
+            return receipts;
+        }
+        pending.receipts.extend(receipts);
+        let whole = pending.receipts.len() / SET * SET;
+        let now: Vec<String> = pending.receipts.drain(..whole).collect();
+        crate::instruments::deletes_pending(pending.receipts.len());
+        if pending.receipts.is_empty() {
+            pending.since = None;
+        } else if pending.since.is_none() || !now.is_empty() {
+            pending.since = Some(Instant::now());
+            self.wake.notify_one();
+        }
+        now
+    }
+
+    /// Receipts waiting now.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("deletes lock").receipts.len()
+    }
+
+    /// Deletes pending receipts from `queue` once the oldest has waited `delay`, until
+    /// `stop`; then stops deferring and deletes whatever is left. Deferring starts when this
+    /// starts, unless `delay` is zero.
+    pub async fn flush_until<Q: Queue>(
+        self: Arc<Self>,
+        queue: Q,
+        retry: Retry,
+        delay: Duration,
+        stop: CancellationToken,
+    ) {
+        if delay.is_zero() {
+            return;
+        }
+        self.pending.lock().expect("deletes lock").delay = Some(delay);
+        loop {
+            let notified = self.wake.notified();
+            let since = self.pending.lock().expect("deletes lock").since;
+            let wait = async {
+                match since {
+                    Some(since) => tokio::time::sleep_until(since + delay).await,
+                    None => notified.await,
+                }
+            };
+            tokio::select! {
+                () = wait => {
+                    if since.is_some() {
+                        self.flush(&queue, &retry, false).await;
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        self.flush(&queue, &retry, true).await;
+    }
+
+    /// Deletes every pending receipt (`last`: and defers nothing from now on).
+    async fn flush<Q: Queue>(&self, queue: &Q, retry: &Retry, last: bool) {
+        let receipts = {
+            let mut pending = self.pending.lock().expect("deletes lock");
+            if last {
+                pending.delay = None;
+            }
+            pending.since = None;
+            std::mem::take(&mut pending.receipts)
+        };
+        if receipts.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = receipts.iter().map(String::as_str).collect();
+        let deleted = delete_all(queue, &refs, retry).await;
+        // The gauge counts a delete as waiting until its call returned.
+        crate::instruments::deletes_pending(self.pending());
+        tracing::debug!(
+            deleted,
+            undeleted = receipts.len() - deleted,
+            "deferred deletes flushed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::memory::{MemoryQueue, Op};
+
+    fn receipts(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    }
+
+    fn retry() -> Retry {
+        Retry {
+            attempts: 3,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_flusher_or_with_no_delay_every_receipt_is_deleted_at_once() {
+        let idle = DeferredDeletes::default();
+        assert_eq!(idle.defer(receipts("a", 3)), receipts("a", 3));
+        let off = Arc::new(DeferredDeletes::default());
+        let queue = MemoryQueue::new("in");
+        let stop = CancellationToken::new();
+        Arc::clone(&off)
+            .flush_until(queue, retry(), Duration::ZERO, stop)
+            .await;
+        assert_eq!(off.defer(receipts("b", 3)), receipts("b", 3));
+        assert_eq!((idle.pending(), off.pending()), (0, 0));
+    }
+
+    #[test]
+    fn whole_sets_of_ten_go_at_once_and_the_rest_waits() {
+        let d = DeferredDeletes::default();
+        d.pending.lock().unwrap().delay = Some(Duration::from_millis(200));
+        assert!(d.defer(receipts("a", 4)).is_empty());
+        assert!(d.defer(receipts("b", 4)).is_empty());
+        let now = d.defer(receipts("c", 5));
+        assert_eq!(now.len(), 10, "the first ten, oldest first");
+        assert_eq!(now[0], "a-0");
+        assert_eq!(d.pending(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flusher_deletes_what_waited_the_delay_and_everything_when_stopped() {
+        let queue = MemoryQueue::new("in");
+        for body in ["1", "2", "3", "4"] {
+            queue.push(body, None);
+        }
+        let messages = queue.receive(10, 0).await.unwrap();
+        let handles: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+        let d = Arc::new(DeferredDeletes::default());
+        let stop = CancellationToken::new();
+        let flusher = tokio::spawn(Arc::clone(&d).flush_until(
+            queue.clone(),
+            retry(),
+            Duration::from_millis(200),
+            stop.clone(),
+        ));
+        tokio::task::yield_now().await;
+
+        assert!(d.defer(handles[..2].to_vec()).is_empty());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(d.defer(handles[2..3].to_vec()).is_empty());
+        assert_eq!(queue.calls(Op::Delete), 0, "nothing waited 200 ms yet");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(queue.calls(Op::Delete), 1, "one call for the three");
+        assert_eq!(queue.deleted().len(), 3);
+        assert_eq!(d.pending(), 0);
+
+        assert!(d.defer(handles[3..].to_vec()).is_empty());
+        stop.cancel();
+        flusher.await.unwrap();
+        assert_eq!(queue.deleted().len(), 4, "the stop flushes what waits");
+        assert_eq!(
+            d.defer(vec!["late".into()]),
+            vec!["late".to_owned()],
+            "after the stop the caller deletes"
+        );
+    }
+}
