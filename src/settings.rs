@@ -94,7 +94,8 @@ pub struct Settings {
     /// How long an answered input's delete may wait for others, in milliseconds, so that
     /// deletes go ten to a `DeleteMessageBatch` call instead of one call per batch (standard
     /// queues; FIFO inputs and inputs with an S3 payload are deleted at once). Pending deletes
-    /// are made before the worker stops. 0 deletes with each batch. Default 200.
+    /// are made before the worker stops. Default 0: deleted with each batch (see BENCHMARKS.md,
+    /// "Deferred deletes", for what waiting costs on LocalStack).
     pub delete_delay_ms: u64,
     /// Batches processed at once. Default 4 (with 2500 records each, at most 10 000 records in
     /// batches at once).

@@ -461,7 +461,15 @@ mod tests {
 
     #[test]
     fn a_deferred_delete_waits_at_most_a_quarter_of_the_visibility_timeout() {
-        let settings = Settings::default();
+        assert_eq!(
+            worker_config(&Settings::default(), 30).delete_delay,
+            Duration::ZERO,
+            "off by default"
+        );
+        let settings = Settings {
+            delete_delay_ms: 200,
+            ..Settings::default()
+        };
         assert_eq!(
             worker_config(&settings, 30).delete_delay,
             Duration::from_millis(200)

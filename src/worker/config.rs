@@ -96,7 +96,7 @@ impl Default for WorkerConfig {
             max_batch_cells: 250_000,
             max_batch_wait: Duration::ZERO,
             batch_latency_budget: Duration::from_millis(50),
-            delete_delay: Duration::from_millis(200),
+            delete_delay: Duration::ZERO,
             max_concurrent_batches: 4,
             visibility_timeout_secs: 60,
             heartbeat_fraction: 0.5,

@@ -7,6 +7,9 @@
 //! delay, and go ten to a call: a batch that completes a set of ten deletes it at once, and a
 //! flusher deletes what is left once the oldest receipt has waited the delay. AWS's own
 //! buffered SQS client batches deletes the same way (`maxBatchOpenMs`, 200 ms by default).
+//! It is off by default (`ML_PIPELINE_DELETE_DELAY_MS=0`): on LocalStack, whose one process
+//! serves every call in turn, the flusher's delete, made at any moment, delays the answers
+//! in progress (BENCHMARKS.md, "Deferred deletes").
 //!
 //! What the delay costs: a worker killed without warning (SIGKILL) between an answer and its
 //! delete has the bundle delivered and answered again, as for a crash between send and delete

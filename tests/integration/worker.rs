@@ -611,3 +611,45 @@ async fn a_nul_in_one_key_fails_one_record_and_every_bundle_is_answered_first_ti
         "{error}"
     );
 }
+
+/// Messages on `queue`, visible or not (LocalStack's counts are exact).
+async fn on_queue(queue: &ml_pipeline::queue::SqsQueue) -> u32 {
+    let mut n = 0;
+    for attribute in [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ] {
+        n += queue
+            .attribute(attribute)
+            .await
+            .unwrap()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+    }
+    n
+}
+
+#[tokio::test]
+async fn answered_inputs_are_deleted_ten_to_a_call_and_a_graceful_stop_deletes_the_rest() {
+    let t = TestWorker::new(3).await;
+    let config = WorkerConfig {
+        // Longer than the test: only whole sets of ten are deleted before the stop.
+        delete_delay: Duration::from_secs(60),
+        visibility_timeout_secs: 300,
+        ..t.config()
+    };
+    let (token, handle) = t.spawn(config, Hooks::default());
+    let bundles = &fixture_bundles()[..13];
+    t.send_json(bundles, ContentEncoding::Identity).await;
+    let outs = t.drain(t.output.url(), 13, Duration::from_secs(40)).await;
+    assert_eq!(outs.len(), 13, "every bundle answered at once");
+    assert_eq!(
+        on_queue(&t.input).await,
+        3,
+        "ten inputs deleted in one call, three waiting for company"
+    );
+    token.cancel();
+    handle.await.unwrap();
+    assert_eq!(on_queue(&t.input).await, 0, "the stop deleted the three");
+}
