@@ -93,9 +93,10 @@ pub struct Settings {
     pub batch_latency_budget_ms: u64,
     /// How long an answered input's delete may wait for others, in milliseconds, so that
     /// deletes go ten to a `DeleteMessageBatch` call instead of one call per batch (standard
-    /// queues; FIFO inputs and inputs with an S3 payload are deleted at once). Pending deletes
-    /// are made before the worker stops. Default 0: deleted with each batch (see BENCHMARKS.md,
-    /// "Deferred deletes", for what waiting costs on LocalStack).
+    /// queues; FIFO inputs and inputs with an S3 payload are deleted at once). Once the oldest
+    /// has waited this long, the next batch's own delete takes every waiting one along; without
+    /// a next batch they go at twice the delay. Pending deletes are made before the worker
+    /// stops. Default 200; 0 deletes with each batch (BENCHMARKS.md, "Deferred deletes").
     pub delete_delay_ms: u64,
     /// Batches processed at once. Default 4 (with 2500 records each, at most 10 000 records in
     /// batches at once).

@@ -120,9 +120,10 @@ pub async fn registry(settings: &Settings) -> anyhow::Result<Registry> {
 /// visibility timeout. Out-of-range values are brought into range.
 pub fn worker_config(settings: &Settings, queue_visibility: i32) -> WorkerConfig {
     let visibility_timeout_secs = settings.visibility_timeout_secs.unwrap_or(queue_visibility);
-    // A deferred delete must land long before the message could be seen again.
+    // A deferred delete must land long before the message could be seen again: it waits at
+    // most twice the delay, kept within a quarter of the visibility timeout.
     let delete_delay = Duration::from_millis(settings.delete_delay_ms)
-        .min(Duration::from_secs(visibility_timeout_secs.max(0) as u64) / 4);
+        .min(Duration::from_secs(visibility_timeout_secs.max(0) as u64) / 8);
     WorkerConfig {
         receive_max: settings.receive_max.clamp(1, 10),
         wait_secs: settings.wait_secs.clamp(0, 20),
@@ -460,22 +461,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deferred_delete_waits_at_most_a_quarter_of_the_visibility_timeout() {
+    fn a_deferred_delete_waits_at_most_a_quarter_of_the_visibility_timeout_twice_the_delay() {
         assert_eq!(
             worker_config(&Settings::default(), 30).delete_delay,
-            Duration::ZERO,
-            "off by default"
+            Duration::from_millis(200),
+            "on by default"
         );
-        let settings = Settings {
-            delete_delay_ms: 200,
+        let off = Settings {
+            delete_delay_ms: 0,
             ..Settings::default()
         };
+        assert_eq!(worker_config(&off, 30).delete_delay, Duration::ZERO);
         assert_eq!(
-            worker_config(&settings, 30).delete_delay,
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            worker_config(&settings, 0).delete_delay,
+            worker_config(&Settings::default(), 0).delete_delay,
             Duration::ZERO,
             "no visibility to spare: deleted with the batch"
         );
@@ -485,7 +483,8 @@ mod tests {
         };
         assert_eq!(
             worker_config(&long, 30).delete_delay,
-            Duration::from_millis(7_500)
+            Duration::from_millis(3_750),
+            "an eighth of 30 s: twice that is a quarter"
         );
     }
 }

@@ -32,7 +32,7 @@ pub struct WorkerConfig {
     /// each waiting about this long at most; slower arrivals are never held. Zero turns it off.
     pub batch_latency_budget: Duration,
     /// How long an answered input's delete may wait for others, so that deletes go ten to a
-    /// call ([`super::deletes`]); zero deletes with each batch.
+    /// call ([`super::deletes`]); zero deletes with each batch. Default 200 ms.
     pub delete_delay: Duration,
     /// Batches processed at once.
     pub max_concurrent_batches: usize,
@@ -96,7 +96,7 @@ impl Default for WorkerConfig {
             max_batch_cells: 250_000,
             max_batch_wait: Duration::ZERO,
             batch_latency_budget: Duration::from_millis(50),
-            delete_delay: Duration::ZERO,
+            delete_delay: Duration::from_millis(200),
             max_concurrent_batches: 4,
             visibility_timeout_secs: 60,
             heartbeat_fraction: 0.5,

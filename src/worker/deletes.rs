@@ -4,12 +4,18 @@
 //! bundles a batch) a third of the worker's SQS calls were deletes of one or two entries. An
 //! answered input's delete does not hold up its answer, which SQS has already accepted: it only
 //! has to happen before the message's visibility runs out. So deletes wait here, up to a short
-//! delay, and go ten to a call: a batch that completes a set of ten deletes it at once, and a
-//! flusher deletes what is left once the oldest receipt has waited the delay. AWS's own
-//! buffered SQS client batches deletes the same way (`maxBatchOpenMs`, 200 ms by default).
-//! It is off by default (`ML_PIPELINE_DELETE_DELAY_MS=0`): on LocalStack, whose one process
-//! serves every call in turn, the flusher's delete, made at any moment, delays the answers
-//! in progress (BENCHMARKS.md, "Deferred deletes").
+//! delay, and go ten to a call:
+//! - a batch that completes a set of ten deletes it at once;
+//! - a batch that finds the oldest waiting receipt has waited the delay deletes everything
+//!   waiting, in the delete call it makes anyway, right after its own send;
+//! - only when no batch comes along (traffic stopped) does a flusher delete what is left, once
+//!   the oldest receipt has waited twice the delay.
+//!
+//! AWS's own buffered SQS client batches deletes the same way (`maxBatchOpenMs`, 200 ms by
+//! default), with a timer only. Riding on the batches' own calls matters on LocalStack, whose
+//! one process serves every call in turn: a timer's delete, made at any moment, delays the
+//! answers in progress (BENCHMARKS.md, "Deferred deletes"). The default delay is 200 ms
+//! (`ML_PIPELINE_DELETE_DELAY_MS`; 0 deletes with each batch).
 //!
 //! What the delay costs: a worker killed without warning (SIGKILL) between an answer and its
 //! delete has the bundle delivered and answered again, as for a crash between send and delete
@@ -51,16 +57,25 @@ pub struct DeferredDeletes {
 
 impl DeferredDeletes {
     /// Queues `receipts` for a later delete, while a flusher runs. Returns the receipts the
-    /// caller must delete now: all of them when nothing is deferred, else the whole sets of ten
-    /// the queue now holds, so that no call carries fewer entries than it could.
+    /// caller must delete now: all of them when nothing is deferred; everything waiting when
+    /// the oldest has waited the delay; else the whole sets of ten the queue now holds, so that
+    /// no call carries fewer entries than it could.
     pub fn defer(&self, receipts: Vec<String>) -> Vec<String> {
         let mut pending = self.pending.lock().expect("deletes lock");
-        if receipts.is_empty() || pending.delay.is_none() {
+        let Some(delay) = pending.delay else {
+            return receipts;
+        };
+        if receipts.is_empty() {
             return receipts;
         }
         pending.receipts.extend(receipts);
-        let whole = pending.receipts.len() / SET * SET;
-        let now: Vec<String> = pending.receipts.drain(..whole).collect();
+        let due = pending.since.is_some_and(|since| since.elapsed() >= delay);
+        let take = if due {
+            pending.receipts.len()
+        } else {
+            pending.receipts.len() / SET * SET
+        };
+        let now: Vec<String> = pending.receipts.drain(..take).collect();
         crate::instruments::deletes_pending(pending.receipts.len());
         if pending.receipts.is_empty() {
             pending.since = None;
@@ -76,9 +91,9 @@ impl DeferredDeletes {
         self.pending.lock().expect("deletes lock").receipts.len()
     }
 
-    /// Deletes pending receipts from `queue` once the oldest has waited `delay`, until
-    /// `stop`; then stops deferring and deletes whatever is left. Deferring starts when this
-    /// starts, unless `delay` is zero.
+    /// Deletes pending receipts from `queue` once the oldest has waited twice `delay` (no
+    /// batch took them along after `delay`), until `stop`; then stops deferring and deletes
+    /// whatever is left. Deferring starts when this starts, unless `delay` is zero.
     pub async fn flush_until<Q: Queue>(
         self: Arc<Self>,
         queue: Q,
@@ -95,7 +110,7 @@ impl DeferredDeletes {
             let since = self.pending.lock().expect("deletes lock").since;
             let wait = async {
                 match since {
-                    Some(since) => tokio::time::sleep_until(since + delay).await,
+                    Some(since) => tokio::time::sleep_until(since + 2 * delay).await,
                     None => notified.await,
                 }
             };
@@ -126,8 +141,10 @@ impl DeferredDeletes {
         }
         let refs: Vec<&str> = receipts.iter().map(String::as_str).collect();
         let deleted = delete_all(queue, &refs, retry).await;
-        // The gauge counts a delete as waiting until its call returned.
+        // The gauge counts a delete as waiting until its call returned, and the step counted
+        // none of these as deleted: they count now, as made or left for redelivery.
         crate::instruments::deletes_pending(self.pending());
+        crate::instruments::messages_finished(deleted, 0, receipts.len() - deleted);
         tracing::debug!(
             deleted,
             undeleted = receipts.len() - deleted,
@@ -180,7 +197,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_flusher_deletes_what_waited_the_delay_and_everything_when_stopped() {
+    async fn a_batch_after_the_delay_takes_every_waiting_receipt_into_its_own_delete() {
+        let d = DeferredDeletes::default();
+        d.pending.lock().unwrap().delay = Some(Duration::from_millis(200));
+        assert!(d.defer(receipts("a", 2)).is_empty());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(d.defer(receipts("b", 1)).is_empty(), "not due yet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = d.defer(receipts("c", 1));
+        assert_eq!(
+            now,
+            ["a-0", "a-1", "b-0", "c-0"],
+            "due: all four, oldest first"
+        );
+        assert_eq!(d.pending(), 0);
+        assert!(d.defer(receipts("d", 1)).is_empty(), "a new wait starts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flusher_deletes_what_no_batch_took_after_twice_the_delay_and_everything_when_stopped(
+    ) {
         let queue = MemoryQueue::new("in");
         for body in ["1", "2", "3", "4"] {
             queue.push(body, None);
@@ -200,7 +236,12 @@ mod tests {
         assert!(d.defer(handles[..2].to_vec()).is_empty());
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(d.defer(handles[2..3].to_vec()).is_empty());
-        assert_eq!(queue.calls(Op::Delete), 0, "nothing waited 200 ms yet");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            queue.calls(Op::Delete),
+            0,
+            "a batch would take them along after 200 ms; the flusher waits 400"
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(queue.calls(Op::Delete), 1, "one call for the three");
         assert_eq!(queue.deleted().len(), 3);

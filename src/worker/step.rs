@@ -91,6 +91,9 @@ pub struct StepReport {
     pub dead_lettered: usize,
     /// Input messages deleted.
     pub deleted: usize,
+    /// Answered input messages whose delete waits to go with other batches' deletes
+    /// ([`super::deletes`]); counted as deleted (or left) when that delete is made.
+    pub deferred: usize,
     /// Input messages left for SQS to redeliver.
     pub left: usize,
     /// The model version used.
@@ -883,13 +886,14 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         } else {
             receipts
         };
+        let deferred = count - now.len();
         let refs: Vec<&str> = now.iter().map(String::as_str).collect();
-        let deleted =
-            count - now.len() + delete_all(&self.input, &refs, &self.config.retry()).await;
+        let deleted = delete_all(&self.input, &refs, &self.config.retry()).await;
         report.deleted += deleted;
-        report.left += count - deleted;
+        report.deferred += deferred;
+        report.left += now.len() - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
-        deleted == count
+        deleted + deferred == count
     }
 
     /// Upserts the prediction aggregates of the accepted answers, when configured.

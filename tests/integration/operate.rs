@@ -53,6 +53,9 @@ fn start_worker(t: &TestWorker) -> Running {
         .env("ML_PIPELINE_INPUT_DLQ", t.dlq.url())
         .env("ML_PIPELINE_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("ML_PIPELINE_WAIT_SECS", "1")
+        // Deletes wait up to a second to go ten to a call: the metrics below must count them
+        // as they are made, not as they are queued.
+        .env("ML_PIPELINE_DELETE_DELAY_MS", "1000")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -165,23 +168,27 @@ async fn the_binary_serves_metrics_health_and_json_logs_and_drains_on_sigterm() 
         .sum();
     assert!(errors > 0, "the fixtures plant bad records");
 
-    // Deletes follow sends, some of them up to ML_PIPELINE_DELETE_DELAY_MS later (200 ms:
-    // they wait to go ten to a call); give the last batch's counters a moment.
+    // Deletes follow sends, some of them up to ML_PIPELINE_DELETE_DELAY_MS later (they wait to
+    // go ten to a call). A waiting delete is pending, not yet deleted: the two never add up to
+    // more than the inputs.
+    let n = bundles.len() as f64;
     let metrics_url = format!("{}/metrics", running.base);
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
         let reply = get(&metrics_url).await;
         assert_eq!(reply.status, 200);
         let m = samples(&reply.body);
-        let finished = total(&m, "ml_pipeline_messages_deleted_total", &[]) >= bundles.len() as f64;
-        if finished && total(&m, "ml_pipeline_deletes_pending", &[]) == 0.0
-            || Instant::now() > deadline
-        {
+        let deleted = total(&m, "ml_pipeline_messages_deleted_total", &[]);
+        let pending = total(&m, "ml_pipeline_deletes_pending", &[]);
+        assert!(
+            deleted + pending <= n,
+            "{deleted} deleted and {pending} pending of {n} inputs"
+        );
+        if deleted >= n && pending == 0.0 || Instant::now() > deadline {
             break m;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let n = bundles.len() as f64;
     assert_eq!(total(&m, "ml_pipeline_messages_received_total", &[]), n);
     assert_eq!(total(&m, "ml_pipeline_messages_deleted_total", &[]), n);
     assert_eq!(

@@ -54,6 +54,7 @@ PY=$("$HERE/venv.sh")
 RUN=peer-$(date +%s)-$RANDOM
 OUT=${OUT:-$REPO_ROOT/.local/python-peer/$RUN}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd) # the training step below runs in a scratch directory
 BUCKET=ml-pipeline-$RUN
 # Neither worker takes part in the stack's feedback loop; the peer dead-letters nowhere.
 unset ML_PIPELINE_FEEDBACK_QUEUE ML_PIPELINE_FEEDBACK_DLQ ML_PIPELINE_INPUT_DLQ
