@@ -325,6 +325,8 @@ where
             record_errors = report.record_errors,
             answered = report.answered,
             dead_lettered = report.dead_lettered,
+            deleted = report.deleted,
+            deletes_deferred = report.deferred,
             left = report.left,
             "batch done"
         );
