@@ -62,12 +62,9 @@ impl DeferredDeletes {
     /// no call carries fewer entries than it could.
     pub fn defer(&self, receipts: Vec<String>) -> Vec<String> {
         let mut pending = self.pending.lock().expect("deletes lock");
-        let Some(delay) = pending.delay else {
+        let Some(delay) = pending.delay.filter(|_| !receipts.is_empty()) else {
             return receipts;
         };
-        if receipts.is_empty() {
-            return receipts;
-        }
         pending.receipts.extend(receipts);
         let due = pending.since.is_some_and(|since| since.elapsed() >= delay);
         let take = if due {

@@ -350,6 +350,24 @@ impl TestWorker {
     }
 }
 
+/// Messages on `queue`, visible or in flight (LocalStack's approximate counts are exact).
+pub async fn messages_on(queue: &SqsQueue) -> u64 {
+    let mut n = 0;
+    for attribute in [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ] {
+        n += queue
+            .attribute(attribute)
+            .await
+            .unwrap()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    n
+}
+
 pub fn fixture_bundles() -> Vec<Value> {
     let set = super::default_fixtures();
     set.bundles

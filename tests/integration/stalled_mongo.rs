@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
-use common::harness::{fixture_bundles, TestWorker};
+use common::harness::{fixture_bundles, messages_on, TestWorker};
 use ml_pipeline::bundle::compression::ContentEncoding;
 use ml_pipeline::enrich::mongo::MongoDocuments;
 use ml_pipeline::enrich::source::LookupLimits;
@@ -73,31 +72,6 @@ fn host_port(uri: &str) -> String {
     let rest = uri.trim_start_matches("mongodb://");
     let rest = rest.rsplit('@').next().unwrap_or(rest);
     rest.split(['/', '?']).next().unwrap().to_owned()
-}
-
-async fn messages_on(t: &TestWorker) -> u64 {
-    let attrs = t
-        .sqs
-        .get_queue_attributes()
-        .queue_url(t.input.url())
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    let attrs = attrs.attributes.unwrap_or_default();
-    [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|k| {
-        attrs
-            .get(k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
-    .sum()
 }
 
 #[tokio::test]
@@ -174,7 +148,7 @@ async fn the_drain_ends_at_its_deadline_while_mongodb_stops_answering_and_nothin
         "the worker exited {took:?} after SIGTERM, with a drain timeout of {drain:?}"
     );
     assert_eq!(
-        messages_on(&t).await,
+        messages_on(&t.input).await,
         3,
         "the held bundles stay on the queue, undeleted, for redelivery"
     );

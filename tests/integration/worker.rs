@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::harness::{fixture_bundles, TestWorker};
+use common::harness::{fixture_bundles, messages_on, TestWorker};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -408,21 +408,7 @@ async fn a_deleted_output_queue_deletes_nothing_and_everything_is_answered_after
     t.send_json(&fixture_bundles()[..5], ContentEncoding::Identity)
         .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let visible = t
-        .input
-        .attribute(QueueAttributeName::ApproximateNumberOfMessages)
-        .await
-        .unwrap()
-        .unwrap()
-        .parse::<u32>()
-        .unwrap()
-        + t.input
-            .attribute(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .await
-            .unwrap()
-            .unwrap()
-            .parse::<u32>()
-            .unwrap();
+    let visible = messages_on(&t.input).await;
     assert_eq!(visible, 5, "inputs were deleted without their outputs");
     t.sqs
         .create_queue()
@@ -612,24 +598,6 @@ async fn a_nul_in_one_key_fails_one_record_and_every_bundle_is_answered_first_ti
     );
 }
 
-/// Messages on `queue`, visible or not (LocalStack's counts are exact).
-async fn on_queue(queue: &ml_pipeline::queue::SqsQueue) -> u32 {
-    let mut n = 0;
-    for attribute in [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    ] {
-        n += queue
-            .attribute(attribute)
-            .await
-            .unwrap()
-            .unwrap()
-            .parse::<u32>()
-            .unwrap();
-    }
-    n
-}
-
 #[tokio::test]
 async fn answered_inputs_are_deleted_ten_to_a_call_and_a_graceful_stop_deletes_the_rest() {
     let t = TestWorker::new(3).await;
@@ -645,11 +613,11 @@ async fn answered_inputs_are_deleted_ten_to_a_call_and_a_graceful_stop_deletes_t
     let outs = t.drain(t.output.url(), 13, Duration::from_secs(40)).await;
     assert_eq!(outs.len(), 13, "every bundle answered at once");
     assert_eq!(
-        on_queue(&t.input).await,
+        messages_on(&t.input).await,
         3,
         "ten inputs deleted in one call, three waiting for company"
     );
     token.cancel();
     handle.await.unwrap();
-    assert_eq!(on_queue(&t.input).await, 0, "the stop deleted the three");
+    assert_eq!(messages_on(&t.input).await, 0, "the stop deleted the three");
 }
