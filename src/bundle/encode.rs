@@ -59,8 +59,12 @@ impl Answer {
 
 /// Serializes a value to JSON and compresses it.
 pub fn encode<T: Serialize>(value: &T, encoding: ContentEncoding) -> String {
-    let json = serde_json::to_vec(value).expect("answers serialize: finite floats, string keys");
-    compress(encoding, &json)
+    const SERIALIZES: &str = "answers serialize: finite floats, string keys";
+    match encoding {
+        // The JSON text is the body: no second pass to check its UTF-8, no copy.
+        ContentEncoding::Identity => serde_json::to_string(value).expect(SERIALIZES),
+        _ => compress(encoding, &serde_json::to_vec(value).expect(SERIALIZES)),
+    }
 }
 
 /// The answers of a predicted batch, one per input bundle, in input order.
