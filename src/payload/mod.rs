@@ -121,16 +121,8 @@ mod tests {
 
     fn message(body: &str) -> Message {
         Message {
-            message_id: "m-1".into(),
-            receipt_handle: "rh".into(),
-            body: body.into(),
-            content_encoding: None,
-            sent_timestamp_ms: None,
-            receive_count: 1,
-            group_id: None,
-            attributes: Vec::new(),
             number_attributes: vec![(pointer::SIZE_ATTRIBUTE.into(), "5".into())],
-            other_attributes: Vec::new(),
+            ..Message::received("m-1", body)
         }
     }
 

@@ -103,19 +103,11 @@ mod tests {
 
     fn message(body: &str, numbers: &[(&str, &str)]) -> Message {
         Message {
-            message_id: "m-1".into(),
-            receipt_handle: "rh".into(),
-            body: body.into(),
-            content_encoding: None,
-            sent_timestamp_ms: None,
-            receive_count: 1,
-            group_id: None,
-            attributes: Vec::new(),
             number_attributes: numbers
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            other_attributes: Vec::new(),
+            ..Message::received("m-1", body)
         }
     }
 

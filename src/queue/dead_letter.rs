@@ -104,19 +104,14 @@ mod tests {
 
     fn dead_lettered(attributes: &[(&str, &str)]) -> Message {
         Message {
-            message_id: "5fa2c1de-0000-4000-8000-000000000001".into(),
-            receipt_handle: "rh".into(),
-            body: "H4sIAAAA".into(),
             content_encoding: Some("gzip".into()),
             sent_timestamp_ms: Some(1),
             receive_count: 2,
-            group_id: None,
             attributes: attributes
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            number_attributes: Vec::new(),
-            other_attributes: Vec::new(),
+            ..Message::received("5fa2c1de-0000-4000-8000-000000000001", "H4sIAAAA")
         }
     }
 

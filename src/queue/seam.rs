@@ -35,6 +35,24 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message as received once, with this body and id (its receipt handle `rh-{id}`) and
+    /// nothing else: the base of the unit tests' messages.
+    #[cfg(test)]
+    pub(crate) fn received(id: &str, body: &str) -> Self {
+        Self {
+            message_id: id.into(),
+            receipt_handle: format!("rh-{id}"),
+            body: body.into(),
+            content_encoding: None,
+            sent_timestamp_ms: None,
+            receive_count: 1,
+            group_id: None,
+            attributes: Vec::new(),
+            number_attributes: Vec::new(),
+            other_attributes: Vec::new(),
+        }
+    }
+
     /// The value of a String message attribute.
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes

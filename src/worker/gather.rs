@@ -150,18 +150,7 @@ mod tests {
         let row: Vec<u32> = vec![0; width];
         let body =
             serde_json::json!({"bundle_id": id, "columns": columns, "rows": vec![row; rows]});
-        Message {
-            message_id: id.into(),
-            receipt_handle: format!("rh-{id}"),
-            body: body.to_string(),
-            content_encoding: None,
-            sent_timestamp_ms: None,
-            receive_count: 1,
-            group_id: None,
-            attributes: Vec::new(),
-            number_attributes: Vec::new(),
-            other_attributes: Vec::new(),
-        }
+        Message::received(id, &body.to_string())
     }
 
     #[tokio::test]

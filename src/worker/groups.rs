@@ -107,16 +107,9 @@ mod tests {
 
     fn message(receipt: &str, group: &str) -> Message {
         Message {
-            message_id: receipt.into(),
             receipt_handle: receipt.into(),
-            body: String::new(),
-            content_encoding: None,
-            sent_timestamp_ms: None,
-            receive_count: 1,
             group_id: Some(group.into()),
-            attributes: Vec::new(),
-            number_attributes: Vec::new(),
-            other_attributes: Vec::new(),
+            ..Message::received(receipt, "")
         }
     }
 

@@ -1124,16 +1124,9 @@ mod tests {
 
     fn message(group: Option<&str>) -> Message {
         Message {
-            message_id: "m-1".into(),
             receipt_handle: "rh-1".into(),
-            body: String::new(),
-            content_encoding: None,
-            sent_timestamp_ms: None,
-            receive_count: 1,
             group_id: group.map(str::to_owned),
-            attributes: Vec::new(),
-            number_attributes: Vec::new(),
-            other_attributes: Vec::new(),
+            ..Message::received("m-1", "")
         }
     }
 
