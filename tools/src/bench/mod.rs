@@ -732,6 +732,11 @@ async fn ceiling(
     Ok(result)
 }
 
+/// One line of the report: the label in a column of its own, then the value.
+fn line(label: &str, value: impl std::fmt::Display) {
+    println!("  {label:<23} {value}");
+}
+
 fn print(report: &Report) {
     let fmt = |v: &[f64], unit: &str| match median_range(v) {
         Some((m, lo, hi)) => format!("{m:.0} {unit} (range {lo:.0}-{hi:.0})"),
@@ -748,23 +753,15 @@ fn print(report: &Report) {
                 "paced at {r:.0} records/s"
             ))
     );
-    println!(
-        "  emulator drain ceiling  {}",
-        fmt(&report.drain.records_per_s, "records/s")
-    );
-    println!(
-        "  emulator relay ceiling  {}",
-        fmt(&report.relay.records_per_s, "records/s")
-    );
-    println!(
-        "  worker                  {}",
-        fmt(&report.worker.records_per_s, "records/s")
-    );
+    let records_per_s = |series: &Series| fmt(&series.records_per_s, "records/s");
+    line("emulator drain ceiling", records_per_s(&report.drain));
+    line("emulator relay ceiling", records_per_s(&report.relay));
+    line("worker", records_per_s(&report.worker));
     if let (Some((w, _, _)), Some((r, _, _))) = (
         median_range(&report.worker.records_per_s),
         median_range(&report.relay.records_per_s),
     ) {
-        println!("  worker / relay ceiling  {:.0}%", 100.0 * w / r);
+        line("worker / relay ceiling", format!("{:.0}%", 100.0 * w / r));
     }
     for (name, series) in [("relay", &report.relay), ("worker", &report.worker)] {
         let column = |i: usize| series.latency_ms.iter().map(|q| q[i]).collect::<Vec<_>>();
@@ -774,21 +771,27 @@ fn print(report: &Report) {
             median_range(&column(2)),
             median_range(&column(3)),
         ) {
-            println!(
-                "  {name:6} latency ms      p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (medians over runs; p99 range {:.1}-{:.1})",
-                p50.0, p95.0, p99.0, max.0, p99.1, p99.2
+            line(
+                &format!("{name} latency ms"),
+                format!(
+                    "p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (medians over runs; p99 range {:.1}-{:.1})",
+                    p50.0, p95.0, p99.0, max.0, p99.1, p99.2
+                ),
             );
         }
     }
     if let Some((m, lo, hi)) = median_range(&report.worker.cpu_s_per_1000) {
-        println!("  worker CPU              {m:.5} s per 1000 records (range {lo:.5}-{hi:.5})");
+        line(
+            "worker CPU",
+            format!("{m:.5} s per 1000 records (range {lo:.5}-{hi:.5})"),
+        );
     }
     print_calls(report);
     if let Some(rss) = report.peak_rss_mib {
-        println!("  worker peak RSS         {rss:.1} MiB");
+        line("worker peak RSS", format!("{rss:.1} MiB"));
     }
     if let Some(c) = report.cold_start_s {
-        println!("  cold start to 1st answer {c:.2} s");
+        line("cold start to 1st answer", format!("{c:.2} s"));
     }
     if let Some((batches, records)) = report.batches {
         let with_cold_start = if report.cold_start_s.is_some() {
@@ -796,7 +799,10 @@ fn print(report: &Report) {
         } else {
             ""
         };
-        println!("  worker batches          {batches} (mean {records:.0} records per batch{with_cold_start})");
+        line(
+            "worker batches",
+            format!("{batches} (mean {records:.0} records per batch{with_cold_start})"),
+        );
     }
     if !report.stage_ms.is_empty() {
         let stages: Vec<String> = report
@@ -804,11 +810,17 @@ fn print(report: &Report) {
             .iter()
             .map(|(stage, ms)| format!("{stage} {ms:.2}"))
             .collect();
-        println!("  worker ms per batch     {}", stages.join(", "));
+        line("worker ms per batch", stages.join(", "));
     }
-    println!(
-        "  bundles: {} sent, {} answered, {} duplicated, {} lost",
-        report.worker.sent, report.worker.answered, report.worker.duplicated, report.worker.lost
+    line(
+        "bundles",
+        format!(
+            "{} sent, {} answered, {} duplicated, {} lost",
+            report.worker.sent,
+            report.worker.answered,
+            report.worker.duplicated,
+            report.worker.lost
+        ),
     );
 }
 
@@ -832,40 +844,50 @@ fn print_calls(report: &Report) {
             .filter(|(k, _)| *k != "total")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        println!(
-            "  worker SQS requests     {} per 1000 bundles: {}",
-            fmt(total, 0),
-            by(&kinds, 1)
+        line(
+            "worker SQS requests",
+            format!("{} per 1000 bundles: {}", fmt(total, 0), by(&kinds, 1)),
         );
-        println!(
-            "  worker SQS billable     {} per 1000 bundles, ${} per million bundles at ${:.2} per million requests",
-            fmt(&c.sqs_billable_per_1000_bundles, 0),
-            fmt(&c.sqs_usd_per_million_bundles, 3),
-            report.sqs_usd_per_million_requests
+        line(
+            "worker SQS billable",
+            format!(
+                "{} per 1000 bundles, ${} per million bundles at ${:.2} per million requests",
+                fmt(&c.sqs_billable_per_1000_bundles, 0),
+                fmt(&c.sqs_usd_per_million_bundles, 3),
+                report.sqs_usd_per_million_requests
+            ),
         );
-        println!(
-            "  worker S3 requests      {} per 1000 bundles",
-            fmt(&c.s3_per_1000_bundles, 1)
-        );
-    }
-    if !c.db_round_trips_per_1000_records.is_empty() {
-        println!(
-            "  worker DB round trips   per 1000 records: {}",
-            by(&c.db_round_trips_per_1000_records, 1)
+        line(
+            "worker S3 requests",
+            format!("{} per 1000 bundles", fmt(&c.s3_per_1000_bundles, 1)),
         );
     }
-    if !c.service_cpu_s_per_1000.is_empty() {
-        println!(
-            "  service CPU, worker runs  s per 1000 records: {}",
-            by(&c.service_cpu_s_per_1000, 4)
-        );
-    }
-    if !c.relay_service_cpu_s_per_1000.is_empty() {
-        println!(
-            "  service CPU, relay runs   s per 1000 records: {}",
-            by(&c.relay_service_cpu_s_per_1000, 4)
-        );
-    }
+    let per_1000 = |label: &str, unit: &str, map: &BTreeMap<String, Vec<f64>>, digits: usize| {
+        if !map.is_empty() {
+            line(
+                label,
+                format!("{unit}per 1000 records: {}", by(map, digits)),
+            );
+        }
+    };
+    per_1000(
+        "worker DB round trips",
+        "",
+        &c.db_round_trips_per_1000_records,
+        1,
+    );
+    per_1000(
+        "service CPU, worker runs",
+        "s ",
+        &c.service_cpu_s_per_1000,
+        4,
+    );
+    per_1000(
+        "service CPU, relay runs",
+        "s ",
+        &c.relay_service_cpu_s_per_1000,
+        4,
+    );
 }
 
 #[cfg(test)]
