@@ -67,7 +67,8 @@ impl MongoDocuments {
         let batch_size = first_batch_size(keys.len(), spec.providers.len());
         let _turn = self.gate.turn().await;
         instruments::db_round_trips("mongo", 1);
-        // Raw documents: fields are read straight from the BSON bytes, with no tree built.
+        // Raw documents: fields are read straight from the BSON bytes of the cursor's batch,
+        // with no tree built and no document copied out of the reply.
         let mut cursor = self
             .db
             .collection::<RawDocumentBuf>(&spec.collection)
@@ -80,9 +81,9 @@ impl MongoDocuments {
         let mut documents = 0;
         let mut found = Vec::new();
         let counted = async {
-            while let Some(d) = cursor.try_next().await? {
+            while cursor.advance().await? {
                 documents += 1;
-                if let Some((key, doc)) = reader.read(spec, &d) {
+                if let Some((key, doc)) = reader.read(spec, cursor.current()) {
                     found.push((key.to_owned(), doc));
                 }
             }
