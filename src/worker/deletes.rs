@@ -55,16 +55,30 @@ pub struct DeferredDeletes {
     wake: Notify,
 }
 
+/// What [`DeferredDeletes::defer`] leaves to its caller.
+#[derive(Debug, PartialEq)]
+pub struct Deferral {
+    /// Receipts to delete now, oldest first: other batches' as well as the caller's.
+    pub now: Vec<String>,
+    /// How many of the caller's receipts wait for a later delete.
+    pub waiting: usize,
+}
+
 impl DeferredDeletes {
     /// Queues `receipts` for a later delete, while a flusher runs. Returns the receipts the
     /// caller must delete now: all of them when nothing is deferred; everything waiting when
     /// the oldest has waited the delay; else the whole sets of ten the queue now holds, so that
-    /// no call carries fewer entries than it could.
-    pub fn defer(&self, receipts: Vec<String>) -> Vec<String> {
+    /// no call carries fewer entries than it could. Receipts go oldest first, so those to
+    /// delete now may include other batches' and leave some of these waiting.
+    pub fn defer(&self, receipts: Vec<String>) -> Deferral {
         let mut pending = self.pending.lock().expect("deletes lock");
         let Some(delay) = pending.delay.filter(|_| !receipts.is_empty()) else {
-            return receipts;
+            return Deferral {
+                now: receipts,
+                waiting: 0,
+            };
         };
+        let (before, count) = (pending.receipts.len(), receipts.len());
         pending.receipts.extend(receipts);
         let due = pending.since.is_some_and(|since| since.elapsed() >= delay);
         let take = if due {
@@ -80,7 +94,10 @@ impl DeferredDeletes {
             pending.since = Some(Instant::now());
             self.wake.notify_one();
         }
-        now
+        Deferral {
+            waiting: count - take.saturating_sub(before).min(count),
+            now,
+        }
     }
 
     /// Receipts waiting now.
@@ -170,14 +187,14 @@ mod tests {
     #[tokio::test]
     async fn without_a_flusher_or_with_no_delay_every_receipt_is_deleted_at_once() {
         let idle = DeferredDeletes::default();
-        assert_eq!(idle.defer(receipts("a", 3)), receipts("a", 3));
+        assert_eq!(idle.defer(receipts("a", 3)).now, receipts("a", 3));
         let off = Arc::new(DeferredDeletes::default());
         let queue = MemoryQueue::new("in");
         let stop = CancellationToken::new();
         Arc::clone(&off)
             .flush_until(queue, retry(), Duration::ZERO, stop)
             .await;
-        assert_eq!(off.defer(receipts("b", 3)), receipts("b", 3));
+        assert_eq!(off.defer(receipts("b", 3)).now, receipts("b", 3));
         assert_eq!((idle.pending(), off.pending()), (0, 0));
     }
 
@@ -185,11 +202,14 @@ mod tests {
     fn whole_sets_of_ten_go_at_once_and_the_rest_waits() {
         let d = DeferredDeletes::default();
         d.pending.lock().unwrap().delay = Some(Duration::from_millis(200));
-        assert!(d.defer(receipts("a", 4)).is_empty());
-        assert!(d.defer(receipts("b", 4)).is_empty());
-        let now = d.defer(receipts("c", 5));
-        assert_eq!(now.len(), 10, "the first ten, oldest first");
-        assert_eq!(now[0], "a-0");
+        let a = d.defer(receipts("a", 4));
+        assert!(a.now.is_empty());
+        assert_eq!(a.waiting, 4);
+        assert!(d.defer(receipts("b", 4)).now.is_empty());
+        let c = d.defer(receipts("c", 5));
+        assert_eq!(c.now.len(), 10, "the first ten, oldest first");
+        assert_eq!(c.now[0], "a-0");
+        assert_eq!(c.waiting, 3, "two of c's five went with a's and b's");
         assert_eq!(d.pending(), 3);
     }
 
@@ -197,18 +217,22 @@ mod tests {
     async fn a_batch_after_the_delay_takes_every_waiting_receipt_into_its_own_delete() {
         let d = DeferredDeletes::default();
         d.pending.lock().unwrap().delay = Some(Duration::from_millis(200));
-        assert!(d.defer(receipts("a", 2)).is_empty());
+        assert!(d.defer(receipts("a", 2)).now.is_empty());
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(d.defer(receipts("b", 1)).is_empty(), "not due yet");
+        assert!(d.defer(receipts("b", 1)).now.is_empty(), "not due yet");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = d.defer(receipts("c", 1));
+        let c = d.defer(receipts("c", 1));
         assert_eq!(
-            now,
+            c.now,
             ["a-0", "a-1", "b-0", "c-0"],
             "due: all four, oldest first"
         );
+        assert_eq!(c.waiting, 0);
         assert_eq!(d.pending(), 0);
-        assert!(d.defer(receipts("d", 1)).is_empty(), "a new wait starts");
+        assert!(
+            d.defer(receipts("d", 1)).now.is_empty(),
+            "a new wait starts"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -230,9 +254,9 @@ mod tests {
         ));
         tokio::task::yield_now().await;
 
-        assert!(d.defer(handles[..2].to_vec()).is_empty());
+        assert!(d.defer(handles[..2].to_vec()).now.is_empty());
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(d.defer(handles[2..3].to_vec()).is_empty());
+        assert!(d.defer(handles[2..3].to_vec()).now.is_empty());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             queue.calls(Op::Delete),
@@ -244,12 +268,12 @@ mod tests {
         assert_eq!(queue.deleted().len(), 3);
         assert_eq!(d.pending(), 0);
 
-        assert!(d.defer(handles[3..].to_vec()).is_empty());
+        assert!(d.defer(handles[3..].to_vec()).now.is_empty());
         stop.cancel();
         flusher.await.unwrap();
         assert_eq!(queue.deleted().len(), 4, "the stop flushes what waits");
         assert_eq!(
-            d.defer(vec!["late".into()]),
+            d.defer(vec!["late".into()]).now,
             vec!["late".to_owned()],
             "after the stop the caller deletes"
         );

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::aggregates;
 use super::dead_letter::dead_letter_copy;
+use super::deletes::Deferral;
 use super::groups::{held_in_group_order, GroupOrder, Held};
 use super::service::Worker;
 use crate::batch::{prepare, BatchCoverage, PreparedBatch, Slot};
@@ -863,7 +864,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
     }
 
     /// Deletes the inputs whose answers were accepted, or leaves their deletes to go with
-    /// other batches' ([`super::deletes`]); returns whether all were deleted or deferred.
+    /// other batches' ([`super::deletes`]); returns whether every delete it made succeeded.
     async fn delete_answered(
         &self,
         to_send: &[(Message, Answer)],
@@ -880,20 +881,22 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
                 .clone()
                 .all(|m| matches!(PayloadPointer::of(m), Ok(None)));
         let receipts: Vec<String> = messages.map(|m| m.receipt_handle.clone()).collect();
-        let count = receipts.len();
-        let now = if deferrable {
+        // Deleting now may take other batches' waiting receipts along, and leave some of these.
+        let Deferral { now, waiting } = if deferrable {
             self.state.deletes.defer(receipts)
         } else {
-            receipts
+            Deferral {
+                now: receipts,
+                waiting: 0,
+            }
         };
-        let deferred = count - now.len();
         let refs: Vec<&str> = now.iter().map(String::as_str).collect();
         let deleted = delete_all(&self.input, &refs, &self.config.retry()).await;
         report.deleted += deleted;
-        report.deferred += deferred;
+        report.deferred += waiting;
         report.left += now.len() - deleted;
         report.timing_ms.insert("delete".into(), ms(t));
-        deleted + deferred == count
+        deleted == now.len()
     }
 
     /// Upserts the prediction aggregates of the accepted answers, when configured.
