@@ -15,6 +15,7 @@ pub mod enricher;
 pub mod memory;
 pub mod mongo;
 pub mod postgres;
+pub mod raw_bson;
 pub mod source;
 
 pub use enricher::Enricher;

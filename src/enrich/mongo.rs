@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mongodb::bson::doc;
-use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf, RawElement};
+use mongodb::bson::raw::{RawDocument, RawDocumentBuf};
+use mongodb::bson::spec::ElementType;
 use mongodb::Database;
 use smallvec::SmallVec;
 
+use super::raw_bson::{Element, Elements, Value};
 use super::source::{
     within, DocumentSource, FieldValue, LookupGate, LookupLimits, ProviderDoc, SourceError,
 };
@@ -195,11 +197,12 @@ impl FieldReader {
         values.resize(self.paths.len(), None);
         let all: SmallVec<[usize; 8]> = (0..self.paths.len()).collect();
         let mut top = TopLevel {
-            spec,
+            key_field: spec.key_field.as_bytes(),
+            provider_field: spec.provider_field.as_bytes(),
             key: None,
             provider: None,
         };
-        self.visit(doc, 0, &all, &mut values, &mut top);
+        self.visit(Elements::of(doc.as_bytes()), 0, &all, &mut values, &mut top);
         let (key, provider) = (top.key?, top.provider?);
         let fields = self
             .paths
@@ -216,41 +219,35 @@ impl FieldReader {
         ))
     }
 
-    /// Fills `values` for the `candidates` paths whose first `depth` segments led to `doc`.
-    /// The first occurrence of a key wins, as with `RawDocument::get`.
+    /// Fills `values` for the `candidates` paths whose first `depth` segments led to the
+    /// document of `elements`. The first occurrence of a name wins, as with `RawDocument::get`.
     fn visit<'d>(
         &self,
-        doc: &'d RawDocument,
+        elements: Elements<'d>,
         depth: usize,
         candidates: &[usize],
         values: &mut [Option<FieldValue>],
         top: &mut TopLevel<'_, 'd>,
     ) {
-        for element in doc.iter_elements() {
-            let Ok(element) = element else {
-                return;
-            };
-            let name = element.key();
+        for element in elements {
+            let name = element.name;
             if depth == 0 {
-                top.read(name, &element);
+                top.read(&element);
             }
             let mut deeper: SmallVec<[usize; 8]> = SmallVec::new();
             for &p in candidates {
                 let segments = &self.segments[p];
-                if segments[depth] != name {
+                if segments[depth].as_bytes() != name {
                     continue;
                 }
                 if segments.len() > depth + 1 {
                     deeper.push(p);
                 } else if values[p].is_none() {
-                    values[p] = Some(match element.value() {
-                        Ok(v) => field_value(v),
-                        Err(e) => FieldValue::NotANumber(format!("unreadable BSON ({e})")),
-                    });
+                    values[p] = Some(field_value(element.value()));
                 }
             }
             if !deeper.is_empty() {
-                if let Ok(RawBsonRef::Document(inner)) = element.value() {
+                if let Value::Document(inner) = element.value() {
                     self.visit(inner, depth + 1, &deeper, values, top);
                 }
             }
@@ -260,38 +257,48 @@ impl FieldReader {
 
 /// The document's key and provider, read during the same pass as the fields (first wins).
 struct TopLevel<'s, 'd> {
-    spec: &'s DocumentSpec,
+    key_field: &'s [u8],
+    provider_field: &'s [u8],
     key: Option<&'d str>,
     provider: Option<&'d str>,
 }
 
 impl<'d> TopLevel<'_, 'd> {
-    fn read(&mut self, name: &str, element: &RawElement<'d>) {
-        let text = || element.value().ok().and_then(RawBsonRef::as_str);
-        if name == self.spec.key_field && self.key.is_none() {
-            self.key = text();
-        } else if name == self.spec.provider_field && self.provider.is_none() {
-            self.provider = text();
+    fn read(&mut self, element: &Element<'d>) {
+        if element.name == self.key_field && self.key.is_none() {
+            self.key = element.text();
+        } else if element.name == self.provider_field && self.provider.is_none() {
+            self.provider = element.text();
         }
     }
 }
 
 /// A BSON value as a number, or a description of what it is instead.
-fn field_value(value: RawBsonRef<'_>) -> FieldValue {
+fn field_value(value: Value<'_>) -> FieldValue {
     match value {
-        RawBsonRef::Double(v) if v.is_finite() => FieldValue::Number(v),
-        RawBsonRef::Int32(v) => FieldValue::Number(f64::from(v)),
-        RawBsonRef::Int64(v) => FieldValue::Number(v as f64),
-        RawBsonRef::Null => FieldValue::NotANumber("null".into()),
-        RawBsonRef::String(s) => {
-            FieldValue::NotANumber(format!("the text {:?}", crate::text::truncate_chars(s, 32)))
-        }
-        other => FieldValue::NotANumber(format!("a {:?} value", other.element_type())),
+        Value::Double(v) if v.is_finite() => FieldValue::Number(v),
+        Value::Int32(v) => FieldValue::Number(f64::from(v)),
+        Value::Int64(v) => FieldValue::Number(v as f64),
+        Value::Null => FieldValue::NotANumber("null".into()),
+        Value::String(s) => FieldValue::NotANumber(format!(
+            "the text {:?}",
+            crate::text::truncate_chars(&String::from_utf8_lossy(s), 32)
+        )),
+        Value::Double(_) => a_value_of(ElementType::Double),
+        Value::Document(_) => a_value_of(ElementType::EmbeddedDocument),
+        Value::Other(Some(kind)) => a_value_of(kind),
+        Value::Other(None) => FieldValue::NotANumber("unreadable BSON".into()),
     }
+}
+
+fn a_value_of(kind: ElementType) -> FieldValue {
+    FieldValue::NotANumber(format!("a {kind:?} value"))
 }
 
 #[cfg(test)]
 mod tests {
+    use mongodb::bson::{Bson, Document, RawBsonRef};
+
     use super::*;
 
     /// The value at one dotted path, looked up element by element: the reference that
@@ -302,7 +309,79 @@ mod tests {
         for part in parts {
             current = current.as_document()?.get(part).ok()??;
         }
-        Some(field_value(current))
+        Some(match current {
+            RawBsonRef::Double(v) if v.is_finite() => FieldValue::Number(v),
+            RawBsonRef::Int32(v) => FieldValue::Number(f64::from(v)),
+            RawBsonRef::Int64(v) => FieldValue::Number(v as f64),
+            RawBsonRef::Null => FieldValue::NotANumber("null".into()),
+            RawBsonRef::String(s) => {
+                FieldValue::NotANumber(format!("the text {:?}", crate::text::truncate_chars(s, 32)))
+            }
+            other => FieldValue::NotANumber(format!("a {:?} value", other.element_type())),
+        })
+    }
+
+    /// A random value for a field: mostly numbers, and every kind a reader must describe.
+    fn random_value(rng: &mut impl rand::Rng, depth: usize) -> Bson {
+        match rng.random_range(0..if depth < 2 { 9 } else { 8 }) {
+            0 | 1 => Bson::Double(rng.random_range(-1e3..1e3)),
+            2 => Bson::Int32(rng.random()),
+            3 => Bson::Int64(rng.random()),
+            4 => Bson::Null,
+            5 => Bson::String("é".repeat(rng.random_range(0..40))),
+            6 => Bson::Double([f64::NAN, f64::INFINITY][rng.random_range(0..2)]),
+            7 => Bson::Array(vec![Bson::Int32(1)]),
+            _ => Bson::Document(random_document(rng, depth + 1)),
+        }
+    }
+
+    const NAMES: [&str; 5] = ["scan", "kurtosis", "entropy", "k", "scan2"];
+
+    fn random_document(rng: &mut impl rand::Rng, depth: usize) -> Document {
+        let mut d = Document::new();
+        for _ in 0..rng.random_range(0..6) {
+            let name = NAMES[rng.random_range(0..NAMES.len())];
+            d.insert(name, random_value(rng, depth));
+        }
+        d
+    }
+
+    #[test]
+    fn the_single_pass_reads_what_bson_reads_path_by_path_in_random_documents() {
+        use rand::SeedableRng;
+        let spec = crate::spec::PipelineSpec::banknote().documents.unwrap();
+        let paths: Vec<String> = NAMES
+            .iter()
+            .flat_map(|a| {
+                std::iter::once(a.to_string())
+                    .chain(NAMES.iter().map(move |b| format!("{a}.{b}")))
+                    .chain(NAMES.iter().map(move |b| format!("{a}.{b}.k")))
+            })
+            .collect();
+        let reader = FieldReader::new(&paths);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+        let (mut numbers, mut described) = (0, 0);
+        for i in 0..2_000 {
+            let mut d = random_document(&mut rng, 0);
+            d.insert("note_id", format!("SN-{i}"));
+            d.insert("provider", "aurum");
+            let raw = RawDocumentBuf::from_document(&d).unwrap();
+            let (key, read) = reader.read(&spec, &raw).unwrap();
+            assert_eq!(key, format!("SN-{i}"));
+            for p in &paths {
+                assert_eq!(read.field(p), field_at(&raw, p).as_ref(), "{p} in {d}");
+            }
+            for (_, value) in &read.fields {
+                match value {
+                    FieldValue::Number(_) => numbers += 1,
+                    FieldValue::NotANumber(_) => described += 1,
+                }
+            }
+        }
+        assert!(
+            numbers > 2_000 && described > 2_000,
+            "the documents reach many paths: {numbers} numbers, {described} other values"
+        );
     }
 
     #[test]
