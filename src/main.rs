@@ -5,14 +5,14 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // At most two malloc arenas instead of eight per core, and blocks of 64 KiB and more (message
-    // bodies, batch buffers) mapped and returned to the system when freed: the worker's peak RSS
-    // under a burst is a few MiB lower, at no measurable cost (BENCHMARKS.md).
+    // At most two malloc arenas instead of eight per core: the worker's peak RSS under a burst is
+    // a few MiB lower. The mmap threshold keeps glibc's own, which rises to the largest block
+    // freed: a fixed 64 KiB made every message body and batch buffer a mmap, page faults and a
+    // munmap, a tenth of the worker's CPU under a burst for 1.6 MiB less RSS (BENCHMARKS.md).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before this code allocates much.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
     }
     let cli = ml_pipeline::cli::Cli::parse();
     ml_pipeline::telemetry::init();
