@@ -373,7 +373,7 @@ fn provider_coverage(
                     .iter()
                     .map(|p| {
                         found
-                            .and_then(|d| d.iter().find(|d| &d.provider == p))
+                            .and_then(|d| d.iter().find(|d| *d.provider == **p))
                             .is_some_and(|d| provider_can_enrich(spec, d))
                     })
                     .collect(),

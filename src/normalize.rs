@@ -287,11 +287,11 @@ fn document_value(
     doc: &ProviderDoc,
     key: &str,
 ) -> Result<f64, RecordError> {
-    let Some(field) = providers.get(&doc.provider) else {
+    let Some(field) = providers.get(&*doc.provider) else {
         return Err(RecordError::new(
             Stage::EnrichMongo,
             RecordErrorKind::NoFieldForFeature {
-                provider: doc.provider.clone(),
+                provider: doc.provider.to_string(),
             },
             format!(
                 "provider {} has no field for {feature} (note '{key}')",
@@ -305,7 +305,7 @@ fn document_value(
             return Err(RecordError::new(
                 Stage::EnrichMongo,
                 RecordErrorKind::FieldNotANumber {
-                    provider: doc.provider.clone(),
+                    provider: doc.provider.to_string(),
                 },
                 format!(
                     "provider {} field {} of note '{key}' holds {what}, not a finite number",
@@ -317,7 +317,7 @@ fn document_value(
             return Err(RecordError::new(
                 Stage::EnrichMongo,
                 RecordErrorKind::MissingField {
-                    provider: doc.provider.clone(),
+                    provider: doc.provider.to_string(),
                 },
                 format!(
                     "provider {} document for note '{key}' has no field {}",
@@ -345,7 +345,7 @@ pub fn provider_value(
     let Road::Document { providers, .. } = &feature.road else {
         return None;
     };
-    let field = providers.get(&doc.provider)?;
+    let field = providers.get(&*doc.provider)?;
     match doc.field(&field.path) {
         Some(FieldValue::Number(v)) => Some(v * spec.units.get(&field.unit)?),
         _ => None,
@@ -417,7 +417,7 @@ fn preferred_doc<'e>(
         .unwrap_or_default();
     providers
         .iter()
-        .find_map(|p| docs.iter().find(|d| &d.provider == p))
+        .find_map(|p| docs.iter().find(|d| *d.provider == **p))
         .ok_or_else(|| {
             RecordError::new(
                 Stage::EnrichMongo,
@@ -472,14 +472,14 @@ mod tests {
                 vec![
                     ProviderDoc {
                         provider: "lumen".into(),
-                        fields: vec![
+                        fields: smallvec::smallvec![
                             ("wavelet.curt_centi".into(), FieldValue::Number(-280.73)),
                             ("wavelet.ent_milli".into(), FieldValue::Number(-446.99)),
                         ],
                     },
                     ProviderDoc {
                         provider: "aurum".into(),
-                        fields: vec![
+                        fields: smallvec::smallvec![
                             ("scan.kurtosis".into(), FieldValue::Number(-2.8073)),
                             ("scan.entropy".into(), FieldValue::Number(-0.44699)),
                         ],
@@ -490,7 +490,10 @@ mod tests {
                 "SN-2".to_owned(),
                 vec![ProviderDoc {
                     provider: "lumen".into(),
-                    fields: vec![("wavelet.ent_milli".into(), FieldValue::Number(-446.99))],
+                    fields: smallvec::smallvec![(
+                        "wavelet.ent_milli".into(),
+                        FieldValue::Number(-446.99)
+                    )],
                 }],
             ),
         ]);

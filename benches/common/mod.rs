@@ -285,11 +285,11 @@ impl DocumentSource for InMemoryDocuments {
     ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
         // The real source receives the documents as BSON bytes and reads them with
         // `FieldReader`; here the same reading is all that is left.
-        let reader = FieldReader::new(paths);
+        let reader = FieldReader::new(spec, paths);
         let mut found: HashMap<String, Vec<ProviderDoc>> = HashMap::with_capacity(keys.len());
         for key in keys {
             for raw in self.by_key.get(key).into_iter().flatten() {
-                if let Some((key, doc)) = reader.read(spec, raw) {
+                if let Some((key, doc)) = reader.read(raw) {
                     found.entry(key.to_owned()).or_default().push(doc);
                 }
             }

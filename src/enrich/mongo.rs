@@ -85,7 +85,7 @@ impl MongoDocuments {
         let counted = async {
             while cursor.advance().await? {
                 documents += 1;
-                if let Some((key, doc)) = reader.read(spec, cursor.current()) {
+                if let Some((key, doc)) = reader.read(cursor.current()) {
                     found.push((key.to_owned(), doc));
                 }
             }
@@ -109,7 +109,7 @@ impl DocumentSource for MongoDocuments {
         if keys.is_empty() {
             return Ok(found);
         }
-        let reader = FieldReader::new(paths);
+        let reader = FieldReader::new(spec, paths);
         within("mongo", self.limits.timeout, async move {
             // A key is in one chunk only, so its documents keep the order its find read them in.
             // The finds are made before they are streamed: a closure in the stream would not
@@ -172,33 +172,41 @@ pub struct FieldReader {
     paths: Vec<Arc<str>>,
     /// Each path split at its dots.
     segments: Vec<Vec<String>>,
+    /// The spec's key and provider fields.
+    key_field: String,
+    provider_field: String,
+    /// The spec's providers, shared by every document read.
+    providers: Vec<Arc<str>>,
 }
 
 impl FieldReader {
-    /// A reader of these dotted paths.
-    pub fn new(paths: &[String]) -> Self {
+    /// A reader of these dotted paths in the documents `spec` describes.
+    pub fn new(spec: &DocumentSpec, paths: &[String]) -> Self {
         Self {
             paths: paths.iter().map(|p| Arc::from(p.as_str())).collect(),
             segments: paths
                 .iter()
                 .map(|p| p.split('.').map(str::to_owned).collect())
                 .collect(),
+            key_field: spec.key_field.clone(),
+            provider_field: spec.provider_field.clone(),
+            providers: spec
+                .providers
+                .iter()
+                .map(|p| Arc::from(p.as_str()))
+                .collect(),
         }
     }
 
     /// A provider document's key and the requested fields, or None when it has no key or
     /// provider (such a document cannot answer any request).
-    pub fn read<'d>(
-        &self,
-        spec: &DocumentSpec,
-        doc: &'d RawDocument,
-    ) -> Option<(&'d str, ProviderDoc)> {
+    pub fn read<'d>(&self, doc: &'d RawDocument) -> Option<(&'d str, ProviderDoc)> {
         let mut values: SmallVec<[Option<FieldValue>; 8]> = SmallVec::new();
         values.resize(self.paths.len(), None);
         let all: SmallVec<[usize; 8]> = (0..self.paths.len()).collect();
         let mut top = TopLevel {
-            key_field: spec.key_field.as_bytes(),
-            provider_field: spec.provider_field.as_bytes(),
+            key_field: self.key_field.as_bytes(),
+            provider_field: self.provider_field.as_bytes(),
             key: None,
             provider: None,
         };
@@ -210,13 +218,12 @@ impl FieldReader {
             .zip(values)
             .filter_map(|(p, v)| v.map(|v| (Arc::clone(p), v)))
             .collect();
-        Some((
-            key,
-            ProviderDoc {
-                provider: provider.to_owned(),
-                fields,
-            },
-        ))
+        let provider = match self.providers.iter().find(|p| ***p == *provider) {
+            Some(known) => Arc::clone(known),
+            // The query asks for the spec's providers only; any other is read all the same.
+            None => Arc::from(provider),
+        };
+        Some((key, ProviderDoc { provider, fields }))
     }
 
     /// Fills `values` for the `candidates` paths whose first `depth` segments led to the
@@ -358,7 +365,7 @@ mod tests {
                     .chain(NAMES.iter().map(move |b| format!("{a}.{b}.k")))
             })
             .collect();
-        let reader = FieldReader::new(&paths);
+        let reader = FieldReader::new(&spec, &paths);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
         let (mut numbers, mut described) = (0, 0);
         for i in 0..2_000 {
@@ -366,7 +373,7 @@ mod tests {
             d.insert("note_id", format!("SN-{i}"));
             d.insert("provider", "aurum");
             let raw = RawDocumentBuf::from_document(&d).unwrap();
-            let (key, read) = reader.read(&spec, &raw).unwrap();
+            let (key, read) = reader.read(&raw).unwrap();
             assert_eq!(key, format!("SN-{i}"));
             for p in &paths {
                 assert_eq!(read.field(p), field_at(&raw, p).as_ref(), "{p} in {d}");
@@ -440,13 +447,13 @@ mod tests {
         let mut with_key = d.clone();
         with_key.append("note_id", "SN-1");
         with_key.append("provider", "aurum");
-        let (key, read) = FieldReader::new(&paths).read(&spec, &with_key).unwrap();
-        assert_eq!((key, read.provider.as_str()), ("SN-1", "aurum"));
+        let (key, read) = FieldReader::new(&spec, &paths).read(&with_key).unwrap();
+        assert_eq!((key, &*read.provider), ("SN-1", "aurum"));
         for p in &paths {
             assert_eq!(read.field(p), field_at(&d, p).as_ref(), "{p}");
         }
         assert!(
-            FieldReader::new(&paths).read(&spec, &d).is_none(),
+            FieldReader::new(&spec, &paths).read(&d).is_none(),
             "no key, no document"
         );
         assert_eq!(field_at(&d, "scan.kurtosis.deeper"), None);

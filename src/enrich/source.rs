@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::spec::{DocumentSpec, LookupSpec};
 
 /// A value found in a provider document field.
@@ -17,13 +19,17 @@ pub enum FieldValue {
 }
 
 /// One provider's document for one key, reduced to the fields the spec reads.
+///
+/// Read once per document of every batch, so it holds no allocation of its own in the usual
+/// case: the provider's name and the paths are shared text, and up to two fields (what one
+/// provider's document gives the banknote spec) are held inline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderDoc {
     /// The provider's name.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// Dotted path -> value, for the requested paths present in the document (the path text
     /// is shared by every document of a batch).
-    pub fields: Vec<(Arc<str>, FieldValue)>,
+    pub fields: SmallVec<[(Arc<str>, FieldValue); 2]>,
 }
 
 impl ProviderDoc {

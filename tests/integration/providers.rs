@@ -122,7 +122,7 @@ impl Env {
         found
             .into_iter()
             .filter_map(|(key, docs)| {
-                let aurum = docs.into_iter().find(|d| d.provider == "aurum")?;
+                let aurum = docs.into_iter().find(|d| &*d.provider == "aurum")?;
                 match aurum.field("scan.kurtosis")? {
                     FieldValue::Number(v) => Some((key, *v)),
                     FieldValue::NotANumber(_) => None,

@@ -295,8 +295,12 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         assert_eq!(in_chunks[note].len(), ds.len(), "{note}");
     }
     let first = &set.notes[0];
-    let aurum = docs[&first.note_id].iter().find(|d| d.provider == "aurum");
-    let lumen = docs[&first.note_id].iter().find(|d| d.provider == "lumen");
+    let aurum = docs[&first.note_id]
+        .iter()
+        .find(|d| &*d.provider == "aurum");
+    let lumen = docs[&first.note_id]
+        .iter()
+        .find(|d| &*d.provider == "lumen");
     match (aurum, lumen) {
         (Some(a), _) => assert_eq!(
             a.field("scan.kurtosis"),

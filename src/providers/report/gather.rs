@@ -278,7 +278,7 @@ async fn scan_documents(
         .batch_size(10_000)
         .await
         .map_err(mongo("the current provider documents"))?;
-    let reader = FieldReader::new(&paths);
+    let reader = FieldReader::new(docs, &paths);
     // The documents of the note being read: (provider index, document).
     let mut note = String::new();
     let mut group: Vec<(usize, ProviderDoc)> = Vec::with_capacity(docs.providers.len());
@@ -287,10 +287,10 @@ async fn scan_documents(
         .await
         .map_err(mongo("the current provider documents"))?
     {
-        let Some((key, doc)) = reader.read(docs, &raw) else {
+        let Some((key, doc)) = reader.read(&raw) else {
             continue;
         };
-        let Some(provider) = docs.providers.iter().position(|p| *p == doc.provider) else {
+        let Some(provider) = docs.providers.iter().position(|p| **p == *doc.provider) else {
             continue;
         };
         let delivery = raw.get_str("_delivery").ok().map(str::to_owned);
@@ -404,7 +404,7 @@ async fn training_coverage(
                 .into_iter()
                 .flatten()
                 .filter(|d| provider_can_enrich(spec, d))
-                .map(|d| d.provider.as_str())
+                .map(|d| &*d.provider)
                 .collect();
             if can.is_empty() {
                 shares.none += 1;
