@@ -16,7 +16,7 @@ use crate::bundle::decode::DecodeError;
 use crate::bundle::message::InputBundle;
 use crate::bundle::validate::{validate, Validated};
 use crate::enrich::{DocumentSource, Enricher, Enrichment, ReferenceSource};
-use crate::normalize::{provider_can_enrich, Normalizer};
+use crate::normalize::Normalizer;
 use crate::record::{RecordError, RecordErrorKind};
 use crate::spec::PipelineSpec;
 use crate::standardize::{RecordIndex, StandardBatch};
@@ -225,7 +225,7 @@ struct Assembly<'a, 'e> {
 
 impl<'a, 'e> Assembly<'a, 'e> {
     fn new(
-        spec: &PipelineSpec,
+        spec: &'e PipelineSpec,
         standard: &'a StandardBatch<'a>,
         enrichment: &'e Enrichment,
         bundles: &[InputBundle],
@@ -244,13 +244,12 @@ impl<'a, 'e> Assembly<'a, 'e> {
             .documents
             .as_ref()
             .map(|t| {
-                t.keys()
-                    .iter()
-                    .map(|k| enrichment.documents.contains_key(k))
+                (0..t.keys().len() as u32)
+                    .map(|k| !normalizer.found(k).is_empty())
                     .collect()
             })
             .unwrap_or_default();
-        let provider_found = provider_coverage(spec, standard, enrichment);
+        let provider_found = provider_coverage(spec, standard, enrichment, &normalizer);
         let n_features = spec.features.len();
         let total: usize = bundles.iter().map(InputBundle::len).sum();
         Self {
@@ -354,6 +353,7 @@ fn provider_coverage(
     spec: &PipelineSpec,
     standard: &StandardBatch<'_>,
     enrichment: &Enrichment,
+    normalizer: &Normalizer<'_>,
 ) -> Vec<Option<Vec<bool>>> {
     let (Some(docs), Some(table)) = (&spec.documents, &standard.documents) else {
         return Vec::new();
@@ -361,20 +361,22 @@ fn provider_coverage(
     table
         .keys()
         .iter()
-        .map(|key| {
+        .zip(0..)
+        .map(|(key, id)| {
             if enrichment.unavailable.documents.contains(key.as_str())
                 || enrichment.refused.documents.contains_key(key.as_str())
             {
                 return None;
             }
-            let found = enrichment.documents.get(key.as_str());
+            let found = normalizer.found(id);
             Some(
                 docs.providers
                     .iter()
                     .map(|p| {
                         found
-                            .and_then(|d| d.iter().find(|d| *d.provider == **p))
-                            .is_some_and(|d| provider_can_enrich(spec, d))
+                            .iter()
+                            .find(|d| *d.provider == **p)
+                            .is_some_and(|d| normalizer.can_enrich(d))
                     })
                     .collect(),
             )

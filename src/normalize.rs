@@ -18,8 +18,13 @@ use crate::text::visible;
 pub struct Normalizer<'e> {
     /// Per lookup, per key id: the looked-up value, or why the key is unknown.
     lookups: Vec<Vec<Result<&'e str, RecordError>>>,
+    /// Per document key id: every provider's document MongoDB answered with (none for a key it
+    /// has no document for, was down for or refused).
+    found: Vec<&'e [ProviderDoc]>,
     /// Per document key id: the preferred provider's document, or why there is none.
     documents: Vec<Result<&'e ProviderDoc, RecordError>>,
+    /// How each document feature reads each provider's document.
+    reads: DocumentReads<'e>,
     /// Per feature, how its canonical value is made.
     features: Vec<FeaturePlan>,
     /// The lookups whose values are reported in the output, in spec order.
@@ -49,7 +54,11 @@ enum FeaturePlan {
 
 impl<'e> Normalizer<'e> {
     /// Resolves every distinct key of `batch` against what enrichment found.
-    pub fn new(spec: &PipelineSpec, batch: &StandardBatch<'_>, enrichment: &'e Enrichment) -> Self {
+    pub fn new(
+        spec: &'e PipelineSpec,
+        batch: &StandardBatch<'_>,
+        enrichment: &'e Enrichment,
+    ) -> Self {
         let lookups: Vec<Vec<Result<&'e str, RecordError>>> = spec
             .lookups
             .iter()
@@ -100,17 +109,42 @@ impl<'e> Normalizer<'e> {
             .as_ref()
             .map(|t| t.keys())
             .unwrap_or_default();
+        let found: Vec<&'e [ProviderDoc]> = doc_keys
+            .iter()
+            .map(|key| {
+                enrichment
+                    .documents
+                    .get(key)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+            })
+            .collect();
         let documents: Vec<Result<&'e ProviderDoc, RecordError>> = match &spec.documents {
             Some(docs) => doc_keys
                 .iter()
-                .map(|key| preferred_doc(&docs.providers, key, enrichment))
+                .zip(&found)
+                .map(|(key, docs_of_key)| {
+                    preferred_doc(&docs.providers, key, docs_of_key, enrichment)
+                })
                 .collect(),
             None => Vec::new(),
         };
+        let reads = DocumentReads::new(spec);
         let features = spec
             .features
             .iter()
-            .map(|feature| plan_feature(spec, batch, feature, &lookups, &documents, doc_keys))
+            .enumerate()
+            .map(|(i, feature)| {
+                plan_feature(
+                    spec,
+                    batch,
+                    (i, feature),
+                    &reads,
+                    &lookups,
+                    &documents,
+                    doc_keys,
+                )
+            })
             .collect();
         let reported = spec
             .lookups
@@ -121,7 +155,9 @@ impl<'e> Normalizer<'e> {
             .collect();
         Self {
             lookups,
+            found,
             documents,
+            reads,
             features,
             reported,
             names: spec.features.iter().map(|f| f.name.clone()).collect(),
@@ -188,6 +224,18 @@ impl<'e> Normalizer<'e> {
         self.lookups[lookup][key as usize].as_ref().ok().copied()
     }
 
+    /// The documents MongoDB answered with for document key id `key` (none when it was down
+    /// or refused the key).
+    pub fn found(&self, key: u32) -> &'e [ProviderDoc] {
+        self.found[key as usize]
+    }
+
+    /// Whether `doc` alone gives every document feature a value: [`provider_can_enrich`],
+    /// with the spec's reads resolved once per batch.
+    pub fn can_enrich(&self, doc: &ProviderDoc) -> bool {
+        self.reads.can_enrich(doc)
+    }
+
     /// Whether every lookup of the record found its key.
     pub fn all_lookups_found(&self, rec: &StandardRecord<'_>) -> bool {
         self.lookups
@@ -201,7 +249,8 @@ impl<'e> Normalizer<'e> {
 fn plan_feature(
     spec: &PipelineSpec,
     batch: &StandardBatch<'_>,
-    feature: &crate::spec::FeatureSpec,
+    (index, feature): (usize, &crate::spec::FeatureSpec),
+    reads: &DocumentReads<'_>,
     lookups: &[Vec<Result<&str, RecordError>>],
     documents: &[Result<&ProviderDoc, RecordError>],
     doc_keys: &[String],
@@ -272,7 +321,11 @@ fn plan_feature(
                 .zip(doc_keys)
                 .map(|(doc, key)| {
                     let doc = doc.as_ref().map_err(Clone::clone)?;
-                    document_value(spec, &feature.name, providers, doc, key)
+                    // The resolved read, and the slow road only to word what is missing.
+                    match reads.value(index, doc) {
+                        Some(v) => Ok(v),
+                        None => document_value(spec, &feature.name, providers, doc, key),
+                    }
                 })
                 .collect(),
         ),
@@ -342,13 +395,87 @@ pub fn provider_value(
     feature: &FeatureSpec,
     doc: &ProviderDoc,
 ) -> Option<f64> {
-    let Road::Document { providers, .. } = &feature.road else {
-        return None;
-    };
-    let field = providers.get(&*doc.provider)?;
-    match doc.field(&field.path) {
-        Some(FieldValue::Number(v)) => Some(v * spec.units.get(&field.unit)?),
-        _ => None,
+    DocumentRead::of(spec, feature, &doc.provider)?.value(doc)
+}
+
+/// How one document feature reads one provider's documents: the field's path and the factor
+/// of its unit.
+#[derive(Debug, Clone, Copy)]
+struct DocumentRead<'s> {
+    path: &'s str,
+    factor: f64,
+}
+
+impl<'s> DocumentRead<'s> {
+    /// None when the feature is not read from documents, the provider has no field for it,
+    /// or the field's unit is unknown.
+    fn of(spec: &'s PipelineSpec, feature: &'s FeatureSpec, provider: &str) -> Option<Self> {
+        let Road::Document { providers, .. } = &feature.road else {
+            return None;
+        };
+        let field = providers.get(provider)?;
+        Some(Self {
+            path: &field.path,
+            factor: *spec.units.get(&field.unit)?,
+        })
+    }
+
+    /// The field's canonical value in `doc`, when it is a finite number there.
+    fn value(&self, doc: &ProviderDoc) -> Option<f64> {
+        match doc.field(self.path) {
+            Some(FieldValue::Number(v)) => Some(v * self.factor),
+            _ => None,
+        }
+    }
+}
+
+/// Every [`DocumentRead`] of a spec, resolved once per batch instead of once per document
+/// and feature (each a search of the spec's maps by provider and unit name).
+#[derive(Debug)]
+struct DocumentReads<'s> {
+    /// The spec's providers, in its order of preference.
+    providers: &'s [String],
+    /// Per feature of the spec, per provider: its read (None for features not read from
+    /// documents).
+    reads: Vec<Option<DocumentRead<'s>>>,
+    /// The features read from documents.
+    document_features: Vec<usize>,
+}
+
+impl<'s> DocumentReads<'s> {
+    fn new(spec: &'s PipelineSpec) -> Self {
+        let providers = spec
+            .documents
+            .as_ref()
+            .map_or(&[][..], |d| d.providers.as_slice());
+        Self {
+            providers,
+            reads: spec
+                .features
+                .iter()
+                .flat_map(|f| providers.iter().map(move |p| DocumentRead::of(spec, f, p)))
+                .collect(),
+            document_features: spec
+                .features
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| matches!(f.road, Road::Document { .. }))
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// Feature `feature`'s canonical value in `doc` ([`provider_value`]).
+    fn value(&self, feature: usize, doc: &ProviderDoc) -> Option<f64> {
+        let p = self.providers.iter().position(|p| **p == *doc.provider)?;
+        self.reads[feature * self.providers.len() + p]?.value(doc)
+    }
+
+    /// [`provider_can_enrich`].
+    fn can_enrich(&self, doc: &ProviderDoc) -> bool {
+        self.document_features
+            .iter()
+            .all(|&f| self.value(f, doc).is_some())
     }
 }
 
@@ -402,7 +529,8 @@ fn unavailable(stage: Stage, what: &str, key: &str, enrichment: &Enrichment) -> 
 fn preferred_doc<'e>(
     providers: &[String],
     key: &str,
-    enrichment: &'e Enrichment,
+    docs: &'e [ProviderDoc],
+    enrichment: &Enrichment,
 ) -> Result<&'e ProviderDoc, RecordError> {
     if enrichment.unavailable.documents.contains(key) {
         return Err(unavailable(Stage::EnrichMongo, "note", key, enrichment));
@@ -410,11 +538,6 @@ fn preferred_doc<'e>(
     if let Some(answer) = enrichment.refused.documents.get(key) {
         return Err(refused(Stage::EnrichMongo, "note", key, answer));
     }
-    let docs = enrichment
-        .documents
-        .get(key)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
     providers
         .iter()
         .find_map(|p| docs.iter().find(|d| *d.provider == **p))
