@@ -139,7 +139,8 @@ pub async fn prepare<R: ReferenceSource, D: DocumentSource>(
     enricher: &Enricher<R, D>,
 ) -> PreparedBatch {
     let started = Instant::now();
-    let mut standard = StandardBatch::new(spec);
+    let records = bundles.iter().map(InputBundle::len).sum();
+    let mut standard = StandardBatch::with_capacity(spec, records);
     let staged: Vec<Result<Staged, DecodeError>> = bundles
         .iter()
         .map(|b| stage_bundle(spec, b, &mut standard))

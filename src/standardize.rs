@@ -55,6 +55,15 @@ impl<'b> KeyTable<'b> {
         }
     }
 
+    /// Room for `keys` distinct raw texts and keys without growing.
+    fn reserve(&mut self, keys: usize) {
+        self.by_raw.reserve(keys);
+        let (table, hasher) = (&self.keys, &self.hasher);
+        self.by_key
+            .reserve(keys, |&id| hasher.hash_one(table[id as usize].as_str()));
+        self.keys.reserve(keys);
+    }
+
     /// The id of a cell's standardized key, or why the cell cannot be a key.
     pub fn intern(&mut self, cell: CellRef<'b>) -> Result<u32, RecordError> {
         let CellRef::Text(raw) = cell else {
@@ -157,6 +166,19 @@ impl<'b> StandardBatch<'b> {
             values: Vec::new(),
             len: 0,
         }
+    }
+
+    /// An empty batch for `spec` with room for `records` records. The provider-document keys
+    /// (one note per record, mostly distinct) get room for as many keys; the lookups' keys (a
+    /// few scanners and issuers) grow as they come.
+    pub fn with_capacity(spec: &'b PipelineSpec, records: usize) -> Self {
+        let mut batch = Self::new(spec);
+        if let Some(documents) = &mut batch.documents {
+            documents.reserve(records);
+        }
+        batch.key_ids.reserve(records * batch.key_stride);
+        batch.values.reserve(records * batch.value_stride);
+        batch
     }
 
     /// Standardizes one row whose columns are laid out as `index` says.

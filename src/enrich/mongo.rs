@@ -244,7 +244,7 @@ impl FieldReader {
             let mut deeper: SmallVec<[usize; 8]> = SmallVec::new();
             for &p in candidates {
                 let segments = &self.segments[p];
-                if segments[depth].as_bytes() != name {
+                if !same_name(segments[depth].as_bytes(), name) {
                     continue;
                 }
                 if segments.len() > depth + 1 {
@@ -272,12 +272,19 @@ struct TopLevel<'s, 'd> {
 
 impl<'d> TopLevel<'_, 'd> {
     fn read(&mut self, element: &Element<'d>) {
-        if element.name == self.key_field && self.key.is_none() {
+        if same_name(element.name, self.key_field) && self.key.is_none() {
             self.key = element.text();
-        } else if element.name == self.provider_field && self.provider.is_none() {
+        } else if same_name(element.name, self.provider_field) && self.provider.is_none() {
             self.provider = element.text();
         }
     }
+}
+
+/// Whether two element names are the same. Names of the same length usually differ in their
+/// first byte: that is checked before the call a slice comparison makes.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 /// A BSON value as a number, or a description of what it is instead.
