@@ -33,8 +33,8 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct KeyTable<'b> {
     column: &'b str,
     rules: Option<&'b [TextRule]>,
-    /// Raw text -> its key id, or why it cannot be a key.
-    by_raw: FastMap<&'b str, Result<u32, RecordError>>,
+    /// Raw text -> its key id, or why it cannot be a key; found by the raw text's hash.
+    by_raw: HashTable<(&'b str, Result<u32, RecordError>)>,
     /// The ids of `keys`, found by the key's hash (different raw texts can fold to one key);
     /// the key text itself is stored once, in `keys`.
     by_key: HashTable<u32>,
@@ -48,7 +48,7 @@ impl<'b> KeyTable<'b> {
         Self {
             column,
             rules: spec.rules_for(column),
-            by_raw: FastMap::default(),
+            by_raw: HashTable::new(),
             by_key: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             keys: Vec::new(),
@@ -57,8 +57,9 @@ impl<'b> KeyTable<'b> {
 
     /// Room for `keys` distinct raw texts and keys without growing.
     fn reserve(&mut self, keys: usize) {
-        self.by_raw.reserve(keys);
         let (table, hasher) = (&self.keys, &self.hasher);
+        self.by_raw
+            .reserve(keys, |(raw, _)| hasher.hash_one(*raw));
         self.by_key
             .reserve(keys, |&id| hasher.hash_one(table[id as usize].as_str()));
         self.keys.reserve(keys);
@@ -79,17 +80,26 @@ impl<'b> KeyTable<'b> {
                 ),
             ));
         };
-        if let Some(known) = self.by_raw.get(raw) {
+        let hash = self.hasher.hash_one(raw);
+        if let Some((_, known)) = self.by_raw.find(hash, |(r, _)| *r == raw) {
             return known.clone();
         }
-        let id = standard_key(self.column, self.rules, raw).map(|key| self.id_of(key));
-        self.by_raw.insert(raw, id.clone());
+        let id = standard_key(self.column, self.rules, raw).map(|key| {
+            // Without rules the key is the raw text, and so is its hash.
+            let key_hash = match self.rules {
+                None => hash,
+                Some(_) => self.hasher.hash_one(key.as_str()),
+            };
+            self.id_of(key, key_hash)
+        });
+        let hasher = &self.hasher;
+        self.by_raw
+            .insert_unique(hash, (raw, id.clone()), |(r, _)| hasher.hash_one(*r));
         id
     }
 
-    /// The id of a standardized key, new or already seen.
-    fn id_of(&mut self, key: String) -> u32 {
-        let hash = self.hasher.hash_one(key.as_str());
+    /// The id of a standardized key whose hash is `hash`, new or already seen.
+    fn id_of(&mut self, key: String, hash: u64) -> u32 {
         let keys = &self.keys;
         if let Some(&id) = self.by_key.find(hash, |&id| keys[id as usize] == key) {
             return id;
@@ -244,6 +254,11 @@ fn standard_key(
             },
             format!("{column} is empty"),
         ));
+    }
+    // Printable ASCII (most keys) holds neither a control character nor U+FFFD, and its length
+    // in characters is its length in bytes: one pass over the bytes answers every check below.
+    if key.len() <= MAX_KEY_CHARS && key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(key);
     }
     // PostgreSQL refuses NUL in text and no reference key holds a control character: such a
     // key is the record's own problem, never the source's (one record must not fail a batch).
