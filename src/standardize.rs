@@ -58,8 +58,7 @@ impl<'b> KeyTable<'b> {
     /// Room for `keys` distinct raw texts and keys without growing.
     fn reserve(&mut self, keys: usize) {
         let (table, hasher) = (&self.keys, &self.hasher);
-        self.by_raw
-            .reserve(keys, |(raw, _)| hasher.hash_one(*raw));
+        self.by_raw.reserve(keys, |(raw, _)| hasher.hash_one(*raw));
         self.by_key
             .reserve(keys, |&id| hasher.hash_one(table[id as usize].as_str()));
         self.keys.reserve(keys);

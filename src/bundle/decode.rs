@@ -162,7 +162,19 @@ struct Body {
 
 impl Body {
     fn read(json: &[u8], limits: &Limits, seen: &Seen) -> Result<Self, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(json);
+        // Valid UTF-8 as a whole (every body an SQS message can carry), the text is not checked
+        // again string by string; otherwise serde_json finds and names the bad bytes.
+        match std::str::from_utf8(json) {
+            Ok(text) => Self::read_from(serde_json::Deserializer::from_str(text), limits, seen),
+            Err(_) => Self::read_from(serde_json::Deserializer::from_slice(json), limits, seen),
+        }
+    }
+
+    fn read_from<'de, R: serde_json::de::Read<'de>>(
+        mut de: serde_json::Deserializer<R>,
+        limits: &Limits,
+        seen: &Seen,
+    ) -> Result<Self, serde_json::Error> {
         let body = de.deserialize_map(BodyVisitor { limits, seen })?;
         de.end()?;
         Ok(body)
