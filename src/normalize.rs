@@ -679,6 +679,14 @@ mod tests {
         let partial = &e.documents["SN-2"][0];
         assert_eq!(provider_value(&spec, curtosis, partial), None);
         assert!(!provider_can_enrich(&spec, partial));
+        // The reads resolved once per batch answer as the spec's maps searched each time.
+        let reads = DocumentReads::new(&spec);
+        for doc in [lumen, aurum, partial] {
+            assert_eq!(reads.can_enrich(doc), provider_can_enrich(&spec, doc));
+            for (i, feature) in spec.features.iter().enumerate() {
+                assert_eq!(reads.value(i, doc), provider_value(&spec, feature, doc));
+            }
+        }
     }
 
     #[test]
