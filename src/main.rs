@@ -7,8 +7,8 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     // At most two malloc arenas instead of eight per core: the worker's peak RSS under a burst is
     // a few MiB lower. The mmap threshold keeps glibc's own, which rises to the largest block
-    // freed: a fixed 64 KiB made every message body and batch buffer a mmap, page faults and a
-    // munmap, a tenth of the worker's CPU under a burst for 1.6 MiB less RSS (BENCHMARKS.md).
+    // freed. A fixed 64 KiB made every message body and batch buffer a mmap, page faults and a
+    // munmap: a tenth of the worker's CPU under a burst, for about 1 MiB less RSS (BENCHMARKS.md).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before this code allocates much.
     unsafe {

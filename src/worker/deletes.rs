@@ -64,6 +64,16 @@ pub struct Deferral {
     pub waiting: usize,
 }
 
+impl Deferral {
+    /// Every receipt deleted now, none waiting.
+    pub fn at_once(receipts: Vec<String>) -> Self {
+        Self {
+            now: receipts,
+            waiting: 0,
+        }
+    }
+}
+
 impl DeferredDeletes {
     /// Queues `receipts` for a later delete, while a flusher runs. Returns the receipts the
     /// caller must delete now: all of them when nothing is deferred; everything waiting when
@@ -73,10 +83,7 @@ impl DeferredDeletes {
     pub fn defer(&self, receipts: Vec<String>) -> Deferral {
         let mut pending = self.pending.lock().expect("deletes lock");
         let Some(delay) = pending.delay.filter(|_| !receipts.is_empty()) else {
-            return Deferral {
-                now: receipts,
-                waiting: 0,
-            };
+            return Deferral::at_once(receipts);
         };
         let (before, count) = (pending.receipts.len(), receipts.len());
         pending.receipts.extend(receipts);

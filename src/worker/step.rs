@@ -885,10 +885,7 @@ impl<R: ReferenceSource, D: DocumentSource, Q: Queue> Worker<R, D, Q> {
         let Deferral { now, waiting } = if deferrable {
             self.state.deletes.defer(receipts)
         } else {
-            Deferral {
-                now: receipts,
-                waiting: 0,
-            }
+            Deferral::at_once(receipts)
         };
         let refs: Vec<&str> = now.iter().map(String::as_str).collect();
         let deleted = delete_all(&self.input, &refs, &self.config.retry()).await;
