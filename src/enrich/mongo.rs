@@ -227,7 +227,8 @@ impl FieldReader {
     }
 
     /// Fills `values` for the `candidates` paths whose first `depth` segments led to the
-    /// document of `elements`. The first occurrence of a name wins, as with `RawDocument::get`.
+    /// document of `elements`. The first element of a name is the one read, at every depth, as
+    /// with `RawDocument::get`.
     fn visit<'d>(
         &self,
         elements: Elements<'d>,
@@ -236,20 +237,24 @@ impl FieldReader {
         values: &mut [Option<FieldValue>],
         top: &mut TopLevel<'_, 'd>,
     ) {
+        // Per candidate: whether its name at this depth was met already. Only the first element
+        // of a name counts, even when it is not a document and a later one of the same name is.
+        let mut met: SmallVec<[bool; 8]> = SmallVec::from_elem(false, candidates.len());
         for element in elements {
             let name = element.name;
             if depth == 0 {
                 top.read(&element);
             }
             let mut deeper: SmallVec<[usize; 8]> = SmallVec::new();
-            for &p in candidates {
+            for (&p, met) in candidates.iter().zip(met.iter_mut()) {
                 let segments = &self.segments[p];
-                if !same_name(segments[depth].as_bytes(), name) {
+                if *met || !same_name(segments[depth].as_bytes(), name) {
                     continue;
                 }
+                *met = true;
                 if segments.len() > depth + 1 {
                     deeper.push(p);
-                } else if values[p].is_none() {
+                } else {
                     values[p] = Some(field_value(element.value()));
                 }
             }
@@ -311,7 +316,7 @@ fn a_value_of(kind: ElementType) -> FieldValue {
 
 #[cfg(test)]
 mod tests {
-    use mongodb::bson::{Bson, Document, RawBsonRef};
+    use mongodb::bson::{RawBson, RawBsonRef};
 
     use super::*;
 
@@ -336,26 +341,28 @@ mod tests {
     }
 
     /// A random value for a field: mostly numbers, and every kind a reader must describe.
-    fn random_value(rng: &mut impl rand::Rng, depth: usize) -> Bson {
+    fn random_value(rng: &mut impl rand::Rng, depth: usize) -> RawBson {
         match rng.random_range(0..if depth < 2 { 9 } else { 8 }) {
-            0 | 1 => Bson::Double(rng.random_range(-1e3..1e3)),
-            2 => Bson::Int32(rng.random()),
-            3 => Bson::Int64(rng.random()),
-            4 => Bson::Null,
-            5 => Bson::String("é".repeat(rng.random_range(0..40))),
-            6 => Bson::Double([f64::NAN, f64::INFINITY][rng.random_range(0..2)]),
-            7 => Bson::Array(vec![Bson::Int32(1)]),
-            _ => Bson::Document(random_document(rng, depth + 1)),
+            0 | 1 => RawBson::Double(rng.random_range(-1e3..1e3)),
+            2 => RawBson::Int32(rng.random()),
+            3 => RawBson::Int64(rng.random()),
+            4 => RawBson::Null,
+            5 => RawBson::String("é".repeat(rng.random_range(0..40))),
+            6 => RawBson::Double([f64::NAN, f64::INFINITY][rng.random_range(0..2)]),
+            7 => RawBson::Boolean(true),
+            _ => RawBson::Document(random_document(rng, depth + 1)),
         }
     }
 
     const NAMES: [&str; 5] = ["scan", "kurtosis", "entropy", "k", "scan2"];
 
-    fn random_document(rng: &mut impl rand::Rng, depth: usize) -> Document {
-        let mut d = Document::new();
+    /// A random document, built element by element so that a name can come twice (BSON allows
+    /// it; the first occurrence is the one read).
+    fn random_document(rng: &mut impl rand::Rng, depth: usize) -> RawDocumentBuf {
+        let mut d = RawDocumentBuf::new();
         for _ in 0..rng.random_range(0..6) {
             let name = NAMES[rng.random_range(0..NAMES.len())];
-            d.insert(name, random_value(rng, depth));
+            d.append(name, random_value(rng, depth));
         }
         d
     }
@@ -375,15 +382,19 @@ mod tests {
         let reader = FieldReader::new(&spec, &paths);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
         let (mut numbers, mut described) = (0, 0);
+        let mut repeated = 0;
         for i in 0..2_000 {
-            let mut d = random_document(&mut rng, 0);
-            d.insert("note_id", format!("SN-{i}"));
-            d.insert("provider", "aurum");
-            let raw = RawDocumentBuf::from_document(&d).unwrap();
+            let mut raw = random_document(&mut rng, 0);
+            raw.append("note_id", format!("SN-{i}"));
+            raw.append("provider", "aurum");
+            let names: Vec<&str> = raw.iter().map(|e| e.unwrap().0).collect();
+            repeated += (1..names.len())
+                .filter(|&j| names[..j].contains(&names[j]))
+                .count();
             let (key, read) = reader.read(&raw).unwrap();
             assert_eq!(key, format!("SN-{i}"));
             for p in &paths {
-                assert_eq!(read.field(p), field_at(&raw, p).as_ref(), "{p} in {d}");
+                assert_eq!(read.field(p), field_at(&raw, p).as_ref(), "{p} in {raw:?}");
             }
             for (_, value) in &read.fields {
                 match value {
@@ -393,8 +404,9 @@ mod tests {
             }
         }
         assert!(
-            numbers > 2_000 && described > 2_000,
-            "the documents reach many paths: {numbers} numbers, {described} other values"
+            numbers > 2_000 && described > 2_000 && repeated > 500,
+            "the documents reach many paths: {numbers} numbers, {described} other values, \
+             {repeated} names repeated"
         );
     }
 
