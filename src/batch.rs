@@ -206,8 +206,6 @@ struct Assembly<'a, 'e> {
     normalizer: Normalizer<'e>,
     /// Per lookup key id, per reported lookup: the value as shared text (made once per key).
     reported_values: Vec<Vec<Arc<str>>>,
-    /// Per document key id: whether any provider had a document.
-    doc_found: Vec<bool>,
     /// Per document key id: per provider (spec order), whether its document can enrich the
     /// note; `None` for a key MongoDB did not answer for.
     provider_found: Vec<Option<Vec<bool>>>,
@@ -241,15 +239,6 @@ impl<'a, 'e> Assembly<'a, 'e> {
                     .collect()
             })
             .collect();
-        let doc_found = standard
-            .documents
-            .as_ref()
-            .map(|t| {
-                (0..t.keys().len() as u32)
-                    .map(|k| !normalizer.found(k).is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
         let provider_found = provider_coverage(spec, standard, enrichment, &normalizer);
         let n_features = spec.features.len();
         let total: usize = bundles.iter().map(InputBundle::len).sum();
@@ -257,7 +246,6 @@ impl<'a, 'e> Assembly<'a, 'e> {
             standard,
             normalizer,
             reported_values,
-            doc_found,
             provider_found,
             n_features,
             cells: Vec::with_capacity(total * n_features),
@@ -337,7 +325,7 @@ impl<'a, 'e> Assembly<'a, 'e> {
             self.postgres.count(self.normalizer.all_lookups_found(rec));
         }
         if let Some(key) = rec.doc_key {
-            self.mongo.count(self.doc_found[key as usize]);
+            self.mongo.count(!self.normalizer.found(key).is_empty());
             if let Some(found) = &self.provider_found[key as usize] {
                 for (coverage, &can) in self.providers.iter_mut().zip(found) {
                     coverage.count(can);
