@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 
 use super::sampling::unit_hash;
+use crate::db::SessionLock;
 use crate::enrich::{DocumentSource, Enricher, ReferenceSource};
 use crate::model::holder::LoadedModel;
 use crate::model::registry::Registry;
@@ -399,16 +400,24 @@ pub async fn retrain<R: ReferenceSource, D: DocumentSource>(
     enricher: &Enricher<R, D>,
     registry: &Registry,
 ) -> anyhow::Result<RetrainOutcome> {
-    // Held for the run; dropping the connection (not returned to the pool) releases the lock.
-    let mut lock = pool.acquire().await?.detach();
-    let (locked,): (bool,) =
-        sqlx::query_as("SELECT pg_try_advisory_lock(hashtext('ml_pipeline.retrain/' || $1))")
-            .bind(&opts.model)
-            .fetch_one(&mut lock)
-            .await?;
-    if !locked {
+    let key = "hashtext('ml_pipeline.retrain/' || $1)";
+    let Some(lock) = SessionLock::try_take(pool, key, &opts.model).await? else {
         bail!("another retrain of model {} is running (it holds the PostgreSQL advisory lock); this run did nothing", opts.model);
-    }
+    };
+    let outcome = retrain_locked(opts, pool, enricher, registry).await;
+    // Released before returning, whatever the run's outcome: a run started right after this
+    // one must find the lock free.
+    lock.release().await;
+    outcome
+}
+
+/// One retraining job, with the model's lock held.
+async fn retrain_locked<R: ReferenceSource, D: DocumentSource>(
+    opts: &RetrainOptions,
+    pool: &PgPool,
+    enricher: &Enricher<R, D>,
+    registry: &Registry,
+) -> anyhow::Result<RetrainOutcome> {
     let name = &opts.model;
     let Some(alias) = registry.alias(name, &opts.alias).await? else {
         bail!("model {name} has no alias {}: train and promote a first version (ml-pipeline train, models promote) before retraining", opts.alias);

@@ -4,9 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use super::request::{Outcome as RequestOutcome, RequestRecord};
+use crate::db::SessionLock;
 
 /// What a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -456,30 +457,14 @@ impl Ledger {
     }
 
     /// Takes the provider's lock, or None when another ingest or rollback holds it. The lock
-    /// lives as long as the returned connection (a session advisory lock), so a crashed
-    /// process never leaves it taken.
-    pub async fn lock_provider(&self, provider: &str) -> Result<Option<ProviderLock>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let taken: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtextextended('provider_deliveries:' || $1, 0))",
+    /// lives on a connection of its own (a session advisory lock), so a crashed process never
+    /// leaves it taken; [`SessionLock::release`] frees it at once.
+    pub async fn lock_provider(&self, provider: &str) -> Result<Option<SessionLock>, sqlx::Error> {
+        SessionLock::try_take(
+            &self.pool,
+            "hashtextextended('provider_deliveries:' || $1, 0)",
+            provider,
         )
-        .bind(provider)
-        .fetch_one(&mut conn)
-        .await?;
-        Ok(taken.then_some(ProviderLock { conn }))
-    }
-}
-
-/// Held while a provider's documents are written; dropping it closes its connection, which
-/// releases the lock.
-#[derive(Debug)]
-pub struct ProviderLock {
-    conn: PgConnection,
-}
-
-impl ProviderLock {
-    /// Releases the lock now.
-    pub async fn release(self) {
-        let _ = self.conn.close().await;
+        .await
     }
 }

@@ -386,3 +386,37 @@ async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_
         );
     }
 }
+
+#[tokio::test]
+async fn a_session_lock_is_held_once_and_free_as_soon_as_it_is_released() {
+    use ml_pipeline::db::SessionLock;
+    let db = common::TestDb::new().await;
+    let key = "hashtext('test.lock/' || $1)";
+    let take = |name: &'static str| SessionLock::try_take(&db.pool, key, name);
+    let held = take("a").await.unwrap().expect("a free lock is taken");
+    assert!(
+        take("a").await.unwrap().is_none(),
+        "held by another session"
+    );
+    let other = take("b")
+        .await
+        .unwrap()
+        .expect("another name's lock is its own");
+    // Released, it is free at once: a run started right after the last one ends (a retrain
+    // on a timer) must not be refused. A dropped connection frees it only once the server has
+    // noticed the disconnect; a test run on a busy machine saw a retrain refused that way.
+    for round in 0..20 {
+        let lock = take("c").await.unwrap();
+        lock.unwrap_or_else(|| panic!("round {round}: free right after its release"))
+            .release()
+            .await;
+    }
+    held.release().await;
+    take("a")
+        .await
+        .unwrap()
+        .expect("free at once")
+        .release()
+        .await;
+    other.release().await;
+}
