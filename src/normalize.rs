@@ -109,15 +109,8 @@ impl<'e> Normalizer<'e> {
             .as_ref()
             .map(|t| t.keys())
             .unwrap_or_default();
-        let found: Vec<&'e [ProviderDoc]> = doc_keys
-            .iter()
-            .map(|key| {
-                enrichment
-                    .documents
-                    .get(key)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-            })
+        let found: Vec<&'e [ProviderDoc]> = (0..doc_keys.len() as u32)
+            .map(|key| enrichment.documents.of(key))
             .collect();
         let documents: Vec<Result<&'e ProviderDoc, RecordError>> = match &spec.documents {
             Some(docs) => doc_keys
@@ -580,16 +573,13 @@ mod tests {
     use super::*;
     use crate::bundle::validate::ColumnIndex;
     use crate::bundle::Table;
+    use crate::enrich::DocumentsByKey;
     use serde_json::json;
     use std::collections::HashMap;
 
-    fn enrichment() -> Enrichment {
-        let scanners = HashMap::from([
-            ("sc-01".to_owned(), "milli".to_owned()),
-            ("sc-13".to_owned(), "micro".to_owned()),
-        ]);
-        let issuers = HashMap::from([("frb".to_owned(), "US-FED".to_owned())]);
-        let docs = HashMap::from([
+    /// The provider documents of the tests' notes, by note.
+    fn provider_docs() -> HashMap<String, Vec<ProviderDoc>> {
+        HashMap::from([
             (
                 "SN-1".to_owned(),
                 vec![
@@ -619,16 +609,30 @@ mod tests {
                     )],
                 }],
             ),
+        ])
+    }
+
+    /// What enrichment finds for `batch`: two scanners, one issuer and [`provider_docs`].
+    fn enrichment(batch: &StandardBatch<'_>) -> Enrichment {
+        let scanners = HashMap::from([
+            ("sc-01".to_owned(), "milli".to_owned()),
+            ("sc-13".to_owned(), "micro".to_owned()),
         ]);
+        let issuers = HashMap::from([("frb".to_owned(), "US-FED".to_owned())]);
+        let notes = batch
+            .documents
+            .as_ref()
+            .map(|t| t.keys())
+            .unwrap_or_default();
         Enrichment {
             lookups: vec![scanners, issuers],
-            documents: docs,
+            documents: DocumentsByKey::of_keys(notes, &provider_docs()),
             refused: Default::default(),
             unavailable: Default::default(),
         }
     }
 
-    /// Standardizes one request row and normalizes it against `enrichment()`.
+    /// Standardizes one request row and normalizes it against [`enrichment`].
     fn run(
         scanner: &str,
         issuer: &str,
@@ -649,7 +653,7 @@ mod tests {
         let index = ColumnIndex::new(&spec, &columns).unwrap();
         let mut batch = StandardBatch::new(&spec);
         let r = batch.standardize_row(&index, table.row(0)).unwrap();
-        let enrichment = enrichment();
+        let enrichment = enrichment(&batch);
         let normalizer = Normalizer::new(&spec, &batch, &enrichment);
         let rec = batch.record(r);
         let mut row = vec![0.0; 4];
@@ -664,8 +668,8 @@ mod tests {
     #[test]
     fn provider_values_are_converted_and_only_complete_documents_can_enrich() {
         let spec = PipelineSpec::banknote();
-        let e = enrichment();
-        let [lumen, aurum] = &e.documents["SN-1"][..] else {
+        let docs = provider_docs();
+        let [lumen, aurum] = &docs["SN-1"][..] else {
             unreachable!()
         };
         let curtosis = &spec.features[2];
@@ -676,7 +680,7 @@ mod tests {
         assert_eq!(provider_value(&spec, &spec.features[0], aurum), None);
         assert!(provider_can_enrich(&spec, lumen) && provider_can_enrich(&spec, aurum));
         // SN-2's lumen document lacks the curtosis field.
-        let partial = &e.documents["SN-2"][0];
+        let partial = &docs["SN-2"][0];
         assert_eq!(provider_value(&spec, curtosis, partial), None);
         assert!(!provider_can_enrich(&spec, partial));
         // The reads resolved once per batch answer as the spec's maps searched each time.
@@ -751,7 +755,7 @@ mod tests {
         let index = ColumnIndex::new(&spec, &columns).unwrap();
         let mut batch = StandardBatch::new(&spec);
         let r = batch.standardize_row(&index, table.row(0)).unwrap();
-        let enrichment = enrichment();
+        let enrichment = enrichment(&batch);
         let normalizer = Normalizer::new(&spec, &batch, &enrichment);
         let err = normalizer
             .normalize(&batch.record(r), &mut [0.0; 4])

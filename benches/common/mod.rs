@@ -18,11 +18,12 @@ use ml_pipeline::batch::prepare;
 use ml_pipeline::bundle::answers;
 use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
 use ml_pipeline::enrich::mongo::FieldReader;
-use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
+use ml_pipeline::enrich::{DocumentSource, DocumentsByKey, Enricher, ReferenceSource, SourceError};
 use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
 use ml_pipeline::model::artifact::TrainParams;
 use ml_pipeline::model::Classifier;
 use ml_pipeline::spec::{DocumentSpec, LookupSpec, PipelineSpec};
+use ml_pipeline::standardize::FastMap;
 
 /// Everything the benchmarks read, built once per benchmark process.
 pub struct Workload {
@@ -282,19 +283,25 @@ impl DocumentSource for InMemoryDocuments {
         spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
-        // The real source receives the documents as BSON bytes and reads them with
-        // `FieldReader`; here the same reading is all that is left.
+    ) -> Result<DocumentsByKey, SourceError> {
+        // The real source receives the documents as BSON bytes, reads them with
+        // `FieldReader` and finds each one's key among those asked; here the same reading and
+        // finding are all that is left.
         let reader = FieldReader::new(spec, paths);
-        let mut found: HashMap<String, Vec<ProviderDoc>> = HashMap::with_capacity(keys.len());
+        let mut places: FastMap<&str, u32> = FastMap::default();
+        places.reserve(keys.len());
+        for (key, place) in keys.iter().zip(0..) {
+            places.entry(key.as_str()).or_insert(place);
+        }
+        let mut found = Vec::with_capacity(keys.len() * spec.providers.len());
         for key in keys {
             for raw in self.by_key.get(key).into_iter().flatten() {
                 if let Some((key, doc)) = reader.read(raw) {
-                    found.entry(key.to_owned()).or_default().push(doc);
+                    found.extend(places.get(key).map(|&place| (place, doc)));
                 }
             }
         }
-        Ok(found)
+        Ok(DocumentsByKey::group(keys.len(), found))
     }
 
     async fn ping(&self) -> Result<(), SourceError> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::source::{
-    DocumentSource, Enrichment, ProviderDoc, ReferenceSource, Refused, SourceError, Unavailable,
+    DocumentSource, DocumentsByKey, Enrichment, ReferenceSource, Refused, SourceError, Unavailable,
 };
 use crate::spec::{DocumentSpec, LookupSpec, PipelineSpec};
 use crate::standardize::StandardBatch;
@@ -23,8 +23,8 @@ pub struct Enricher<R, D> {
 /// Reference values per lookup, and the keys refused per lookup.
 type LookupAnswer = (Vec<HashMap<String, String>>, Vec<HashMap<String, String>>);
 
-/// Documents per key, and the keys refused.
-type DocumentAnswer = (HashMap<String, Vec<ProviderDoc>>, HashMap<String, String>);
+/// Documents by key id, and the keys refused.
+type DocumentAnswer = (DocumentsByKey, HashMap<String, String>);
 
 impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
     /// One call per source: every distinct key of the batch at once (the source asks them in
@@ -125,8 +125,8 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
         let mut found = vec![HashMap::new(); lookups.len()];
         let mut refused = vec![HashMap::new(); lookups.len()];
         // The whole set failed already: start from its halves.
-        let mut parts = halves(&pairs);
-        while let Some(part) = parts.pop() {
+        let mut parts = halves(&pairs, 0);
+        while let Some((offset, part)) = parts.pop() {
             let mut asked = vec![Vec::new(); lookups.len()];
             for &(l, k) in part {
                 asked[l].push(k.clone());
@@ -143,7 +143,7 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
                     let (l, k) = part[0];
                     refused[l].insert(k.clone(), crate::text::error_chain(&e));
                 }
-                Err(_) => parts.extend(halves(part)),
+                Err(_) => parts.extend(halves(part, offset)),
             }
         }
         // Every key refused alone: the source refuses everything, which is no key's fault.
@@ -166,34 +166,36 @@ impl<R: ReferenceSource, D: DocumentSource> Enricher<R, D> {
             Err(e) => e,
         };
         warn_isolating(&first, keys.len());
-        let mut found = HashMap::new();
+        let mut found = Vec::new();
         let mut refused = HashMap::new();
-        let mut parts = halves(keys);
-        while let Some(part) = parts.pop() {
+        // Each part with the place of its first key in `keys`.
+        let mut parts = halves(keys, 0);
+        while let Some((offset, part)) = parts.pop() {
             match self.documents.fetch(spec, paths, part).await {
-                Ok(answer) => found.extend(answer),
+                Ok(answer) => found.extend(answer.into_found(offset as u32)),
                 Err(e) if e.is_outage() => return Err(e),
                 Err(e) if part.len() == 1 => {
                     refused.insert(part[0].clone(), crate::text::error_chain(&e));
                 }
-                Err(_) => parts.extend(halves(part)),
+                Err(_) => parts.extend(halves(part, offset)),
             }
         }
         if refused.len() == keys.len() {
             return Err(first);
         }
-        Ok((found, refused))
+        Ok((DocumentsByKey::group(keys.len(), found), refused))
     }
 }
 
-/// A failed set's two halves (a single key is its own half: it is asked alone once more, so
-/// its own answer is what its record reports).
-fn halves<T>(set: &[T]) -> Vec<&[T]> {
+/// A failed set's two halves, each with the place of its first element, given the set's
+/// (a single key is its own half: it is asked alone once more, so its own answer is what its
+/// record reports).
+fn halves<T>(set: &[T], offset: usize) -> Vec<(usize, &[T])> {
     if set.len() < 2 {
-        return vec![set];
+        return vec![(offset, set)];
     }
     let (a, b) = set.split_at(set.len() / 2);
-    vec![a, b]
+    vec![(offset, a), (offset + a.len(), b)]
 }
 
 /// Notes a source that is down: its name and what its client said.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::source::{DocumentSource, ProviderDoc, ReferenceSource, SourceError};
+use super::source::{DocumentSource, DocumentsByKey, ProviderDoc, ReferenceSource, SourceError};
 use crate::spec::{DocumentSpec, LookupSpec};
 
 /// Reference values by lookup table, then key.
@@ -91,15 +91,12 @@ impl DocumentSource for MemoryDocuments {
         _spec: &DocumentSpec,
         _paths: &[String],
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
+    ) -> Result<DocumentsByKey, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.stalled {
             std::future::pending::<()>().await;
         }
-        Ok(keys
-            .iter()
-            .filter_map(|k| Some((k.clone(), self.documents.get(k)?.clone())))
-            .collect())
+        Ok(DocumentsByKey::of_keys(keys, &self.documents))
     }
 
     async fn ping(&self) -> Result<(), SourceError> {

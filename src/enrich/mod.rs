@@ -20,6 +20,6 @@ pub mod source;
 
 pub use enricher::Enricher;
 pub use source::{
-    DocumentSource, Enrichment, FieldValue, ProviderDoc, ReferenceSource, Refused, SourceError,
-    Unavailable,
+    DocumentSource, DocumentsByKey, Enrichment, FieldValue, ProviderDoc, ReferenceSource, Refused,
+    SourceError, Unavailable,
 };

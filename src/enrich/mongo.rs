@@ -2,7 +2,6 @@
 //! `chunk_keys` keys each, each read in one round trip when its documents fit one reply.
 
 use futures::{StreamExt, TryStreamExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mongodb::bson::doc;
@@ -13,7 +12,8 @@ use smallvec::SmallVec;
 
 use super::raw_bson::{Element, Elements, Value};
 use super::source::{
-    within, DocumentSource, FieldValue, LookupGate, LookupLimits, ProviderDoc, SourceError,
+    within, DocumentSource, DocumentsByKey, FieldValue, LookupGate, LookupLimits, ProviderDoc,
+    SourceError,
 };
 use crate::instruments;
 use crate::spec::DocumentSpec;
@@ -48,14 +48,16 @@ impl MongoDocuments {
         }
     }
 
-    /// One `find` over one chunk of keys, read to its end: each document's key and fields.
+    /// One `find` over one chunk of keys, read to its end: each document's fields, with the
+    /// place of its key in the list `places` indexes.
     async fn find_chunk(
         &self,
         spec: &DocumentSpec,
         paths: &[String],
         reader: &FieldReader,
         keys: &[String],
-    ) -> Result<Vec<(String, ProviderDoc)>, SourceError> {
+        places: &KeyPlaces<'_>,
+    ) -> Result<Vec<(u32, ProviderDoc)>, SourceError> {
         // Keys are plain strings, so an operator object in a request can never reach here.
         let filter = doc! {
             spec.key_field.as_str(): {"$in": keys},
@@ -85,8 +87,9 @@ impl MongoDocuments {
         let counted = async {
             while cursor.advance().await? {
                 documents += 1;
+                // A document of a key not asked cannot answer a request.
                 if let Some((key, doc)) = reader.read(cursor.current()) {
-                    found.push((key.to_owned(), doc));
+                    found.extend(places.get(key).map(|place| (place, doc)));
                 }
             }
             Ok::<_, mongodb::error::Error>(())
@@ -104,28 +107,28 @@ impl DocumentSource for MongoDocuments {
         spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
-        let mut found: HashMap<String, Vec<ProviderDoc>> = HashMap::new();
+    ) -> Result<DocumentsByKey, SourceError> {
         if keys.is_empty() {
-            return Ok(found);
+            return Ok(DocumentsByKey::default());
         }
         let reader = FieldReader::new(spec, paths);
+        let places = KeyPlaces::new(keys);
+        let places = &places;
         within("mongo", self.limits.timeout, async move {
-            // A key is in one chunk only, so its documents keep the order its find read them in.
             // The finds are made before they are streamed: a closure in the stream would not
             // be `Send` for every lifetime the trait's future asks of it.
             let finds: Vec<_> = keys
                 .chunks(self.limits.chunk_keys.max(1))
-                .map(|keys| self.find_chunk(spec, paths, &reader, keys))
+                .map(|keys| self.find_chunk(spec, paths, &reader, keys, places))
                 .collect();
             let mut chunks =
                 futures::stream::iter(finds).buffer_unordered(self.limits.concurrency.max(1));
+            let mut found = Vec::with_capacity(keys.len() * spec.providers.len());
             while let Some(part) = chunks.try_next().await? {
-                for (key, doc) in part {
-                    found.entry(key).or_default().push(doc);
-                }
+                found.extend(part);
             }
-            Ok(found)
+            // A key is in one chunk only, so its documents keep the order its find read them in.
+            Ok(DocumentsByKey::group(keys.len(), found))
         })
         .await
     }
@@ -137,6 +140,28 @@ impl DocumentSource for MongoDocuments {
             Ok(())
         })
         .await
+    }
+}
+
+/// The place of each key in the list a fetch was asked, found from a key read out of a
+/// document's bytes ([`crate::standardize::FastMap`]: the keys are one batch's, and the map
+/// lives only as long as the fetch).
+struct KeyPlaces<'k> {
+    places: crate::standardize::FastMap<&'k str, u32>,
+}
+
+impl<'k> KeyPlaces<'k> {
+    fn new(keys: &'k [String]) -> Self {
+        let mut places = crate::standardize::FastMap::default();
+        places.reserve(keys.len());
+        for (key, place) in keys.iter().zip(0..) {
+            places.entry(key.as_str()).or_insert(place);
+        }
+        Self { places }
+    }
+
+    fn get(&self, key: &str) -> Option<u32> {
+        self.places.get(key).copied()
     }
 }
 

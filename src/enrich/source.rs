@@ -42,13 +42,116 @@ impl ProviderDoc {
     }
 }
 
+/// The provider documents found for a list of distinct keys, by the place of each key in the
+/// list: every key's documents side by side in one vector, in the order they were found.
+///
+/// Built once per batch from what the source read, with no allocation or hashing per key:
+/// a batch's document keys already have ids ([`crate::standardize::KeyTable`]), and the
+/// documents of key id `k` are [`DocumentsByKey::of`]`(k)`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DocumentsByKey {
+    /// Every document, grouped by key.
+    docs: Vec<ProviderDoc>,
+    /// Where each key's documents start in `docs`, and, last, where the last key's end.
+    starts: Vec<u32>,
+}
+
+impl DocumentsByKey {
+    /// Groups `found`, each document with the place of its key in a list of `keys` keys.
+    /// A key's documents keep the order they come in. A place past the list's end is a
+    /// source's bug; its document is dropped.
+    pub fn group(keys: usize, found: Vec<(u32, ProviderDoc)>) -> Self {
+        debug_assert!(found.iter().all(|(k, _)| (*k as usize) < keys));
+        // A counting sort: how many documents each key has, where its first goes, then each
+        // document moved once into its key's next place.
+        let in_list = |k: u32| (k as usize) < keys;
+        let mut starts = vec![0u32; keys + 1];
+        for &(k, _) in found.iter().filter(|(k, _)| in_list(*k)) {
+            starts[k as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut slots: Vec<Option<ProviderDoc>> = Vec::new();
+        slots.resize_with(starts[keys] as usize, || None);
+        for (k, doc) in found.into_iter().filter(|(k, _)| in_list(*k)) {
+            let at = &mut next[k as usize];
+            slots[*at as usize] = Some(doc);
+            *at += 1;
+        }
+        Self {
+            docs: slots.into_iter().flatten().collect(),
+            starts,
+        }
+    }
+
+    /// The documents of `keys` in a map by key (an in-memory source's answer).
+    pub fn of_keys(keys: &[String], by_key: &HashMap<String, Vec<ProviderDoc>>) -> Self {
+        let found = keys
+            .iter()
+            .zip(0..)
+            .flat_map(|(key, place)| {
+                let docs = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+                docs.iter().map(move |doc| (place, doc.clone()))
+            })
+            .collect();
+        Self::group(keys.len(), found)
+    }
+
+    /// The documents of the key at place `key` in the list asked (none for a place past it).
+    pub fn of(&self, key: u32) -> &[ProviderDoc] {
+        let key = key as usize;
+        match (self.starts.get(key), self.starts.get(key + 1)) {
+            (Some(&start), Some(&end)) => &self.docs[start as usize..end as usize],
+            _ => &[],
+        }
+    }
+
+    /// Each key that has documents, by its place in the list asked, with them.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[ProviderDoc])> {
+        (0..self.starts.len().saturating_sub(1) as u32)
+            .map(|k| (k, self.of(k)))
+            .filter(|(_, docs)| !docs.is_empty())
+    }
+
+    /// How many keys have documents.
+    pub fn keys_found(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// How many documents there are, over every key.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Whether no key has a document.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// Every document with its key's place, `offset` added to it: to merge the answers of
+    /// parts of a list asked one at a time.
+    pub fn into_found(self, offset: u32) -> impl Iterator<Item = (u32, ProviderDoc)> {
+        let starts = self.starts;
+        let mut key = 0usize;
+        self.docs.into_iter().enumerate().map(move |(i, doc)| {
+            while starts[key + 1] as usize <= i {
+                key += 1;
+            }
+            (offset + key as u32, doc)
+        })
+    }
+}
+
 /// Everything enrichment found for one batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Enrichment {
     /// Per spec lookup (in spec order): key -> value.
     pub lookups: Vec<HashMap<String, String>>,
-    /// Document key -> its providers' documents.
-    pub documents: HashMap<String, Vec<ProviderDoc>>,
+    /// Each document key's providers' documents, by the key's id in the batch's
+    /// document-key table.
+    pub documents: DocumentsByKey,
     /// Keys a source answered with an error for, while it answered the others.
     pub refused: Refused,
     /// Keys that could not be asked because their source was down.
@@ -279,14 +382,71 @@ pub trait ReferenceSource: Send + Sync {
 
 /// Provider documents, asked once per batch.
 pub trait DocumentSource: Send + Sync {
-    /// The documents of the given keys, with only the given dotted paths read.
+    /// The documents of the given distinct keys, by each key's place in `keys`, with only
+    /// the given dotted paths read.
     fn fetch(
         &self,
         spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
-    ) -> impl Future<Output = Result<HashMap<String, Vec<ProviderDoc>>, SourceError>> + Send;
+    ) -> impl Future<Output = Result<DocumentsByKey, SourceError>> + Send;
 
     /// One cheap round trip that proves the source answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(provider: &str, value: f64) -> ProviderDoc {
+        ProviderDoc {
+            provider: provider.into(),
+            fields: smallvec::smallvec![("scan.kurtosis".into(), FieldValue::Number(value))],
+        }
+    }
+
+    #[test]
+    fn documents_are_grouped_by_key_place_keeping_the_order_they_came_in() {
+        // Four keys; key 1 has none; documents come in out of key order, as chunks answer.
+        let found = vec![
+            (2, doc("lumen", 1.0)),
+            (0, doc("aurum", 2.0)),
+            (2, doc("aurum", 3.0)),
+            (3, doc("lumen", 4.0)),
+            (0, doc("lumen", 5.0)),
+            (9, doc("stray", 6.0)),
+        ];
+        let by_key = DocumentsByKey::group(4, found);
+        assert_eq!(by_key.of(0), [doc("aurum", 2.0), doc("lumen", 5.0)]);
+        assert!(by_key.of(1).is_empty());
+        assert_eq!(by_key.of(2), [doc("lumen", 1.0), doc("aurum", 3.0)]);
+        assert_eq!(by_key.of(3), [doc("lumen", 4.0)]);
+        // A place past the list: no documents, and the stray one was dropped.
+        assert!(by_key.of(4).is_empty() && by_key.of(9).is_empty());
+        assert_eq!((by_key.len(), by_key.keys_found()), (5, 3));
+        let places: Vec<u32> = by_key.iter().map(|(k, _)| k).collect();
+        assert_eq!(places, [0, 2, 3]);
+    }
+
+    #[test]
+    fn parts_asked_apart_merge_into_what_the_whole_list_answers() {
+        let keys: Vec<String> = (0..6).map(|i| format!("SN-{i}")).collect();
+        let by_name: HashMap<String, Vec<ProviderDoc>> = [
+            ("SN-0", vec![doc("aurum", 0.0)]),
+            ("SN-2", vec![doc("lumen", 2.0), doc("aurum", 2.5)]),
+            ("SN-5", vec![doc("lumen", 5.0)]),
+        ]
+        .into_iter()
+        .map(|(k, d)| (k.to_owned(), d))
+        .collect();
+        let whole = DocumentsByKey::of_keys(&keys, &by_name);
+        let (a, b) = keys.split_at(3);
+        let mut found: Vec<(u32, ProviderDoc)> = Vec::new();
+        found.extend(DocumentsByKey::of_keys(b, &by_name).into_found(3));
+        found.extend(DocumentsByKey::of_keys(a, &by_name).into_found(0));
+        assert_eq!(DocumentsByKey::group(keys.len(), found), whole);
+        assert_eq!(whole.of(2), &by_name["SN-2"][..]);
+        assert!(DocumentsByKey::default().of(0).is_empty());
+    }
 }

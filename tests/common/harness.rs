@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use ml_pipeline::bundle::compression::{compress, decompress, ContentEncoding};
 use ml_pipeline::enrich::mongo::MongoDocuments;
 use ml_pipeline::enrich::postgres::PgReference;
-use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, ReferenceSource, SourceError};
+use ml_pipeline::enrich::{DocumentSource, DocumentsByKey, Enricher, ReferenceSource, SourceError};
 use ml_pipeline::learning::prediction_log::PredictionLog;
 use ml_pipeline::model::holder::{ModelHolder, ModelSource};
 use ml_pipeline::queue::{Queue, SqsQueue};
@@ -47,7 +47,7 @@ impl<S: DocumentSource> DocumentSource for Counting<S> {
         spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
+    ) -> Result<DocumentsByKey, SourceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch(spec, paths, keys).await
     }

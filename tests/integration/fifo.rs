@@ -17,7 +17,7 @@
 
 use crate::common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use common::harness::{fixture_bundles, TestWorker};
 use ml_pipeline::enrich::mongo::MongoDocuments;
-use ml_pipeline::enrich::{DocumentSource, Enricher, ProviderDoc, SourceError};
+use ml_pipeline::enrich::{DocumentSource, DocumentsByKey, Enricher, SourceError};
 use ml_pipeline::queue::Queue;
 use ml_pipeline::spec::DocumentSpec;
 use ml_pipeline::worker::{HookFuture, Hooks, Worker, WorkerConfig};
@@ -175,7 +175,7 @@ impl DocumentSource for Switchable {
         spec: &DocumentSpec,
         paths: &[String],
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<ProviderDoc>>, SourceError> {
+    ) -> Result<DocumentsByKey, SourceError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SourceError::TimedOut {
                 which: "mongo",

@@ -120,11 +120,11 @@ impl Env {
             .await
             .unwrap();
         found
-            .into_iter()
-            .filter_map(|(key, docs)| {
-                let aurum = docs.into_iter().find(|d| &*d.provider == "aurum")?;
+            .iter()
+            .filter_map(|(place, docs)| {
+                let aurum = docs.iter().find(|d| &*d.provider == "aurum")?;
                 match aurum.field("scan.kurtosis")? {
-                    FieldValue::Number(v) => Some((key, *v)),
+                    FieldValue::Number(v) => Some((keys[place as usize].clone(), *v)),
                     FieldValue::NotANumber(_) => None,
                 }
             })

@@ -274,7 +274,15 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         .fetch(spec.documents.as_ref().unwrap(), &paths, &notes)
         .await
         .unwrap();
-    assert_eq!(docs.len(), 300, "every known note, not the unknown one");
+    assert_eq!(
+        docs.keys_found(),
+        300,
+        "every known note, not the unknown one"
+    );
+    assert!(
+        docs.of(300).is_empty(),
+        "the unknown note, asked last, has no document"
+    );
     // In chunks (2 keys: 3 statements; 7 keys: 43 finds), both sources answer the same.
     let chunked = loaded.enricher.clone();
     let chunks = |chunk_keys| ml_pipeline::enrich::source::LookupLimits {
@@ -290,17 +298,24 @@ async fn fixtures_load_idempotently_and_batch_lookups_read_them_back() {
         .fetch(spec.documents.as_ref().unwrap(), &paths, &notes)
         .await
         .unwrap();
-    assert_eq!(in_chunks.len(), docs.len());
-    for (note, ds) in &docs {
-        assert_eq!(in_chunks[note].len(), ds.len(), "{note}");
+    assert_eq!(in_chunks.keys_found(), docs.keys_found());
+    for (place, ds) in docs.iter() {
+        assert_eq!(
+            in_chunks.of(place).len(),
+            ds.len(),
+            "{}",
+            notes[place as usize]
+        );
+        assert!(
+            ds.iter().all(|d| in_chunks.of(place).contains(d)),
+            "{}",
+            notes[place as usize]
+        );
     }
+    // The first note was asked first.
     let first = &set.notes[0];
-    let aurum = docs[&first.note_id]
-        .iter()
-        .find(|d| &*d.provider == "aurum");
-    let lumen = docs[&first.note_id]
-        .iter()
-        .find(|d| &*d.provider == "lumen");
+    let aurum = docs.of(0).iter().find(|d| &*d.provider == "aurum");
+    let lumen = docs.of(0).iter().find(|d| &*d.provider == "lumen");
     match (aurum, lumen) {
         (Some(a), _) => assert_eq!(
             a.field("scan.kurtosis"),
@@ -354,7 +369,7 @@ async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_
     let count = |names: &[String], name: &str| names.iter().filter(|n| *n == name).count();
 
     let found = documents.fetch(doc_spec, &paths, &notes).await.unwrap();
-    let answered: usize = found.values().map(Vec::len).sum();
+    let answered = found.len();
     // More documents than keys: a cursor batch the size of the keys would come back full and
     // need a getMore.
     assert!(
@@ -377,7 +392,7 @@ async fn a_batch_lookup_reads_its_documents_in_one_round_trip_when_they_fit_one_
     ] {
         let chunked = documents.clone().with_limits(limits(chunk_keys));
         let in_chunks = chunked.fetch(doc_spec, &paths, &notes).await.unwrap();
-        assert_eq!(in_chunks.values().map(Vec::len).sum::<usize>(), answered);
+        assert_eq!(in_chunks.len(), answered);
         let names = std::mem::take(&mut *sent.lock().unwrap());
         assert_eq!(
             (count(&names, "find"), count(&names, "getMore")),

@@ -398,11 +398,10 @@ async fn training_coverage(
                 what: "the training data's documents",
                 reason: e.to_string(),
             })?;
-        for note in chunk {
+        for place in 0..chunk.len() as u32 {
             let can: Vec<&str> = found
-                .get(note)
-                .into_iter()
-                .flatten()
+                .of(place)
+                .iter()
                 .filter(|d| provider_can_enrich(spec, d))
                 .map(|d| &*d.provider)
                 .collect();
