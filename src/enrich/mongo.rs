@@ -71,8 +71,10 @@ impl MongoDocuments {
         let batch_size = first_batch_size(keys.len(), spec.providers.len());
         let _turn = self.gate.turn().await;
         instruments::db_round_trips("mongo", 1);
-        // Raw documents: fields are read straight from the BSON bytes of the cursor's batch,
-        // with no tree built and no document copied out of the reply.
+        // Raw documents: fields are read straight from each document's BSON bytes, with no
+        // tree built. (The driver still copies every document of a reply into a buffer of its
+        // own as the cursor takes the reply in: about 3 % of the worker's CPU under a burst,
+        // BENCHMARKS.md, which its public API offers no way around.)
         let mut cursor = self
             .db
             .collection::<RawDocumentBuf>(&spec.collection)
