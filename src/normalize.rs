@@ -5,7 +5,7 @@
 //! that enrichment did not find becomes a per-record error here, naming the key. The scaler
 //! fitted at training time is applied afterwards, to the whole matrix, by the model.
 
-use crate::enrich::{Enrichment, FieldValue, ProviderDoc};
+use crate::enrich::{DocumentsByKey, Enrichment, FieldValue, ProviderDoc};
 use crate::record::{RecordError, RecordErrorKind, Stage};
 use crate::spec::{FeatureSpec, PipelineSpec, Road, UnitSource};
 use crate::standardize::{StandardBatch, StandardRecord};
@@ -18,9 +18,9 @@ use crate::text::visible;
 pub struct Normalizer<'e> {
     /// Per lookup, per key id: the looked-up value, or why the key is unknown.
     lookups: Vec<Vec<Result<&'e str, RecordError>>>,
-    /// Per document key id: every provider's document MongoDB answered with (none for a key it
+    /// By document key id: every provider's document MongoDB answered with (none for a key it
     /// has no document for, was down for or refused).
-    found: Vec<&'e [ProviderDoc]>,
+    found: &'e DocumentsByKey,
     /// Per document key id: the preferred provider's document, or why there is none.
     documents: Vec<Result<&'e ProviderDoc, RecordError>>,
     /// How each document feature reads each provider's document.
@@ -109,16 +109,12 @@ impl<'e> Normalizer<'e> {
             .as_ref()
             .map(|t| t.keys())
             .unwrap_or_default();
-        let found: Vec<&'e [ProviderDoc]> = (0..doc_keys.len() as u32)
-            .map(|key| enrichment.documents.of(key))
-            .collect();
+        let found = &enrichment.documents;
         let documents: Vec<Result<&'e ProviderDoc, RecordError>> = match &spec.documents {
             Some(docs) => doc_keys
                 .iter()
-                .zip(&found)
-                .map(|(key, docs_of_key)| {
-                    preferred_doc(&docs.providers, key, docs_of_key, enrichment)
-                })
+                .zip(0..)
+                .map(|(key, id)| preferred_doc(&docs.providers, key, found.of(id), enrichment))
                 .collect(),
             None => Vec::new(),
         };
@@ -220,7 +216,7 @@ impl<'e> Normalizer<'e> {
     /// The documents MongoDB answered with for document key id `key` (none when it was down
     /// or refused the key).
     pub fn found(&self, key: u32) -> &'e [ProviderDoc] {
-        self.found[key as usize]
+        self.found.of(key)
     }
 
     /// Whether `doc` alone gives every document feature a value: [`provider_can_enrich`],
@@ -573,7 +569,6 @@ mod tests {
     use super::*;
     use crate::bundle::validate::ColumnIndex;
     use crate::bundle::Table;
-    use crate::enrich::DocumentsByKey;
     use serde_json::json;
     use std::collections::HashMap;
 

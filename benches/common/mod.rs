@@ -17,13 +17,12 @@ use tokio::runtime::Runtime;
 use ml_pipeline::batch::prepare;
 use ml_pipeline::bundle::answers;
 use ml_pipeline::bundle::{encode::encode, Answer, ContentEncoding, InputBundle, RequestBundle};
-use ml_pipeline::enrich::mongo::FieldReader;
+use ml_pipeline::enrich::mongo::{FieldReader, KeyPlaces};
 use ml_pipeline::enrich::{DocumentSource, DocumentsByKey, Enricher, ReferenceSource, SourceError};
 use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
 use ml_pipeline::model::artifact::TrainParams;
 use ml_pipeline::model::Classifier;
 use ml_pipeline::spec::{DocumentSpec, LookupSpec, PipelineSpec};
-use ml_pipeline::standardize::FastMap;
 
 /// Everything the benchmarks read, built once per benchmark process.
 pub struct Workload {
@@ -288,16 +287,12 @@ impl DocumentSource for InMemoryDocuments {
         // `FieldReader` and finds each one's key among those asked; here the same reading and
         // finding are all that is left.
         let reader = FieldReader::new(spec, paths);
-        let mut places: FastMap<&str, u32> = FastMap::default();
-        places.reserve(keys.len());
-        for (key, place) in keys.iter().zip(0..) {
-            places.entry(key.as_str()).or_insert(place);
-        }
+        let places = KeyPlaces::new(keys);
         let mut found = Vec::with_capacity(keys.len() * spec.providers.len());
         for key in keys {
             for raw in self.by_key.get(key).into_iter().flatten() {
                 if let Some((key, doc)) = reader.read(raw) {
-                    found.extend(places.get(key).map(|&place| (place, doc)));
+                    found.extend(places.get(key).map(|place| (place, doc)));
                 }
             }
         }

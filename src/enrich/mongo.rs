@@ -148,12 +148,14 @@ impl DocumentSource for MongoDocuments {
 /// The place of each key in the list a fetch was asked, found from a key read out of a
 /// document's bytes ([`crate::standardize::FastMap`]: the keys are one batch's, and the map
 /// lives only as long as the fetch).
-struct KeyPlaces<'k> {
+#[derive(Debug)]
+pub struct KeyPlaces<'k> {
     places: crate::standardize::FastMap<&'k str, u32>,
 }
 
 impl<'k> KeyPlaces<'k> {
-    fn new(keys: &'k [String]) -> Self {
+    /// The places of `keys` (the first, for a key listed twice).
+    pub fn new(keys: &'k [String]) -> Self {
         let mut places = crate::standardize::FastMap::default();
         places.reserve(keys.len());
         for (key, place) in keys.iter().zip(0..) {
@@ -162,7 +164,8 @@ impl<'k> KeyPlaces<'k> {
         Self { places }
     }
 
-    fn get(&self, key: &str) -> Option<u32> {
+    /// The place of `key`, if it was asked.
+    pub fn get(&self, key: &str) -> Option<u32> {
         self.places.get(key).copied()
     }
 }
