@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use mongodb::bson::raw::RawDocumentBuf;
+use mongodb::bson::{Bson, Document};
 use ndarray::Array2;
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -23,6 +24,7 @@ use ml_pipeline::fixtures::{self, FixtureSet, ReferenceData};
 use ml_pipeline::model::artifact::TrainParams;
 use ml_pipeline::model::Classifier;
 use ml_pipeline::spec::{DocumentSpec, LookupSpec, PipelineSpec};
+use ml_pipeline::standardize::FastMap;
 
 /// Everything the benchmarks read, built once per benchmark process.
 pub struct Workload {
@@ -68,7 +70,11 @@ impl Workload {
             .expect("the banknote spec has documents");
         let enricher = Enricher {
             reference: InMemoryReference::new(&spec.lookups, &set.reference),
-            documents: InMemoryDocuments::new(documents, &set.provider_scans),
+            documents: InMemoryDocuments::new(
+                documents,
+                &spec.document_paths(),
+                &set.provider_scans,
+            ),
         };
         let (x, y) = training_rows(&set);
         let fit = |kernel: &str| {
@@ -251,14 +257,20 @@ impl ReferenceSource for InMemoryReference {
 
 /// MongoDB provider documents answered from the fixture documents, in memory.
 pub struct InMemoryDocuments {
-    /// Record key -> its providers' documents as BSON bytes, for the spec's providers only.
-    by_key: HashMap<String, Vec<RawDocumentBuf>>,
+    /// Record key -> its providers' documents as BSON bytes, for the spec's providers only, each
+    /// cut down to what the MongoDB source's projection asks the server for.
+    by_key: FastMap<String, Vec<RawDocumentBuf>>,
 }
 
 impl InMemoryDocuments {
-    /// Indexes the documents by the spec's key field, as the collection's index does.
-    pub fn new(spec: &DocumentSpec, scans: &[Value]) -> Self {
-        let mut by_key: HashMap<String, Vec<RawDocumentBuf>> = HashMap::new();
+    /// Indexes the documents by the spec's key field, as the collection's index does, and
+    /// projects each as the server answers the MongoDB source's `find`: the key, the provider
+    /// and the requested `paths`, in the document's own field order, without `_id`.
+    pub fn new(spec: &DocumentSpec, paths: &[String], scans: &[Value]) -> Self {
+        let mut kept: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
+        kept.push(vec![spec.key_field.as_str()]);
+        kept.push(vec![spec.provider_field.as_str()]);
+        let mut by_key: FastMap<String, Vec<RawDocumentBuf>> = FastMap::default();
         for scan in scans {
             let doc = mongodb::bson::to_document(scan).expect("a provider scan is an object");
             let (Ok(key), Ok(provider)) = (
@@ -268,12 +280,41 @@ impl InMemoryDocuments {
                 continue;
             };
             if spec.providers.iter().any(|p| p == provider) {
-                let raw = RawDocumentBuf::from_document(&doc).expect("a document encodes");
+                let kept: Vec<&[&str]> = kept.iter().map(Vec::as_slice).collect();
+                let raw = RawDocumentBuf::from_document(&project(&doc, &kept))
+                    .expect("a document encodes");
                 by_key.entry(key.to_owned()).or_default().push(raw);
             }
         }
         Self { by_key }
     }
+}
+
+/// The part of `doc` an inclusion projection of these dotted paths (split at their dots)
+/// keeps: every element on a path, in the document's order; a document on the way is cut down
+/// the same way, a value that is not a document ends its path there.
+fn project(doc: &Document, paths: &[&[&str]]) -> Document {
+    let mut out = Document::new();
+    for (name, value) in doc {
+        let deeper: Vec<&[&str]> = paths
+            .iter()
+            .filter(|p| p.first() == Some(&name.as_str()))
+            .map(|p| &p[1..])
+            .collect();
+        if deeper.is_empty() {
+            continue;
+        }
+        match value {
+            Bson::Document(inner) if deeper.iter().all(|p| !p.is_empty()) => {
+                out.insert(name, project(inner, &deeper));
+            }
+            _ if deeper.iter().any(|p| p.is_empty()) => {
+                out.insert(name, value.clone());
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 impl DocumentSource for InMemoryDocuments {

@@ -207,6 +207,8 @@ pub struct FieldReader {
     provider_field: String,
     /// The spec's providers, shared by every document read.
     providers: Vec<Arc<str>>,
+    /// Every path's index: the candidates at a document's top level.
+    all: Vec<usize>,
 }
 
 impl FieldReader {
@@ -225,29 +227,28 @@ impl FieldReader {
                 .iter()
                 .map(|p| Arc::from(p.as_str()))
                 .collect(),
+            all: (0..paths.len()).collect(),
         }
     }
 
     /// A provider document's key and the requested fields, or None when it has no key or
     /// provider (such a document cannot answer any request).
     pub fn read<'d>(&self, doc: &'d RawDocument) -> Option<(&'d str, ProviderDoc)> {
-        let mut values: SmallVec<[Option<FieldValue>; 8]> = SmallVec::new();
-        values.resize(self.paths.len(), None);
-        let all: SmallVec<[usize; 8]> = (0..self.paths.len()).collect();
+        let mut fields = SmallVec::new();
         let mut top = TopLevel {
             key_field: self.key_field.as_bytes(),
             provider_field: self.provider_field.as_bytes(),
             key: None,
             provider: None,
         };
-        self.visit(Elements::of(doc.as_bytes()), 0, &all, &mut values, &mut top);
+        self.visit(
+            Elements::of(doc.as_bytes()),
+            0,
+            &self.all,
+            &mut fields,
+            &mut top,
+        );
         let (key, provider) = (top.key?, top.provider?);
-        let fields = self
-            .paths
-            .iter()
-            .zip(values)
-            .filter_map(|(p, v)| v.map(|v| (Arc::clone(p), v)))
-            .collect();
         let provider = match self.providers.iter().find(|p| ***p == *provider) {
             Some(known) => Arc::clone(known),
             // The query asks for the spec's providers only; any other is read all the same.
@@ -256,15 +257,15 @@ impl FieldReader {
         Some((key, ProviderDoc { provider, fields }))
     }
 
-    /// Fills `values` for the `candidates` paths whose first `depth` segments led to the
-    /// document of `elements`. The first element of a name is the one read, at every depth, as
-    /// with `RawDocument::get`.
+    /// Adds to `fields`, in the document's order, the `candidates` paths whose first `depth`
+    /// segments led to the document of `elements`. The first element of a name is the one
+    /// read, at every depth, as with `RawDocument::get`.
     fn visit<'d>(
         &self,
         elements: Elements<'d>,
         depth: usize,
         candidates: &[usize],
-        values: &mut [Option<FieldValue>],
+        fields: &mut SmallVec<[(Arc<str>, FieldValue); 2]>,
         top: &mut TopLevel<'_, 'd>,
     ) {
         // Per candidate: whether its name at this depth was met already. Only the first element
@@ -285,12 +286,12 @@ impl FieldReader {
                 if segments.len() > depth + 1 {
                     deeper.push(p);
                 } else {
-                    values[p] = Some(field_value(element.value()));
+                    fields.push((Arc::clone(&self.paths[p]), field_value(element.value())));
                 }
             }
             if !deeper.is_empty() {
                 if let Value::Document(inner) = element.value() {
-                    self.visit(inner, depth + 1, &deeper, values, top);
+                    self.visit(inner, depth + 1, &deeper, fields, top);
                 }
             }
         }

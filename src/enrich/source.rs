@@ -27,8 +27,8 @@ pub enum FieldValue {
 pub struct ProviderDoc {
     /// The provider's name.
     pub provider: Arc<str>,
-    /// Dotted path -> value, for the requested paths present in the document (the path text
-    /// is shared by every document of a batch).
+    /// Dotted path -> value, for the requested paths present in the document, in its order (the
+    /// path text is shared by every document of a batch).
     pub fields: SmallVec<[(Arc<str>, FieldValue); 2]>,
 }
 
