@@ -364,7 +364,7 @@ fn provider_coverage(
                     .map(|p| {
                         found
                             .iter()
-                            .find(|d| *d.provider == **p)
+                            .find(|d| d.is_from(p))
                             .is_some_and(|d| normalizer.can_enrich(d))
                     })
                     .collect(),

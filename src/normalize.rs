@@ -456,7 +456,7 @@ impl<'s> DocumentReads<'s> {
 
     /// Feature `feature`'s canonical value in `doc` ([`provider_value`]).
     fn value(&self, feature: usize, doc: &ProviderDoc) -> Option<f64> {
-        let p = self.providers.iter().position(|p| **p == *doc.provider)?;
+        let p = self.providers.iter().position(|p| doc.is_from(p))?;
         self.reads[feature * self.providers.len() + p]?.value(doc)
     }
 
@@ -529,7 +529,7 @@ fn preferred_doc<'e>(
     }
     providers
         .iter()
-        .find_map(|p| docs.iter().find(|d| *d.provider == **p))
+        .find_map(|p| docs.iter().find(|d| d.is_from(p)))
         .ok_or_else(|| {
             RecordError::new(
                 Stage::EnrichMongo,

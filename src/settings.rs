@@ -87,9 +87,11 @@ pub struct Settings {
     /// is busy, so batches grow with the load and a lone bundle is not held back.
     pub max_batch_wait_ms: u64,
     /// Adaptive batching, in milliseconds: while bundles arrive faster than two per this budget
-    /// (a moving mean of the gaps between them), one poller receives, waiting before each
-    /// receive so that one receive of up to ten gathers several bundles, none waiting much
-    /// longer than the budget; slower arrivals are never held. 0 turns it off. Default 50.
+    /// (a moving mean of the gaps between them) and faster than batches of one would be served
+    /// (a receive's round trip plus a batch's service time, at least the gap), one poller
+    /// receives, waiting before each receive so that one receive of up to ten gathers several
+    /// bundles, none waiting much longer than the budget; bundles served before the next one
+    /// comes and slower arrivals are never held. 0 turns it off. Default 50.
     pub batch_latency_budget_ms: u64,
     /// How long an answered input's delete may wait for others, in milliseconds, so that
     /// deletes go ten to a `DeleteMessageBatch` call instead of one call per batch (standard

@@ -12,8 +12,8 @@ use smallvec::SmallVec;
 
 use super::raw_bson::{Element, Elements, Value};
 use super::source::{
-    within, DocumentSource, DocumentsByKey, FieldValue, LookupGate, LookupLimits, ProviderDoc,
-    SourceError,
+    same_name, within, DocumentSource, DocumentsByKey, FieldValue, LookupGate, LookupLimits,
+    ProviderDoc, SourceError,
 };
 use crate::instruments;
 use crate::spec::DocumentSpec;
@@ -249,7 +249,11 @@ impl FieldReader {
             &mut top,
         );
         let (key, provider) = (top.key?, top.provider?);
-        let provider = match self.providers.iter().find(|p| ***p == *provider) {
+        let provider = match self
+            .providers
+            .iter()
+            .find(|p| same_name(p.as_bytes(), provider.as_bytes()))
+        {
             Some(known) => Arc::clone(known),
             // The query asks for the spec's providers only; any other is read all the same.
             None => Arc::from(provider),
@@ -314,13 +318,6 @@ impl<'d> TopLevel<'_, 'd> {
             self.provider = element.text();
         }
     }
-}
-
-/// Whether two element names are the same. Names of the same length usually differ in their
-/// first byte: that is checked before the call a slice comparison makes.
-#[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 /// A BSON value as a number, or a description of what it is instead.

@@ -37,9 +37,23 @@ impl ProviderDoc {
     pub fn field(&self, path: &str) -> Option<&FieldValue> {
         self.fields
             .iter()
-            .find(|(p, _)| &**p == path)
+            .find(|(p, _)| same_name(p.as_bytes(), path.as_bytes()))
             .map(|(_, v)| v)
     }
+
+    /// Whether the document is `provider`'s.
+    #[inline]
+    pub fn is_from(&self, provider: &str) -> bool {
+        same_name(self.provider.as_bytes(), provider.as_bytes())
+    }
+}
+
+/// Whether two names (of providers, paths, BSON elements) are the same. Names of the same
+/// length usually differ in their first byte (`aurum` and `lumen`): that is checked before the
+/// call a slice comparison makes, which costs more than the comparison of a short name.
+#[inline]
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 /// The provider documents found for a list of distinct keys, by the place of each key in the

@@ -27,9 +27,11 @@ pub struct WorkerConfig {
     /// Zero (the default) waits only while every batch slot is busy: batches grow with the
     /// load, and a lone bundle is not held back.
     pub max_batch_wait: Duration,
-    /// Adaptive batching: while bundles arrive faster than two per this budget (measured), one
-    /// poller receives, waiting before each receive so that a receive gathers several bundles,
-    /// each waiting about this long at most; slower arrivals are never held. Zero turns it off.
+    /// Adaptive batching: while bundles arrive faster than two per this budget and faster than
+    /// batches of one would be served (measured: [`super::batching`]), one poller receives,
+    /// waiting before each receive so that a receive gathers several bundles, each waiting
+    /// about this long at most; bundles served before the next one comes and slower arrivals
+    /// are never held. Zero turns it off.
     pub batch_latency_budget: Duration,
     /// How long an answered input's delete may wait for others, so that deletes go ten to a
     /// call ([`super::deletes`]); zero deletes with each batch. Default 200 ms.

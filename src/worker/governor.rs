@@ -78,9 +78,11 @@ impl Governor {
 
     /// Takes a batch slot until the returned guard is dropped (its batch finished).
     pub fn slot(self: &Arc<Self>) -> SlotHeld {
+        let since = Instant::now();
         self.update(|p, now| p.slot_taken(now));
         SlotHeld {
             governor: Arc::clone(self),
+            since,
         }
     }
 
@@ -157,11 +159,18 @@ impl Governor {
 #[derive(Debug)]
 pub struct SlotHeld {
     governor: Arc<Governor>,
+    /// When the slot was taken: how long it was held is the batch's service time.
+    since: Instant,
 }
 
 impl Drop for SlotHeld {
     fn drop(&mut self) {
-        self.governor.update(|p, _| p.slot_freed());
+        let since = self.since;
+        self.governor.update(|p, now| {
+            p.slot_freed();
+            p.batching_mut()
+                .served(now.saturating_duration_since(since));
+        });
     }
 }
 
@@ -276,9 +285,11 @@ fn announce(pacing: &Pacing, changes: &Changes, before: Pace, now: Instant) {
                 hold_ms = pace.turn(0).map(|d| d.as_millis() as u64),
                 arrival_gap_ms = batching.arrival_gap().map(|d| d.as_secs_f64() * 1e3),
                 receive_rtt_ms = batching.receive_rtt().map(|d| d.as_secs_f64() * 1e3),
+                service_ms = batching.service_time().map(|d| d.as_secs_f64() * 1e3),
+                load = batching.load(),
                 "adaptive batching: {}",
                 if matches!(pace, Pace::Gathering { .. }) {
-                    "bundles arrive faster than the latency budget; one poller waits before each receive"
+                    "bundles arrive faster than the worker would serve them one batch each; one poller waits before each receive"
                 } else {
                     "every poller receives at once"
                 }

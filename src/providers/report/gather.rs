@@ -290,7 +290,7 @@ async fn scan_documents(
         let Some((key, doc)) = reader.read(&raw) else {
             continue;
         };
-        let Some(provider) = docs.providers.iter().position(|p| **p == *doc.provider) else {
+        let Some(provider) = docs.providers.iter().position(|p| doc.is_from(p)) else {
             continue;
         };
         let delivery = raw.get_str("_delivery").ok().map(str::to_owned);
