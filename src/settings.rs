@@ -88,7 +88,7 @@ pub struct Settings {
     pub max_batch_wait_ms: u64,
     /// Adaptive batching, in milliseconds: while bundles arrive faster than two per this budget
     /// (a moving mean of the gaps between them) and faster than batches of one would be served
-    /// (a receive's round trip plus a batch's service time, at least the gap), one poller
+    /// (a batch's service time at least the gap between them), one poller
     /// receives, waiting before each receive so that one receive of up to ten gathers several
     /// bundles, none waiting much longer than the budget; bundles served before the next one
     /// comes and slower arrivals are never held. 0 turns it off. Default 50.
