@@ -50,7 +50,7 @@ impl ProviderDoc {
 
 /// Whether two names (of providers, paths, BSON elements) are the same. Names of the same
 /// length usually differ in their first byte (`aurum` and `lumen`): that is checked before the
-/// call a slice comparison makes, which costs more than the comparison of a short name.
+/// call a slice comparison makes.
 #[inline]
 pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.first() == b.first() && a == b
