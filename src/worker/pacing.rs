@@ -559,7 +559,8 @@ mod tests {
         })
         .with_batching(Batching::new(Duration::from_millis(50), 10));
         let t0 = Instant::now();
-        // One bundle every 10 ms.
+        // One bundle every 10 ms, each batch taking 30 ms: batches of one would queue.
+        p.batching_mut().served(Duration::from_millis(30));
         for i in 1..=20 {
             p.received(1);
             p.batching_mut().received(
