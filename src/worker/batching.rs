@@ -14,7 +14,7 @@
 //! - **the receive round trip**: a moving mean of the time a receive that returned messages
 //!   took, part of the wait of the bundles it gathers;
 //! - **the service time**: a moving mean of the time a batch holds its slot, from the start of
-//!   its work to its answers sent and its delete made.
+//!   its work to its answers sent and its delete made or deferred.
 //!
 //! The ratio of the service time to the arrival gap is the **load**: the share of the time the
 //! worker would be busy with one batch per bundle. (The receive's round trip is left out: a
@@ -111,7 +111,7 @@ impl Batching {
     }
 
     /// A batch held its slot for `took`: from the start of its work to its answers sent and
-    /// its delete made.
+    /// its delete made or deferred.
     pub fn served(&mut self, took: Duration) {
         // Counted at most as the budget, like a gap: one stalled batch does not hold the mean
         // (and the hold) up for many batches after.
