@@ -267,9 +267,10 @@ impl InMemoryDocuments {
     /// projects each as the server answers the MongoDB source's `find`: the key, the provider
     /// and the requested `paths`, in the document's own field order, without `_id`.
     pub fn new(spec: &DocumentSpec, paths: &[String], scans: &[Value]) -> Self {
-        let mut kept: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
-        kept.push(vec![spec.key_field.as_str()]);
-        kept.push(vec![spec.provider_field.as_str()]);
+        let mut split: Vec<Vec<&str>> = paths.iter().map(|p| p.split('.').collect()).collect();
+        split.push(vec![spec.key_field.as_str()]);
+        split.push(vec![spec.provider_field.as_str()]);
+        let kept: Vec<&[&str]> = split.iter().map(Vec::as_slice).collect();
         let mut by_key: FastMap<String, Vec<RawDocumentBuf>> = FastMap::default();
         for scan in scans {
             let doc = mongodb::bson::to_document(scan).expect("a provider scan is an object");
@@ -280,7 +281,6 @@ impl InMemoryDocuments {
                 continue;
             };
             if spec.providers.iter().any(|p| p == provider) {
-                let kept: Vec<&[&str]> = kept.iter().map(Vec::as_slice).collect();
                 let raw = RawDocumentBuf::from_document(&project(&doc, &kept))
                     .expect("a document encodes");
                 by_key.entry(key.to_owned()).or_default().push(raw);

@@ -161,7 +161,7 @@ impl Batching {
             return None;
         }
         let rtt = self.rtt_ms.unwrap_or(0.0);
-        let service = self.service_ms.unwrap_or(0.0);
+        let service = self.service_ms?;
         let window = budget_ms
             .min(gap * self.receive_max as f64)
             .min(service / GATHER_TO_LOAD);
