@@ -89,8 +89,10 @@ pub fn decode(
     let json =
         decompress(encoding, body, limits.max_body_bytes).map_err(|e| DecodeError::new(None, e))?;
     let json = mend_lone_surrogates(json);
+    // A plain body that needed no mending is the message's own text, valid UTF-8 already.
+    let text = (json.as_ptr() == body.as_ptr() && json.len() == body.len()).then_some(body);
     let seen = Seen::default();
-    let body = Body::read(&json, limits, &seen).map_err(|e| seen.explain(&e))?;
+    let body = Body::read(&json, text, limits, &seen).map_err(|e| seen.explain(&e))?;
     if body.bundle_id.is_some() {
         request_bundle(body, limits).map(InputBundle::Request)
     } else if body.batch_id.is_some() {
@@ -161,10 +163,16 @@ struct Body {
 }
 
 impl Body {
-    fn read(json: &[u8], limits: &Limits, seen: &Seen) -> Result<Self, serde_json::Error> {
+    /// Reads `json`; `text` is the same bytes when they are known to be UTF-8 already.
+    fn read(
+        json: &[u8],
+        text: Option<&str>,
+        limits: &Limits,
+        seen: &Seen,
+    ) -> Result<Self, serde_json::Error> {
         // Valid UTF-8 as a whole (every body an SQS message can carry), the text is not checked
         // again string by string; otherwise serde_json finds and names the bad bytes.
-        match std::str::from_utf8(json) {
+        match text.map_or_else(|| std::str::from_utf8(json), Ok) {
             Ok(text) => Self::read_from(serde_json::Deserializer::from_str(text), limits, seen),
             Err(_) => Self::read_from(serde_json::Deserializer::from_slice(json), limits, seen),
         }
