@@ -82,18 +82,18 @@ impl MongoDocuments {
             .batch()
             .await?;
         // Read in an inner block so that the round trips are counted when the cursor fails
-        // part-way too: every reply after the first is a getMore.
-        let mut getmores = 0;
+        // part-way too.
+        let mut replies_read: u64 = 0;
         let mut found = Vec::new();
         let counted = async {
-            let mut first = true;
             while let Some(reply) = replies.try_next().await? {
-                getmores += u64::from(!std::mem::take(&mut first));
-                for document in reply.doc_slices()? {
-                    // A document of a key not asked cannot answer a request.
-                    let Some(document) = document?.as_document() else {
+                replies_read += 1;
+                for element in reply.doc_slices()? {
+                    // A batch holds documents only; anything else could answer nothing.
+                    let Some(document) = element?.as_document() else {
                         continue;
                     };
+                    // A document of a key not asked cannot answer a request.
                     if let Some((key, doc)) = reader.read(document) {
                         found.extend(places.get(key).map(|place| (place, doc)));
                     }
@@ -102,7 +102,8 @@ impl MongoDocuments {
             Ok::<_, mongodb::error::Error>(())
         }
         .await;
-        instruments::db_round_trips("mongo", getmores);
+        // Every reply after the first came by a getMore.
+        instruments::db_round_trips("mongo", replies_read.saturating_sub(1));
         counted?;
         Ok(found)
     }
