@@ -60,12 +60,6 @@ FROM ${BINARY_STAGE} AS binary
 # non-root user gets the numeric UID the ECS task definition names (10001).
 FROM ${RUNTIME_BASE} AS runtime
 
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ml-pipeline" \
-      org.opencontainers.image.description="SQS ML pipeline worker: bundles in, standardized, enriched (PostgreSQL, MongoDB), normalized, SVM predictions out" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.revision="${REVISION}"
-
 # Unpinned on purpose: the release is pinned by the base tag, and the package should carry
 # Debian's latest security update for it. No package lists, caches or apt logs stay in the layer.
 # hadolint ignore=DL3008
@@ -79,6 +73,13 @@ RUN apt-get update \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/ml-pipeline
 
 COPY --from=binary /app/target/dist/ml-pipeline /usr/local/bin/ml-pipeline
+
+# After the package layer, so that a new commit (REVISION) reuses it from the build cache.
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ml-pipeline" \
+      org.opencontainers.image.description="SQS ML pipeline worker: bundles in, standardized, enriched (PostgreSQL, MongoDB), normalized, SVM predictions out" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
 
 # The only writable place when the root filesystem is read-only (as in the ECS task): one-off
 # commands such as `train` write their report into the working directory. ECS copies a VOLUME's

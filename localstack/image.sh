@@ -160,12 +160,15 @@ build() {
     rm -rf "$ctx"
     mkdir -p "$ctx"
     cp "$DIST_BIN" "$ctx/ml-pipeline"
-    local t1=$SECONDS
+    local t1=$SECONDS rev
+    rev=$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
     # --format docker: the OCI format has no HEALTHCHECK. --pull=never: nothing from a registry.
+    # --label as well as the build argument: podman 4.3 (buildah 1.28) takes the LABEL step from
+    # its cache when only REVISION's value changed, which would keep an older revision.
     pm build --isolation chroot --format docker --pull=never \
         --build-arg RUNTIME_BASE="$BASE_IMAGE" \
         --build-arg BINARY_STAGE=prebuilt \
-        --build-arg REVISION="$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
+        --build-arg REVISION="$rev" --label org.opencontainers.image.revision="$rev" \
         --build-context dist-binary="$ctx" \
         -f "$REPO_ROOT/Dockerfile" -t "$IMAGE" "$REPO_ROOT" >"$IMAGE_DIR/build.log" 2>&1 || {
         log_tail "$IMAGE_DIR/build.log"
@@ -299,6 +302,7 @@ check_static() {
     [[ $hc == '["CMD","/usr/local/bin/ml-pipeline","healthcheck"]' ]] ||
         die "the image's HEALTHCHECK is $hc, not the exec form of ml-pipeline healthcheck"
     [[ $ep == '["/usr/local/bin/ml-pipeline"] ["worker"]' ]] || die "entrypoint and command are $ep"
+    note "check: revision label $(pm image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$IMAGE")"
     note "check: '$version' and healthcheck --help as user $user on a read-only root; HEALTHCHECK $hc; ENTRYPOINT/CMD $ep (exec form: no shell at run time)"
 }
 
