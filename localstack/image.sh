@@ -236,7 +236,9 @@ write_check_env() {
             [[ -n ${!v:-} ]] && printf '%s=%s\n' "$v" "${!v}"
         done
         printf 'DATABASE_URL=%s/%s\n' "${DATABASE_URL%/*}" "$db"
-        printf 'MONGODB_DATABASE=%s\n' "$db"
+        # One MongoDB database for every run (nothing here drops one): fixtures load and
+        # migrate are idempotent, and the check reads no document it did not load.
+        printf 'MONGODB_DATABASE=ml_pipeline_image_check\n'
         printf 'ML_PIPELINE_HTTP_ADDR=127.0.0.1:%s\n' "$port"
         printf 'ML_PIPELINE_MODEL_POLL_SECS=2\n'
         py setup "$CHECK_ID"
