@@ -5,9 +5,21 @@
 #
 # Stages: chef (toolchain + cargo-chef) -> planner (recipe.json from the manifests) -> builder
 # (dependencies cooked into their own cached layer, then the crate) -> runtime (the binary only).
-# To pin the base images by digest as well, append `@sha256:...` to both FROM tags.
+# To pin the base images by digest as well, append `@sha256:...` to RUST_IMAGE and RUNTIME_BASE.
+#
+# The bases are build arguments so that this one file also builds where no registry can be
+# reached (`make image`, localstack/image.sh): there RUNTIME_BASE is a bookworm-slim made from
+# Debian's packages (debootstrap minbase, slimmed like the official image by debuerreotype) and
+# imported as a local image, and the binary is the `dist` build made beside the image
+# (BINARY_STAGE=prebuilt, the build context `dist-binary` holding `ml-pipeline`), because no Rust
+# image can be pulled there. The runtime stage below is the same in both cases. Needs BuildKit
+# (Docker's default builder) or podman/buildah: only the stages the runtime stage uses are built.
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
+ARG RUNTIME_BASE=debian:bookworm-slim
+# `builder`: compile the binary in this file (the default); `prebuilt`: take the one built beside.
+ARG BINARY_STAGE=builder
 
-FROM rust:1.95.0-slim-bookworm AS chef
+FROM ${RUST_IMAGE} AS chef
 # rust:*-slim ships gcc and libc6-dev, which is all the C this crate builds (zstd-sys, ring and
 # aws-lc-sys through the cc crate; TLS is rustls, so no OpenSSL and no pkg-config).
 RUN cargo install cargo-chef --locked --version 0.1.77
@@ -31,30 +43,43 @@ COPY . .
 # The tools crate (ml-pipeline-tools) is not built into the image, only the worker's binary.
 RUN cargo build --profile dist --locked -p ml-pipeline --bin ml-pipeline
 
+# The `dist` binary built outside any image (`cargo build --profile dist --locked -p ml-pipeline
+# --bin ml-pipeline`, then passed with `--build-context dist-binary=DIR`), at the path the
+# builder stage leaves it. localstack/image.sh does this; a default build never uses this stage.
+FROM scratch AS prebuilt
+# dist-binary is a named build context, not a stage.
+# hadolint ignore=DL3022
+COPY --from=dist-binary ml-pipeline /app/target/dist/ml-pipeline
+
+# The stage named by BINARY_STAGE: the runtime stage copies the binary from here.
+FROM ${BINARY_STAGE} AS binary
+
 # debian:bookworm-slim rather than distroless/cc: the same Debian release as the builder, so the
 # glibc the binary was linked against is the one it runs on; ca-certificates comes from Debian
 # with its security updates (the AWS SDK's rustls client reads the system roots); and the
 # non-root user gets the numeric UID the ECS task definition names (10001).
-FROM debian:bookworm-slim AS runtime
-
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ml-pipeline" \
-      org.opencontainers.image.description="SQS ML pipeline worker: bundles in, standardized, enriched (PostgreSQL, MongoDB), normalized, SVM predictions out" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.revision="${REVISION}"
+FROM ${RUNTIME_BASE} AS runtime
 
 # Unpinned on purpose: the release is pinned by the base tag, and the package should carry
-# Debian's latest security update for it.
+# Debian's latest security update for it. No package lists, caches or apt logs stay in the layer.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
+        /var/log/apt/* /var/log/dpkg.log \
     && groupadd --system --gid 10001 ml-pipeline \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin ml-pipeline \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/ml-pipeline
 
-COPY --from=builder /app/target/dist/ml-pipeline /usr/local/bin/ml-pipeline
+COPY --from=binary /app/target/dist/ml-pipeline /usr/local/bin/ml-pipeline
+
+# After the package layer, so that a new commit (REVISION) reuses it from the build cache.
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ml-pipeline" \
+      org.opencontainers.image.description="SQS ML pipeline worker: bundles in, standardized, enriched (PostgreSQL, MongoDB), normalized, SVM predictions out" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
 
 # The only writable place when the root filesystem is read-only (as in the ECS task): one-off
 # commands such as `train` write their report into the working directory. ECS copies a VOLUME's

@@ -12,7 +12,7 @@ WITH_ENV := localstack/with-env.sh
 CARGO_BUILD := cargo build --release --locked --workspace
 TOOLS := cargo run --release --locked -p ml-pipeline-tools --
 
-.PHONY: help up down status lint tools test demo bench
+.PHONY: help up down status lint tools test demo bench image
 
 help:
 	@echo "make up      start LocalStack, PostgreSQL, MongoDB-wire server; deploy the stack"
@@ -26,6 +26,9 @@ help:
 	@echo "             ml-pipeline-tools demo (cargo run -p ml-pipeline-tools) with .local/stack.env"
 	@echo "make bench   demo (fixtures, model), then ml-pipeline-tools bench --bundles 200 --runs 3"
 	@echo "             (the end-to-end load generator, BENCHMARKS.md)"
+	@echo "make image   up, then localstack/image.sh: the Dockerfile built with podman (no Docker,"
+	@echo "             nothing pulled: a bookworm-slim base from Debian's packages, the dist"
+	@echo "             binary built beside it) and checked against the local stack"
 
 up:
 	localstack/up.sh
@@ -56,3 +59,7 @@ demo: up
 
 bench: demo
 	$(WITH_ENV) $(TOOLS) bench --bundles 200 --runs 3
+
+# The image built from the Dockerfile and run for real (localstack/image.sh says what it checks).
+image: up
+	localstack/image.sh
