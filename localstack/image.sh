@@ -48,9 +48,16 @@ BASE_MAX_AGE_DAYS=${ML_PIPELINE_IMAGE_BASE_MAX_AGE_DAYS:-7}
 DEBIAN_MIRROR=${ML_PIPELINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 DIST_BIN="$CARGO_TARGET_DIR/dist/ml-pipeline"
-# The worker task's memory in infra/worker-service.yaml (Memory default, MiB), and retrain's.
-TASK_MEMORY_MIB=1024
-RETRAIN_MEMORY_MIB=2048
+# A parameter's Default in infra/worker-service.yaml, so the check runs with the template's sizes.
+template_default() {
+    awk -v p="  $1:" '$0 == p {found = 1; next} found && /^    Default:/ {gsub(/[" ]|Default:/, ""); print; exit}' \
+        "$REPO_ROOT/infra/worker-service.yaml"
+}
+# The worker task's memory (MiB), and retrain's.
+TASK_MEMORY_MIB=$(template_default Memory)
+RETRAIN_MEMORY_MIB=$(template_default RetrainMemory)
+[[ $TASK_MEMORY_MIB =~ ^[0-9]+$ && $RETRAIN_MEMORY_MIB =~ ^[0-9]+$ ]] ||
+    die "could not read the Memory and RetrainMemory defaults from infra/worker-service.yaml"
 ECS_STOP_TIMEOUT=30
 REPORT="$IMAGE_DIR/report.txt"
 
